@@ -1,0 +1,153 @@
+"""The batched task interface that every diffenvs environment is built on.
+
+A :class:`Task` owns the physics of ``world_count`` independent worlds and defines, for all of
+them at once, what one environment step does: apply the actions, run the solver's substeps,
+compute the loss, the reward terms and the observation. Everything a step writes goes into a
+:class:`StepBuffers` that the caller allocates once and reuses, so that a recorded step never
+overwrites an array that Warp's tape has read (see :mod:`diffenvs.autodiff`).
+
+Envs (:mod:`diffenvs.env`) wrap a task; a single env is a task with one world.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import warp as wp
+
+State = dict[str, wp.array]
+"""A simulation state: named arrays whose first axis is the world index."""
+
+
+@dataclasses.dataclass
+class StepBuffers:
+    """Everything one environment step writes, for all worlds.
+
+    Tasks subclass it to add their intermediate arrays (substep states, controls).
+
+    Attributes:
+        action: Applied (clipped) action, shape (world_count, action_dim), float64.
+        state: State after the step (same layout as :meth:`Task.alloc_state`).
+        reward: Reward of the step, shape (world_count,), float64.
+        reward_terms: Reward terms in the order of ``Task.reward_terms``, shape (world_count, K), float64.
+        loss: Task loss after the step, shape (world_count,), float64.
+        obs: Observation after the step, shape (world_count, obs_dim), float32.
+        diverged: 1 where the step produced a non-finite or escaping state, shape (world_count,), int32.
+    """
+
+    action: wp.array
+    state: State
+    reward: wp.array
+    reward_terms: wp.array
+    loss: wp.array
+    obs: wp.array
+    diverged: wp.array
+
+    def arrays(self) -> Iterator[wp.array]:
+        """Every Warp array held by these buffers, nested states included."""
+        yield from _walk_arrays(self)
+
+
+def _walk_arrays(value: Any) -> Iterator[wp.array]:
+    if isinstance(value, wp.array):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _walk_arrays(getattr(value, field.name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _walk_arrays(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _walk_arrays(item)
+
+
+class Task(abc.ABC):
+    """Physics, loss, reward and observation of a differentiable task over a batch of worlds.
+
+    Subclasses set the class attributes and implement the abstract methods. All launches go to
+    ``self.device``; nothing is allocated at import time.
+
+    Attributes:
+        action_dim: Size of one world's action vector (actions lie in [-1, 1]).
+        obs_dim: Size of one world's observation vector.
+        reward_terms: Names of the reward terms; ``info["reward_<term>"]`` reports each.
+        frame_dt: Duration of one environment step [s].
+    """
+
+    action_dim: ClassVar[int]
+    obs_dim: ClassVar[int]
+    reward_terms: ClassVar[tuple[str, ...]]
+
+    def __init__(self, world_count: int, device: wp.context.Devicelike = None):
+        if int(world_count) < 1:
+            raise ValueError(f"world_count must be >= 1, got {world_count}")
+        self.world_count = int(world_count)
+        self.device = wp.get_device(device)
+
+    @property
+    @abc.abstractmethod
+    def frame_dt(self) -> float:
+        """Duration of one environment step [s]."""
+
+    @abc.abstractmethod
+    def state_layout(self) -> dict[str, tuple[tuple[int, ...], type]]:
+        """Per-world shape and numpy dtype of each state field, in :meth:`alloc_state` order."""
+
+    @abc.abstractmethod
+    def alloc_state(self, *, requires_grad: bool) -> State:
+        """Allocate a zero state for all worlds."""
+
+    @abc.abstractmethod
+    def alloc_step(self, *, requires_grad: bool) -> StepBuffers:
+        """Allocate the buffers of one environment step for all worlds."""
+
+    @abc.abstractmethod
+    def sample_state(self, rng: np.random.Generator, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Draw one world's initial state (numpy arrays, shapes of :meth:`state_layout`)."""
+
+    @abc.abstractmethod
+    def step(self, state_in: State, buffers: StepBuffers) -> None:
+        """Launch one environment step of all worlds from ``state_in`` with ``buffers.action``.
+
+        Writes every other field of ``buffers``; reads ``state_in`` and never writes it.
+        """
+
+    @abc.abstractmethod
+    def observe(self, state: State, obs_out: wp.array) -> None:
+        """Write the observation of ``state`` into ``obs_out`` (world_count, obs_dim)."""
+
+    @abc.abstractmethod
+    def loss_of(self, state: State, loss_out: wp.array) -> None:
+        """Write the task loss of ``state`` into ``loss_out`` (world_count,)."""
+
+    @abc.abstractmethod
+    def render(self, state: dict[str, np.ndarray], *, width: int, height: int) -> np.ndarray:
+        """Draw one world's state as an RGB image, uint8 of shape (height, width, 3)."""
+
+    def success(self, state: dict[str, np.ndarray]) -> bool:
+        """Whether one world's state solves the task (reported as ``info["is_success"]``)."""
+        return False
+
+    # Helpers shared by every task ------------------------------------------------------------
+
+    def zeros(self, shape: int | tuple[int, ...], dtype: Any, *, requires_grad: bool) -> wp.array:
+        """Allocate a zero array on the task's device."""
+        return wp.zeros(shape, dtype=dtype, device=self.device, requires_grad=requires_grad)
+
+    def alloc_common(self, state: State, *, requires_grad: bool) -> dict[str, Any]:
+        """The fields every :class:`StepBuffers` has, allocated for all worlds."""
+        n = self.world_count
+        return {
+            "action": self.zeros((n, self.action_dim), wp.float64, requires_grad=requires_grad),
+            "state": state,
+            "reward": self.zeros(n, wp.float64, requires_grad=requires_grad),
+            "reward_terms": self.zeros((n, len(self.reward_terms)), wp.float64, requires_grad=requires_grad),
+            "loss": self.zeros(n, wp.float64, requires_grad=requires_grad),
+            "obs": self.zeros((n, self.obs_dim), wp.float32, requires_grad=requires_grad),
+            "diverged": self.zeros(n, wp.int32, requires_grad=False),
+        }

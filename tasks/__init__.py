@@ -1,0 +1,1 @@
+"""Tasks of diffenvs (installed as ``diffenvs.tasks``): scene, loss, reward, observation, sampler."""

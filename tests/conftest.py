@@ -1,0 +1,38 @@
+"""Shared fixtures and helpers of the test suite."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import warp as wp
+
+import diffenvs
+
+wp.config.quiet = True
+
+ENV_IDS = [info.id for info in diffenvs.ENVS]
+
+
+def make_unwrapped(env_id: str, **kwargs):
+    """The bare env behind ``gym.make`` (no wrappers)."""
+    return gym.make(env_id, **kwargs).unwrapped
+
+
+def replay(env, state: dict[str, np.ndarray], actions: np.ndarray, objective: str = "return") -> float:
+    """Objective of replaying ``actions`` from ``state`` with ``env`` (no gradient involved)."""
+    env.set_state(state)
+    total = 0.0
+    info = {}
+    for action in actions:
+        _, reward, terminated, _, info = env.step(action)
+        assert not terminated, "replay diverged"
+        total += reward
+    return total if objective == "return" else info["loss"]
+
+
+@pytest.fixture
+def cuda_device():
+    if not wp.is_cuda_available():
+        pytest.skip("needs a CUDA device")
+    return "cuda"
