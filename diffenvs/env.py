@@ -199,6 +199,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.task.frame_dt))}
         self._obs: np.ndarray | None = None
+        self._loss = float("nan")
         self._ended = False
 
     @property
@@ -209,6 +210,11 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
     @property
     def differentiable(self) -> bool:
         return self.batch.differentiable
+
+    @property
+    def loss(self) -> float:
+        """Task loss of the current state (without shaping terms)."""
+        return self._loss
 
     @property
     def elapsed_steps(self) -> int:
@@ -237,6 +243,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
             info.update({key: 0.0 for key in terms})
             return self._obs.copy(), 0.0, True, False, info
         self._obs = result.obs[0]
+        self._loss = float(result.loss[0])
         info = {"diverged": False, "loss": float(result.loss[0]), **terms}
         info["is_success"] = self.task.success(self.get_state())
         return self._obs.copy(), float(result.reward[0]), False, False, info
@@ -312,8 +319,9 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
     def _restart(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
         obs, loss = self.batch.reset(state)
         self._obs = obs[0]
+        self._loss = float(loss[0])
         self._ended = False
-        return self._obs.copy(), {"loss": float(loss[0])}
+        return self._obs.copy(), {"loss": self._loss}
 
     # Pickling: rebuild from the constructor's arguments and restore the state --------------
 

@@ -1,0 +1,1 @@
+"""Baselines of diffenvs (installed as ``diffenvs.baselines``): gradient optimizers and RL runners."""

@@ -1,0 +1,40 @@
+"""The ``diffenvs`` command line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from diffenvs.cli import main
+
+
+def test_list_prints_every_env(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "DiffEnvs/Pusher-v0" in out and "pusher" in out.lower()
+
+
+def test_demo_writes_a_gif_and_lowers_the_loss(tmp_path, capsys):
+    gif = tmp_path / "demo.gif"
+    assert main(["demo", "--iters", "12", "--output", str(gif), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "% lower" in out and str(gif) in out
+    with Image.open(gif) as image:
+        assert image.n_frames == 51
+        assert image.size == (512, 256)
+
+
+def test_demo_rejects_a_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimizer:\n  iters: 2\n  learning_rate: 3\n")
+    assert main(["demo", "--config", str(bad)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("diffenvs") is None, reason="console script not installed")
+def test_console_script_is_installed():
+    result = subprocess.run(["diffenvs", "list"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "DiffEnvs/Pusher-v0" in result.stdout
