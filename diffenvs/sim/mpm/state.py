@@ -1,0 +1,87 @@
+"""Time-varying arrays of the MPM solver, batched over worlds (float32)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import warp as wp
+
+
+@dataclasses.dataclass
+class MPMState:
+    """Particles and tools of ``world_count`` worlds.
+
+    Attributes:
+        particle_x: Positions, shape (world_count, particle_count), vec3 [domain units].
+        particle_v: Velocities, shape (world_count, particle_count), vec3 [domain units/s].
+        particle_C: APIC affine velocity matrices, shape (world_count, particle_count), mat33 [1/s].
+        particle_F: Elastic deformation gradients, shape (world_count, particle_count), mat33 [-].
+        tool_pos: Tool origins, shape (world_count, tool_count), vec3 [domain units].
+        tool_rot: Tool orientations, shape (world_count, tool_count), quat [-].
+    """
+
+    particle_x: wp.array
+    particle_v: wp.array
+    particle_C: wp.array
+    particle_F: wp.array
+    tool_pos: wp.array
+    tool_rot: wp.array
+
+    @classmethod
+    def zeros(cls, world_count: int, particle_count: int, tool_count: int, *, device, requires_grad: bool) -> MPMState:
+        """Allocate a zero state (F and rotations are zero too: fill them before use)."""
+        shape_p = (world_count, particle_count)
+        shape_t = (world_count, max(tool_count, 1))
+        return cls(
+            particle_x=wp.zeros(shape_p, dtype=wp.vec3, device=device, requires_grad=requires_grad),
+            particle_v=wp.zeros(shape_p, dtype=wp.vec3, device=device, requires_grad=requires_grad),
+            particle_C=wp.zeros(shape_p, dtype=wp.mat33, device=device, requires_grad=requires_grad),
+            particle_F=wp.zeros(shape_p, dtype=wp.mat33, device=device, requires_grad=requires_grad),
+            tool_pos=wp.zeros(shape_t, dtype=wp.vec3, device=device, requires_grad=requires_grad),
+            tool_rot=wp.zeros(shape_t, dtype=wp.quat, device=device, requires_grad=requires_grad),
+        )
+
+
+@dataclasses.dataclass
+class MPMControl:
+    """Tool velocities of ``world_count`` worlds (kinematic velocity control).
+
+    Attributes:
+        tool_vel: Linear velocities, shape (world_count, tool_count), vec3 [domain units/s].
+        tool_omega: Angular velocities in the world frame, shape (world_count, tool_count), vec3 [rad/s].
+    """
+
+    tool_vel: wp.array
+    tool_omega: wp.array
+
+    @classmethod
+    def zeros(cls, world_count: int, tool_count: int, *, device, requires_grad: bool) -> MPMControl:
+        shape_t = (world_count, max(tool_count, 1))
+        return cls(
+            tool_vel=wp.zeros(shape_t, dtype=wp.vec3, device=device, requires_grad=requires_grad),
+            tool_omega=wp.zeros(shape_t, dtype=wp.vec3, device=device, requires_grad=requires_grad),
+        )
+
+
+@dataclasses.dataclass
+class MPMGrid:
+    """Background grid of one substep (scratch: recomputed, never part of a snapshot).
+
+    Attributes:
+        mv: Momentum, shape (world_count, R, R, R), vec3 [kg domain units/s].
+        m: Mass, shape (world_count, R, R, R), float32 [kg].
+        v: Velocity after forces and boundary conditions, shape (world_count, R, R, R), vec3.
+    """
+
+    mv: wp.array
+    m: wp.array
+    v: wp.array
+
+    @classmethod
+    def zeros(cls, world_count: int, grid_res: int, *, device, requires_grad: bool) -> MPMGrid:
+        shape = (world_count, grid_res, grid_res, grid_res)
+        return cls(
+            mv=wp.zeros(shape, dtype=wp.vec3, device=device, requires_grad=requires_grad),
+            m=wp.zeros(shape, dtype=wp.float32, device=device, requires_grad=requires_grad),
+            v=wp.zeros(shape, dtype=wp.vec3, device=device, requires_grad=requires_grad),
+        )

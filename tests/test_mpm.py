@@ -1,0 +1,206 @@
+"""The MLS-MPM engine: kernel gradchecks, rollout gradients, contact and plasticity behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import warp as wp
+from warp.autograd import gradcheck
+
+from diffenvs.sim.mpm import MPMControl, MPMModel, MPMState, SolverMPM, ToolShape
+from diffenvs.sim.mpm.kernels import g2p_gather, make_grid_update, p2g_scatter
+
+
+@wp.kernel
+def displacement_dot(
+    x: wp.array2d(dtype=wp.vec3), x0: wp.array2d(dtype=wp.vec3), weights: wp.array2d(dtype=wp.vec3),
+    out: wp.array(dtype=float),
+):
+    w, p = wp.tid()
+    wp.atomic_add(out, 0, wp.dot(x[w, p] - x0[w, p], weights[w, p]))
+
+
+def make_scene(*, softness=0.0, tool_y=0.34, res=16, particles=300, seed=0, yield_stress=50.0, kind="sphere",
+               boundary_cells=3):
+    from diffenvs.sim.mpm.model import MPMMaterial
+
+    tool = ToolShape(kind, (0.06, 0.08, 0.05), softness=softness)
+    model = MPMModel(grid_res=res, tools=(tool,), material=MPMMaterial(yield_stress=yield_stress),
+                     boundary_cells=boundary_cells)
+    solver = SolverMPM(model)
+    rng = np.random.default_rng(seed)
+    x0 = (rng.uniform(size=(1, particles, 3)) * [0.3, 0.12, 0.3] + [0.35, 0.15, 0.35]).astype(np.float32)
+    return solver, x0, np.array([[[0.5, tool_y, 0.5]]], np.float32)
+
+
+def rollout(solver, x0, tool_pos, vel, substeps=10, dt=2e-4, seed=1):
+    """Weighted displacement of the particles after ``substeps``, and its gradients."""
+    worlds, count, _ = x0.shape
+    states = [MPMState.zeros(worlds, count, 1, device="cpu", requires_grad=True) for _ in range(substeps + 1)]
+    grids = [solver.alloc_grid(worlds, requires_grad=True) for _ in range(substeps)]
+    first = states[0]
+    first.particle_x.assign(x0)
+    first.particle_F.assign(np.tile(np.eye(3, dtype=np.float32), (worlds, count, 1, 1)))
+    first.tool_pos.assign(tool_pos)
+    first.tool_rot.assign(np.tile(np.array([0, 0, 0, 1], np.float32), (worlds, 1, 1)))
+    control = MPMControl.zeros(worlds, 1, device="cpu", requires_grad=True)
+    control.tool_vel.assign(np.asarray(vel, np.float32).reshape(worlds, 1, 3))
+    rng = np.random.default_rng(seed)
+    weights = wp.array(rng.standard_normal((worlds, count, 3)).astype(np.float32) / np.sqrt(count), dtype=wp.vec3)
+    start = wp.array(x0, dtype=wp.vec3)
+    loss = wp.zeros(1, requires_grad=True)
+    tape = wp.Tape()
+    with tape:
+        for i in range(substeps):
+            solver.step(states[i], states[i + 1], control, dt, grids[i])
+        wp.launch(displacement_dot, dim=(worlds, count), inputs=[states[-1].particle_x, start, weights], outputs=[loss])
+    tape.backward(loss)
+    return float(loss.numpy()[0]), control.tool_vel.grad.numpy().reshape(-1), states
+
+
+def test_p2g_gradcheck_elastic_and_yielding():
+    solver, _, _ = make_scene()
+    rng = np.random.default_rng(0)
+    x = wp.array(rng.uniform(0.3, 0.6, size=(1, 3, 3)).astype(np.float32), dtype=wp.vec3, requires_grad=True)
+    v = wp.array(rng.standard_normal((1, 3, 3)).astype(np.float32) * 0.1, dtype=wp.vec3, requires_grad=True)
+    C = wp.array(rng.standard_normal((1, 3, 3, 3)).astype(np.float32), dtype=wp.mat33, requires_grad=True)
+    # Particle 0 at rest (F = I), 1 mildly stretched (elastic), 2 strongly sheared (yields).
+    F = np.tile(np.eye(3, dtype=np.float32), (1, 3, 1, 1))
+    F[0, 1] += np.diag([0.01, -0.005, 0.002]).astype(np.float32)
+    F[0, 2] += np.array([[0.3, 0.2, 0.0], [0.0, -0.25, 0.1], [0.05, 0.0, 0.1]], np.float32)
+    F = wp.array(F, dtype=wp.mat33, requires_grad=True)
+    res = solver.model.grid_res
+    outs = [
+        wp.zeros((1, 3), dtype=wp.mat33, requires_grad=True),
+        wp.zeros((1, res, res, res), dtype=wp.vec3, requires_grad=True),
+        wp.zeros((1, res, res, res), dtype=float, requires_grad=True),
+    ]
+    assert gradcheck(
+        p2g_scatter, dim=(1, 3), inputs=[x, v, C, F, solver.params, 1e-3], outputs=outs,
+        eps=1e-3, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
+    )
+
+
+@pytest.mark.parametrize("softness", [0.0, 0.05])
+def test_grid_update_gradcheck_with_tool_contact(softness):
+    # No walls (boundary_cells=0): this checks the tool; nodes fall onto it at about 1 unit/s.
+    solver, _, _ = make_scene(res=6, boundary_cells=0, softness=softness)
+    kernel = make_grid_update(1)
+    rng = np.random.default_rng(1)
+    shape = (1, 6, 6, 6)
+    m_np = rng.uniform(0.5, 1.0, size=shape).astype(np.float32) * 0.01
+    v_np = np.array([0.1, -1.0, 0.05], np.float32) + 0.2 * rng.standard_normal((*shape, 3)).astype(np.float32)
+    mv = wp.array(v_np * m_np[..., None], dtype=wp.vec3, requires_grad=True)
+    m = wp.array(m_np, dtype=float, requires_grad=True)
+    pos = wp.array(np.array([[[0.5, 0.45, 0.5]]], np.float32), dtype=wp.vec3, requires_grad=True)
+    rot = wp.array(np.array([[[0.0, 0.0, 0.0, 1.0]]], np.float32), dtype=wp.quat, requires_grad=True)
+    vel = wp.array(np.array([[[0.2, -0.5, 0.1]]], np.float32), dtype=wp.vec3, requires_grad=True)
+    omega = wp.array(np.array([[[0.0, 0.3, 0.0]]], np.float32), dtype=wp.vec3, requires_grad=True)
+    out = wp.zeros(shape, dtype=wp.vec3, requires_grad=True)
+    assert gradcheck(
+        kernel, dim=shape,
+        inputs=[mv, m, pos, rot, vel, omega, solver.tool_kind, solver.tool_size, solver.tool_friction,
+                solver.tool_softness, solver.params, 1e-3],
+        outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
+        input_output_mask=[("grid_mv", "grid_v"), ("tool_pos", "grid_v"), ("tool_vel", "grid_v")],
+    )
+
+
+def test_g2p_gradcheck():
+    solver, _, _ = make_scene(res=6, boundary_cells=1)
+    rng = np.random.default_rng(2)
+    x = wp.array(rng.uniform(0.3, 0.6, size=(1, 3, 3)).astype(np.float32), dtype=wp.vec3, requires_grad=True)
+    gv = wp.array(rng.standard_normal((1, 6, 6, 6, 3)).astype(np.float32), dtype=wp.vec3, requires_grad=True)
+    outs = [wp.zeros((1, 3), dtype=t, requires_grad=True) for t in (wp.vec3, wp.vec3, wp.mat33)]
+    assert gradcheck(
+        g2p_gather, dim=(1, 3), inputs=[x, gv, solver.params, 1e-3], outputs=outs,
+        eps=1e-3, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
+    )
+
+
+def test_rollout_tool_gradient_matches_finite_differences():
+    """A soft sphere pressing into dough: tape vs central differences (float32, 10 substeps)."""
+    solver, x0, tool = make_scene(softness=0.03)
+    vel = np.array([0.3, -1.0, 0.2])
+    _, grad, _ = rollout(solver, x0, tool, vel)
+    direction = np.array([0.5, -0.7, 0.3])
+    eps = 0.05
+    fd = (rollout(solver, x0, tool, vel + eps * direction)[0] - rollout(solver, x0, tool, vel - eps * direction)[0]) / (2 * eps)
+    assert abs(fd) > 1e-5
+    assert grad @ direction == pytest.approx(fd, rel=0.05)
+
+
+def test_hard_tool_out_of_reach_gives_zero_gradient_and_softness_fixes_it():
+    solver, x0, tool = make_scene(tool_y=0.45)  # 0.12 above the dough: no contact in 10 substeps
+    _, grad, _ = rollout(solver, x0, tool, np.array([0.0, -0.5, 0.0]))
+    assert np.all(grad == 0.0)
+    solver, x0, tool = make_scene(tool_y=0.45, softness=0.2)
+    _, grad, _ = rollout(solver, x0, tool, np.array([0.0, -0.5, 0.0]))
+    assert np.abs(grad).max() > 0.0
+
+
+def test_dough_stays_put_at_rest_and_yields_under_a_press():
+    solver, x0, tool = make_scene(tool_y=0.6, particles=400)
+    _, _, states = rollout(solver, x0, tool, np.zeros(3), substeps=20)
+    x = states[-1].particle_x.numpy()
+    assert np.all(np.isfinite(x))
+    assert np.abs(x - x0).max() < 0.01  # resting dough barely moves in 4 ms
+
+    solver, x0, tool = make_scene(tool_y=0.3, particles=400, yield_stress=5.0)
+    _, _, states = rollout(solver, x0, tool, np.array([0.0, -2.0, 0.0]), substeps=40)
+    F = states[-1].particle_F.numpy()[0]
+    sig = np.linalg.svd(F, compute_uv=False)
+    assert np.all(np.isfinite(sig)) and np.all(sig > 0)
+    hencky = np.log(sig)
+    deviatoric = np.linalg.norm(hencky - hencky.mean(axis=1, keepdims=True), axis=1)
+    mu = solver.model.material.mu
+    assert deviatoric.max() <= 5.0 / (2 * mu) * 1.05  # the return mapping holds the yield surface
+    assert states[-1].particle_x.numpy()[0, :, 1].min() < x0[0, :, 1].min() + 0.02
+
+
+def test_worlds_are_independent():
+    solver, x0, tool = make_scene(softness=0.03)
+    vel = np.array([0.3, -1.0, 0.2])
+    loss_single, grad_single, _ = rollout(solver, x0, tool, vel)
+    batch_x0 = np.concatenate([x0, x0 + np.float32(0.01)])
+    batch_tool = np.concatenate([tool, tool + np.float32(0.05)])
+    _, grad_batch, states = rollout(solver, batch_x0, batch_tool, np.stack([vel, -vel]))
+    _, _, single_states = rollout(solver, x0, tool, vel)
+    np.testing.assert_array_equal(states[-1].particle_x.numpy()[0], single_states[-1].particle_x.numpy()[0])
+
+
+def test_bad_tools_and_materials_raise():
+    from diffenvs.sim.mpm.model import MPMMaterial
+
+    with pytest.raises(ValueError, match="kind"):
+        ToolShape("cone", (0.1, 0.1, 0.1))
+    with pytest.raises(ValueError, match="poisson"):
+        MPMMaterial(poisson_ratio=0.5)
+    with pytest.raises(ValueError, match="grid_res"):
+        MPMModel(grid_res=4)
+    solver, _, _ = make_scene()
+    with pytest.raises(ValueError, match="softness"):
+        solver.set_tool_softness([0.1, 0.2])
+
+
+def test_grid_update_gradcheck_walls_and_floor():
+    """Nodes sliding into the floor and a side wall, away from the friction cone's kink."""
+    solver, _, _ = make_scene(res=6, boundary_cells=1, tool_y=5.0)  # the tool is far away
+    kernel = make_grid_update(1)
+    rng = np.random.default_rng(3)
+    shape = (1, 6, 6, 6)
+    m_np = rng.uniform(0.5, 1.0, size=shape).astype(np.float32) * 0.01
+    v_np = np.array([-1.0, -0.5, 0.8], np.float32) + 0.1 * rng.standard_normal((*shape, 3)).astype(np.float32)
+    mv = wp.array(v_np * m_np[..., None], dtype=wp.vec3, requires_grad=True)
+    m = wp.array(m_np, dtype=float, requires_grad=True)
+    tool = [wp.array(np.array([[[0.5, 5.0, 0.5]]], np.float32), dtype=wp.vec3),
+            wp.array(np.array([[[0.0, 0.0, 0.0, 1.0]]], np.float32), dtype=wp.quat),
+            wp.zeros((1, 1), dtype=wp.vec3), wp.zeros((1, 1), dtype=wp.vec3)]
+    out = wp.zeros(shape, dtype=wp.vec3, requires_grad=True)
+    assert gradcheck(
+        kernel, dim=shape,
+        inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
+                solver.tool_softness, solver.params, 1e-3],
+        outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
+        input_output_mask=[("grid_mv", "grid_v"), ("grid_m", "grid_v")],
+    )
