@@ -8,7 +8,12 @@ dropped without re-recording the episode, and lets the backward pass be seeded p
 
 Memory: with ``differentiable=True`` a trajectory keeps, for every step of the longest episode
 seen, the task's step buffers and their gradients (2x the buffer size). With
-``differentiable=False`` it keeps two step buffers (ping-pong) and no gradients.
+``checkpoint=True`` it keeps per step only the step's outputs (state, reward, loss, observation,
+action) and shares one set of scratch arrays (substep states, grids) between all steps: the
+forward pass records no tape, and the backward pass re-runs each step on a tape, newest first,
+before differentiating it. Memory is then ``T * (outputs) + 1 * (scratch)``, each with its
+gradient, for about one extra forward pass of compute. With ``differentiable=False`` it keeps two
+step buffers (ping-pong) and no gradients.
 """
 
 from __future__ import annotations
@@ -30,14 +35,20 @@ class Trajectory:
     Args:
         task: Task whose steps are recorded.
         differentiable: Record each step on a tape and keep every step's buffers.
+        checkpoint: Keep only each step's outputs and recompute its internals in the backward
+            pass (needs ``differentiable``).
     """
 
-    def __init__(self, task: Task, *, differentiable: bool):
+    def __init__(self, task: Task, *, differentiable: bool, checkpoint: bool = False):
+        if checkpoint and not differentiable:
+            raise ValueError("checkpoint=True needs differentiable=True")
         self.task = task
         self.differentiable = bool(differentiable)
+        self.checkpoint = bool(checkpoint)
         self.initial: State = task.alloc_state(requires_grad=self.differentiable)
         self._buffers: list[StepBuffers] = []
         self._tapes: list[wp.Tape] = []
+        self._step: Callable[[State, StepBuffers], None] | None = None
         self.length = 0
 
     def state(self, t: int | None = None) -> State:
@@ -55,7 +66,10 @@ class Trajectory:
         """Buffers of step ``t`` (allocated on first use)."""
         slot = t if self.differentiable else t % 2
         while len(self._buffers) <= slot:
-            self._buffers.append(self.task.alloc_step(requires_grad=self.differentiable))
+            buffers = self.task.alloc_step(requires_grad=self.differentiable)
+            if self.checkpoint and self._buffers:
+                buffers.share_scratch(self._buffers[0])
+            self._buffers.append(buffers)
             self._tapes.append(wp.Tape())
         return self._buffers[slot]
 
@@ -80,13 +94,14 @@ class Trajectory:
         t = self.length
         state_in = self.state(t)
         buffers = self.buffers(t)
-        if self.differentiable:
+        if self.differentiable and not self.checkpoint:
             tape = self._tapes[t]
             tape.reset()
             with tape:
                 step(state_in, buffers)
         else:
             step(state_in, buffers)
+        self._step = step
         self.length = t + 1
         return buffers
 
@@ -111,5 +126,18 @@ class Trajectory:
                 if array.grad is not None:
                     array.grad.zero_()
         seed(self.recorded)
-        for tape in reversed(self._tapes[: self.length]):
-            tape.backward()
+        for t in reversed(range(self.length)):
+            if self.checkpoint:
+                # Re-run the step on a fresh tape: it rewrites the step's outputs with the same
+                # values and refills the shared scratch, whose adjoints must start from zero.
+                # (Tape.reset() would zero every gradient the tape touched, the adjoints just
+                # propagated into this step's inputs included, so the tape is dropped instead.)
+                for array in self._buffers[t].scratch_arrays():
+                    if array.grad is not None:
+                        array.grad.zero_()
+                tape = wp.Tape()
+                with tape:
+                    self._step(self.state(t), self._buffers[t])
+                tape.backward()
+            else:
+                self._tapes[t].backward()

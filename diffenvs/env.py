@@ -68,11 +68,12 @@ class WorldBatch:
     Args:
         task: The batched task.
         differentiable: Record steps for :meth:`grad`; ``False`` saves the tape's memory.
+        checkpoint: Keep only each step's outputs and recompute substeps in the backward pass.
     """
 
-    def __init__(self, task: Task, *, differentiable: bool = True):
+    def __init__(self, task: Task, *, differentiable: bool = True, checkpoint: bool = False):
         self.task = task
-        self.trajectory = Trajectory(task, differentiable=differentiable)
+        self.trajectory = Trajectory(task, differentiable=differentiable, checkpoint=checkpoint)
         self._obs = task.zeros((task.world_count, task.obs_dim), wp.float32, requires_grad=False)
         self._loss = task.zeros(task.world_count, wp.float64, requires_grad=False)
 
@@ -166,6 +167,9 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         device: Warp device (``"cpu"``, ``"cuda"``, ``"cuda:0"``); default: Warp's default.
         differentiable: Record the episode for :meth:`grad`. ``False`` makes stepping cheaper
             and its memory independent of the episode length.
+        checkpoint: With ``differentiable``, keep only each step's outputs and recompute the
+            substeps in :meth:`grad` (less memory, about one more forward pass of compute; see
+            :mod:`diffenvs.autodiff` for the memory formula).
         render_width: Width of rendered frames [px].
         render_height: Height of rendered frames [px].
         **task_kwargs: Options of the task.
@@ -180,6 +184,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         *,
         device: str | None = None,
         differentiable: bool = True,
+        checkpoint: bool = False,
         render_width: int = 256,
         render_height: int = 256,
         **task_kwargs: Any,
@@ -187,14 +192,14 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self._init_kwargs = dict(
-            render_mode=render_mode, device=device, differentiable=differentiable,
+            render_mode=render_mode, device=device, differentiable=differentiable, checkpoint=checkpoint,
             render_width=render_width, render_height=render_height, **task_kwargs,
         )
         self.render_mode = render_mode
         self.render_width = int(render_width)
         self.render_height = int(render_height)
         self.task = self.task_class(1, device=device, **task_kwargs)
-        self.batch = WorldBatch(self.task, differentiable=differentiable)
+        self.batch = WorldBatch(self.task, differentiable=differentiable, checkpoint=checkpoint)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.task.action_dim,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.task.frame_dt))}

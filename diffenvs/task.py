@@ -47,9 +47,22 @@ class StepBuffers:
     obs: wp.array
     diverged: wp.array
 
+    scratch_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields only needed while the step runs (substep states, grids); checkpointing shares them."""
+
     def arrays(self) -> Iterator[wp.array]:
         """Every Warp array held by these buffers, nested states included."""
         yield from _walk_arrays(self)
+
+    def scratch_arrays(self) -> Iterator[wp.array]:
+        """The arrays of :attr:`scratch_fields`."""
+        for name in self.scratch_fields:
+            yield from _walk_arrays(getattr(self, name))
+
+    def share_scratch(self, other: StepBuffers) -> None:
+        """Use ``other``'s scratch arrays instead of this one's own."""
+        for name in self.scratch_fields:
+            setattr(self, name, getattr(other, name))
 
 
 def _walk_arrays(value: Any) -> Iterator[wp.array]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import warp as wp
@@ -174,6 +174,8 @@ def check_divergence_pusher(
 @dataclasses.dataclass
 class PusherStepBuffers(StepBuffers):
     """Step buffers plus the pusher's control and the intermediate substep states."""
+
+    scratch_fields: ClassVar[tuple[str, ...]] = ("control", "substates")
 
     control: Rigid2DControl = None
     substates: list[Rigid2DState] = dataclasses.field(default_factory=list)

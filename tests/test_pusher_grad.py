@@ -151,16 +151,17 @@ def test_tape_never_overwrites_an_array_it_read():
         import gymnasium as gym
         import diffenvs
         from diffenvs.sim.rigid2d.kernels import integrate_pusher_box
-        env = gym.make("DiffEnvs/Pusher-v0", proximity_weight=0.5).unwrapped
-        for episode in range(2):
-            env.reset(seed=episode)
-            for t in range(4):
-                env.step(np.array([0.5, -0.3]))
+        for checkpoint in (False, True):
+            env = gym.make("DiffEnvs/Pusher-v0", proximity_weight=0.5, checkpoint=checkpoint).unwrapped
+            for episode in range(2):
+                env.reset(seed=episode)
+                for t in range(4):
+                    env.step(np.array([0.5, -0.3]))
+                env.grad()
+                env.grad("loss")
+            env.set_state(env.get_state())
+            env.step(np.zeros(2))
             env.grad()
-            env.grad("loss")
-        env.set_state(env.get_state())
-        env.step(np.zeros(2))
-        env.grad()
         assert integrate_pusher_box.adj.args[0].is_read, "the verifier was not active"
         print("verified")
         """
@@ -168,3 +169,24 @@ def test_tape_never_overwrites_an_array_it_read():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "verified" in result.stdout
+
+
+@pytest.mark.parametrize("objective", ["return", "loss"])
+def test_checkpointed_gradients_equal_recorded_ones(objective):
+    grads = []
+    for checkpoint in (False, True):
+        env = make_unwrapped(ID, proximity_weight=0.4, checkpoint=checkpoint)
+        state, actions = contact_rollout(env, seed=6, steps=10)
+        replay(env, state, actions)
+        grads.append(env.grad(objective))
+        again = env.grad(objective)
+        np.testing.assert_array_equal(again.actions, grads[-1].actions)
+    np.testing.assert_array_equal(grads[0].actions, grads[1].actions)
+    for name in grads[0].initial_state:
+        np.testing.assert_array_equal(grads[0].initial_state[name], grads[1].initial_state[name])
+    assert np.abs(grads[1].actions).max() > 0.0
+
+
+def test_checkpoint_needs_differentiable():
+    with pytest.raises(ValueError, match="checkpoint"):
+        make_unwrapped(ID, differentiable=False, checkpoint=True)
