@@ -48,11 +48,12 @@ class PusherConfig:
     orientation_weight: float = 0.0
     success_tolerance: float = 0.02
     escape_radius: float = 2.0
-    box_mass: float = 0.5
-    table_friction: float = 0.4
-    contact_friction: float = 0.3
-    contact_stiffness: float = 2000.0
-    contact_softness: float = 0.002
+    # Physical and numerical defaults come from the solver's own model and config.
+    box_mass: float = Rigid2DModel.box_mass
+    table_friction: float = Rigid2DModel.table_friction
+    contact_friction: float = Rigid2DModel.contact_friction
+    contact_stiffness: float = SolverRigid2D.Config.contact_stiffness
+    contact_softness: float = SolverRigid2D.Config.contact_softness
 
     def __post_init__(self) -> None:
         if self.sim_substeps < 1:

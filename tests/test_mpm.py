@@ -167,6 +167,9 @@ def test_worlds_are_independent():
     _, grad_batch, states = rollout(solver, batch_x0, batch_tool, np.stack([vel, -vel]))
     _, _, single_states = rollout(solver, x0, tool, vel)
     np.testing.assert_array_equal(states[-1].particle_x.numpy()[0], single_states[-1].particle_x.numpy()[0])
+    np.testing.assert_array_equal(grad_batch[:3], grad_single)
+    assert not np.array_equal(grad_batch[3:], grad_single)
+    assert np.isfinite(loss_single)
 
 
 def test_bad_tools_and_materials_raise():
