@@ -19,7 +19,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import warp as wp
 
-    wp.config.quiet = True
+    wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
 
     from diffenvs.baselines.demo import DemoConfig, run_demo
     from diffenvs.config import load_yaml

@@ -9,7 +9,7 @@ import warp as wp
 
 import diffenvs
 
-wp.config.quiet = True
+wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
 
 ENV_IDS = [info.id for info in diffenvs.ENVS]
 

@@ -145,7 +145,7 @@ def test_tape_never_overwrites_an_array_it_read():
         import warnings
         import numpy as np
         import warp as wp
-        wp.config.quiet = True
+        wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
         wp.config.verify_autograd_array_access = True
         warnings.simplefilter("error")
         import gymnasium as gym
