@@ -48,7 +48,6 @@ class Trajectory:
         self.initial: State = task.alloc_state(requires_grad=self.differentiable)
         self._buffers: list[StepBuffers] = []
         self._tapes: list[wp.Tape] = []
-        self._step: Callable[[State, StepBuffers], None] | None = None
         self.length = 0
 
     def state(self, t: int | None = None) -> State:
@@ -86,8 +85,8 @@ class Trajectory:
             tape.reset()
         self.length = 0
 
-    def record(self, step: Callable[[State, StepBuffers], None]) -> StepBuffers:
-        """Run ``step(state_in, buffers)`` as the next step, on a tape when differentiable.
+    def record(self) -> StepBuffers:
+        """Run the task's next step, on a tape when differentiable and not checkpointing.
 
         The caller writes ``buffers(self.length).action`` before calling.
         """
@@ -98,10 +97,9 @@ class Trajectory:
             tape = self._tapes[t]
             tape.reset()
             with tape:
-                step(state_in, buffers)
+                self.task.step(state_in, buffers)
         else:
-            step(state_in, buffers)
-        self._step = step
+            self.task.step(state_in, buffers)
         self.length = t + 1
         return buffers
 
@@ -137,7 +135,7 @@ class Trajectory:
                         array.grad.zero_()
                 tape = wp.Tape()
                 with tape:
-                    self._step(self.state(t), self._buffers[t])
+                    self.task.step(self.state(t), self._buffers[t])
                 tape.backward()
             else:
                 self._tapes[t].backward()

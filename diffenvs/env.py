@@ -118,7 +118,7 @@ class WorldBatch:
         """Step every world with ``actions`` (world_count, action_dim), already inside [-1, 1]."""
         buffers = self.trajectory.buffers(self.trajectory.length)
         buffers.action.assign(np.asarray(actions, dtype=np.float64))
-        self.trajectory.record(self.task.step)
+        self.trajectory.record()
         return StepResult(
             obs=buffers.obs.numpy().copy(),
             reward=buffers.reward.numpy().copy(),
@@ -250,7 +250,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         self._obs = result.obs[0]
         self._loss = float(result.loss[0])
         info = {"diverged": False, "loss": float(result.loss[0]), **terms}
-        info["is_success"] = self.task.success(self.get_state())
+        info["is_success"] = bool(self.task.success(result.loss)[0])
         return self._obs.copy(), float(result.reward[0]), False, False, info
 
     def render(self):

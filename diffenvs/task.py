@@ -142,9 +142,9 @@ class Task(abc.ABC):
     def render(self, state: dict[str, np.ndarray], *, width: int, height: int) -> np.ndarray:
         """Draw one world's state as an RGB image, uint8 of shape (height, width, 3)."""
 
-    def success(self, state: dict[str, np.ndarray]) -> bool:
-        """Whether one world's state solves the task (reported as ``info["is_success"]``)."""
-        return False
+    def success(self, loss: np.ndarray) -> np.ndarray:
+        """Whether each world solves the task, judged from its task loss (``info["is_success"]``)."""
+        return np.zeros(np.shape(loss), dtype=bool)
 
     # Helpers shared by every task ------------------------------------------------------------
 

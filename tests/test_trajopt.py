@@ -18,6 +18,11 @@ def test_adam_lowers_the_pusher_loss_and_respects_bounds():
     assert np.all(np.abs(result.actions) <= 1.0)
     assert [r["iteration"] for r in result.history] == list(range(25))
     assert result.history[-1]["env_steps"] == 2 * 40 * 25
+    env.reset(seed=2)
+    infos = [env.step(a)[4] for a in result.actions]
+    assert infos[-1]["loss"] == pytest.approx(result.best_loss)
+    assert [i["is_success"] for i in infos] == [i["loss"] <= 0.02 for i in infos]
+    assert not infos[0]["is_success"]
 
 
 def test_without_contact_loss_a_far_pusher_makes_no_progress():
