@@ -36,15 +36,13 @@ class Trajectory:
         task: Task whose steps are recorded.
         differentiable: Record each step on a tape and keep every step's buffers.
         checkpoint: Keep only each step's outputs and recompute its internals in the backward
-            pass (needs ``differentiable``).
+            pass; ignored without ``differentiable`` (nothing is kept then).
     """
 
     def __init__(self, task: Task, *, differentiable: bool, checkpoint: bool = False):
-        if checkpoint and not differentiable:
-            raise ValueError("checkpoint=True needs differentiable=True")
         self.task = task
         self.differentiable = bool(differentiable)
-        self.checkpoint = bool(checkpoint)
+        self.checkpoint = bool(checkpoint) and self.differentiable
         self.initial: State = task.alloc_state(requires_grad=self.differentiable)
         self._buffers: list[StepBuffers] = []
         self._tapes: list[wp.Tape] = []

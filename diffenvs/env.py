@@ -60,6 +60,7 @@ class StepResult:
     reward_terms: np.ndarray
     loss: np.ndarray
     diverged: np.ndarray
+    metrics: dict[str, np.ndarray]
 
 
 class WorldBatch:
@@ -106,6 +107,7 @@ class WorldBatch:
         self.trajectory.clear()
         for name, array in self.trajectory.initial.items():
             array.assign(state[name])
+        self.task.prepare(self.trajectory.initial)
         self.task.observe(self.trajectory.initial, self._obs)
         self.task.loss_of(self.trajectory.initial, self._loss)
         return self._obs.numpy().copy(), self._loss.numpy().copy()
@@ -125,6 +127,7 @@ class WorldBatch:
             reward_terms=buffers.reward_terms.numpy().copy(),
             loss=buffers.loss.numpy().copy(),
             diverged=buffers.diverged.numpy().astype(bool),
+            metrics=self.task.step_metrics(buffers),
         )
 
     def drop_last_step(self) -> None:
@@ -167,7 +170,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         device: Warp device (``"cpu"``, ``"cuda"``, ``"cuda:0"``); default: Warp's default.
         differentiable: Record the episode for :meth:`grad`. ``False`` makes stepping cheaper
             and its memory independent of the episode length.
-        checkpoint: With ``differentiable``, keep only each step's outputs and recompute the
+        checkpoint: With ``differentiable`` (ignored without), keep only each step's outputs and recompute the
             substeps in :meth:`grad` (less memory, about one more forward pass of compute; see
             :mod:`diffenvs.autodiff` for the memory formula).
         render_width: Width of rendered frames [px].
@@ -250,6 +253,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         self._obs = result.obs[0]
         self._loss = float(result.loss[0])
         info = {"diverged": False, "loss": float(result.loss[0]), **terms}
+        info.update({name: float(value[0]) for name, value in result.metrics.items()})
         info["is_success"] = bool(self.task.success(result.loss)[0])
         return self._obs.copy(), float(result.reward[0]), False, False, info
 

@@ -16,12 +16,14 @@ class EnvInfo:
         entry_point: ``module:Class`` of the single env.
         max_episode_steps: Truncation horizon applied by ``gym.make``.
         summary: One-line description (``diffenvs list``).
+        kwargs: Default keyword arguments of ``gym.make``.
     """
 
     id: str
     entry_point: str
     max_episode_steps: int
     summary: str
+    kwargs: dict = dataclasses.field(default_factory=dict)
 
 
 ENVS: tuple[EnvInfo, ...] = (
@@ -31,6 +33,27 @@ ENVS: tuple[EnvInfo, ...] = (
         max_episode_steps=100,
         summary="Planar round pusher moves a box to a target pose (rigid penalty contact, 2-D action).",
     ),
+    EnvInfo(
+        id="DiffEnvs/RollingPin-v0",
+        entry_point="diffenvs.tasks.dough:RollingPinEnv",
+        max_episode_steps=50,
+        summary="Flatten MPM dough into a target sheet with a rolling pin (3-D action).",
+        kwargs={"checkpoint": True},
+    ),
+    EnvInfo(
+        id="DiffEnvs/Move-v0",
+        entry_point="diffenvs.tasks.dough:MoveEnv",
+        max_episode_steps=50,
+        summary="Carry MPM dough to a target place with two spheres (6-D action).",
+        kwargs={"checkpoint": True},
+    ),
+    EnvInfo(
+        id="DiffEnvs/Shape-v0",
+        entry_point="diffenvs.tasks.dough:ShapeEnv",
+        max_episode_steps=50,
+        summary="Reshape MPM dough into a longer, lower box with a spherical tool tip (3-D action).",
+        kwargs={"checkpoint": True},
+    ),
 )
 
 
@@ -39,4 +62,6 @@ def register_envs() -> None:
     for info in ENVS:
         if info.id in gym.registry:
             continue
-        gym.register(id=info.id, entry_point=info.entry_point, max_episode_steps=info.max_episode_steps)
+        gym.register(
+            id=info.id, entry_point=info.entry_point, max_episode_steps=info.max_episode_steps, kwargs=dict(info.kwargs)
+        )

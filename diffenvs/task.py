@@ -142,6 +142,13 @@ class Task(abc.ABC):
     def render(self, state: dict[str, np.ndarray], *, width: int, height: int) -> np.ndarray:
         """Draw one world's state as an RGB image, uint8 of shape (height, width, 3)."""
 
+    def prepare(self, state: State) -> None:
+        """Derive per-episode data from a new initial state (called by reset and set_state, outside the tape)."""
+
+    def step_metrics(self, buffers: StepBuffers) -> dict[str, np.ndarray]:
+        """Evaluation metrics of a finished step, per world, reported in ``info`` (default none)."""
+        return {}
+
     def success(self, loss: np.ndarray) -> np.ndarray:
         """Whether each world solves the task, judged from its task loss (``info["is_success"]``)."""
         return np.zeros(np.shape(loss), dtype=bool)

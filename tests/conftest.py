@@ -12,6 +12,11 @@ import diffenvs
 wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
 
 ENV_IDS = [info.id for info in diffenvs.ENVS]
+DOUGH_IDS = [env_id for env_id in ENV_IDS if env_id != "DiffEnvs/Pusher-v0"]
+
+# A tiny dough configuration for gradient tests: 16^3 grid, 64 particles, 4 substeps.
+TINY_DOUGH = {"grid_res": 16, "particle_count": 64, "sim_substeps": 4, "obs_particle_count": 8}
+SMALL = {env_id: TINY_DOUGH for env_id in DOUGH_IDS}
 
 
 def make_unwrapped(env_id: str, **kwargs):

@@ -12,11 +12,11 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 
 from diffenvs.config import ConfigError
 from diffenvs.tasks.pusher import PusherEnv
-from tests.conftest import ENV_IDS, make_unwrapped
+from tests.conftest import ENV_IDS, SMALL, make_unwrapped
 
 
 def test_every_env_is_registered_with_a_namespaced_versioned_id():
-    assert "DiffEnvs/Pusher-v0" in ENV_IDS
+    assert {"DiffEnvs/Pusher-v0", "DiffEnvs/RollingPin-v0", "DiffEnvs/Move-v0", "DiffEnvs/Shape-v0"} <= set(ENV_IDS)
     for env_id in ENV_IDS:
         spec = gym.spec(env_id)
         assert spec.namespace == "DiffEnvs" and spec.version is not None
@@ -69,7 +69,7 @@ def test_pickled_env_continues_identically(env_id):
     for _ in range(4):
         env.step(env.action_space.sample())
     copy = pickle.loads(pickle.dumps(env))
-    action = np.array([0.3, -0.2], dtype=np.float32)
+    action = np.linspace(-0.5, 0.5, env.action_space.shape[0]).astype(np.float32)
     for a, b in zip(env.step(action), copy.step(action)):
         np.testing.assert_array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
     for a, b in zip(env.reset(), copy.reset()):  # the generator travels too
@@ -87,8 +87,9 @@ def test_state_snapshot_replays_rewards_exactly(env_id):
     first = [env.step(a)[1] for a in actions]
     env.set_state(snapshot)
     assert [env.step(a)[1] for a in actions] == first
-    snapshot["box_pose"][0] = 123.0  # a snapshot is a copy
-    assert env.get_state()["box_pose"][0] != 123.0
+    name = next(iter(snapshot))
+    snapshot[name].flat[0] = 123.0  # a snapshot is a copy
+    assert env.get_state()[name].flat[0] != 123.0
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -100,19 +101,23 @@ def test_render_returns_uint8_frames(env_id):
     assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 3
 
 
-def test_bad_actions_raise_and_leave_the_state_untouched():
-    env = make_unwrapped("DiffEnvs/Pusher-v0")
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_bad_actions_raise_and_leave_the_state_untouched(env_id):
+    env = make_unwrapped(env_id, **SMALL.get(env_id, {}))
     env.reset(seed=0)
-    env.step(np.array([0.1, 0.1]))
+    n = env.action_space.shape[0]
+    env.step(np.full(n, 0.1))
     before = env.get_state()
-    for bad in [np.zeros(3), np.zeros((1, 2)), [0.1], np.array([np.nan, 0.0]), np.array([0.0, np.inf]), "up"]:
+    nan, inf = np.zeros(n), np.zeros(n)
+    nan[0], inf[-1] = np.nan, np.inf
+    for bad in [np.zeros(n + 1), np.zeros((1, n)), [0.1], nan, inf, "up"]:
         with pytest.raises(ValueError, match="action"):
             env.step(bad)
     after = env.get_state()
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
     assert env.elapsed_steps == 1
-    assert env.grad().actions.shape == (1, 2)
+    assert env.grad().actions.shape == (1, n)
 
 
 def test_out_of_range_actions_are_clipped():

@@ -187,6 +187,10 @@ def test_checkpointed_gradients_equal_recorded_ones(objective):
     assert np.abs(grads[1].actions).max() > 0.0
 
 
-def test_checkpoint_needs_differentiable():
-    with pytest.raises(ValueError, match="checkpoint"):
-        make_unwrapped(ID, differentiable=False, checkpoint=True)
+def test_checkpoint_is_ignored_without_differentiable():
+    env = make_unwrapped(ID, differentiable=False, checkpoint=True)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.array([0.2, 0.1]))
+    with pytest.raises(GradientError, match="differentiable=False"):
+        env.grad()

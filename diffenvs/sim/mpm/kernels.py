@@ -279,3 +279,21 @@ def advance_tools(
     dq = wp.quat(om[0], om[1], om[2], 0.0) * q
     tool_pos_out[w, t] = tool_pos[w, t] + dt * tool_vel[w, t]
     tool_rot_out[w, t] = wp.normalize(q + (0.5 * dt) * dq)
+
+
+@wp.kernel
+def p2g_mass(
+    particle_x: wp.array2d(dtype=wp.vec3),
+    params: MPMParams,
+    grid_m: wp.array4d(dtype=float),
+):
+    """Scatter particle mass to the grid with the solver's B-spline weights (density of a particle set)."""
+    w, p = wp.tid()
+    xg = particle_x[w, p] * params.inv_dx
+    base = stencil_base(xg, params.grid_res)
+    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                weight = bspline_weight(fx[0], i) * bspline_weight(fx[1], j) * bspline_weight(fx[2], k)
+                wp.atomic_add(grid_m, w, base[0] + i, base[1] + j, base[2] + k, weight * params.particle_mass)

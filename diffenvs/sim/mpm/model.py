@@ -89,6 +89,8 @@ class MPMModel:
         gravity: Gravity vector [domain units / s^2] (PlasticineLab: 30 downwards).
         ground_friction: Coulomb friction of the floor.
         boundary_cells: Cells at each wall inside which the walls act.
+        particle_volume: Rest volume of one particle [domain units^3]; ``None``: 8 particles
+            per cell, (dx/2)^3. Set it to the body's volume divided by its particle count.
     """
 
     grid_res: int = 32
@@ -98,12 +100,15 @@ class MPMModel:
     gravity: tuple[float, float, float] = (0.0, -30.0, 0.0)
     ground_friction: float = 1.5
     boundary_cells: int = 3
+    particle_volume: float | None = None
 
     def __post_init__(self) -> None:
         if self.grid_res < 2 * self.boundary_cells + 3:
             raise ValueError(f"grid_res {self.grid_res} is too small for {self.boundary_cells} boundary cells")
         if not self.domain_size > 0.0:
             raise ValueError(f"domain_size must be > 0, got {self.domain_size}")
+        if self.particle_volume is not None and not self.particle_volume > 0.0:
+            raise ValueError(f"particle_volume must be > 0, got {self.particle_volume}")
 
     @property
     def dx(self) -> float:
@@ -111,11 +116,16 @@ class MPMModel:
         return self.domain_size / self.grid_res
 
     @property
-    def particle_volume(self) -> float:
-        """Rest volume of a particle: 8 particles per cell [domain units^3]."""
-        return (0.5 * self.dx) ** 3
+    def rest_particle_volume(self) -> float:
+        """Rest volume of a particle [domain units^3] (see ``particle_volume``)."""
+        return (0.5 * self.dx) ** 3 if self.particle_volume is None else self.particle_volume
 
     @property
     def particle_mass(self) -> float:
         """Mass of a particle [kg]."""
-        return self.particle_volume * self.material.density
+        return self.rest_particle_volume * self.material.density
+
+    @property
+    def floor_height(self) -> float:
+        """Height of the floor: the top of the bottom boundary cells [domain units]."""
+        return self.boundary_cells * self.dx

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import warp as wp
 
-from diffenvs.sim.mpm.kernels import MPMParams, advance_tools, g2p_gather, make_grid_update, p2g_scatter
+from diffenvs.sim.mpm.kernels import MPMParams, advance_tools, g2p_gather, make_grid_update, p2g_mass, p2g_scatter
 from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
 
@@ -45,7 +45,7 @@ class SolverMPM:
         params.inv_dx = 1.0 / model.dx
         params.grid_res = model.grid_res
         params.boundary_cells = model.boundary_cells
-        params.particle_volume = model.particle_volume
+        params.particle_volume = model.rest_particle_volume
         params.particle_mass = model.particle_mass
         params.mu = mat.mu
         params.lam = mat.lam
@@ -73,6 +73,11 @@ class SolverMPM:
     def alloc_grid(self, world_count: int, *, requires_grad: bool) -> MPMGrid:
         """Scratch grid of one substep."""
         return MPMGrid.zeros(world_count, self.model.grid_res, device=self.device, requires_grad=requires_grad)
+
+    def scatter_mass(self, particle_x: wp.array, grid_m: wp.array) -> None:
+        """Write the grid mass of the particle set ``particle_x`` (world_count, count) into ``grid_m``."""
+        grid_m.zero_()
+        wp.launch(p2g_mass, dim=particle_x.shape, inputs=[particle_x, self.params], outputs=[grid_m], device=self.device)
 
     def step(self, state_in: MPMState, state_out: MPMState, control: MPMControl, dt: float, grid: MPMGrid) -> None:
         """Advance all worlds by ``dt`` [s] from ``state_in`` into ``state_out`` using ``grid`` as scratch."""

@@ -1,0 +1,117 @@
+"""The dough tasks: gradients against finite differences, contact remedies, checkpointing, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import DOUGH_IDS, TINY_DOUGH, make_unwrapped
+
+
+def rollout(env, state, actions):
+    env.set_state(state)
+    total = 0.0
+    for a in actions:
+        _, reward, terminated, _, info = env.step(a)
+        assert not terminated
+        total += reward
+    return total
+
+
+def pressing_actions(env, steps):
+    """Actions that drive every tool down into the dough (and a little sideways)."""
+    n = env.action_space.shape[0]
+    base = np.zeros(n)
+    if n == 3 and env.spec.id.startswith("DiffEnvs/RollingPin"):
+        base[:] = [0.4, 0.1, -0.8]
+    else:
+        for t in range(n // 3):
+            base[3 * t: 3 * t + 3] = [0.3 * (-1) ** t, -0.8, 0.2]
+        if env.spec.id.startswith("DiffEnvs/Move"):  # squeeze from both sides
+            base = np.array([0.8, -0.2, 0.1, -0.8, -0.2, 0.1])
+    return np.tile(base, (steps, 1)) + 0.05 * np.random.default_rng(0).standard_normal((steps, n))
+
+
+@pytest.mark.parametrize("env_id", DOUGH_IDS)
+def test_action_gradient_matches_finite_differences(env_id):
+    env = make_unwrapped(env_id, **TINY_DOUGH, tool_softness=0.02, contact_weight=1.0)
+    env.reset(seed=1)
+    state = env.get_state()
+    actions = pressing_actions(env, 4)
+    rollout(env, state, actions)
+    g = env.grad()
+    assert g.actions.shape == actions.shape and np.abs(g.actions).max() > 0
+    direction = g.actions / np.linalg.norm(g.actions)  # the steepest direction: a clear signal
+    eps = 0.05
+    fd = (rollout(env, state, actions + eps * direction) - rollout(env, state, actions - eps * direction)) / (2 * eps)
+    assert np.sum(g.actions * direction) == pytest.approx(fd, rel=0.1)
+
+
+@pytest.mark.parametrize("env_id", DOUGH_IDS)
+def test_checkpointed_and_recorded_gradients_agree(env_id):
+    results = []
+    for checkpoint in (True, False):
+        env = make_unwrapped(env_id, **TINY_DOUGH, tool_softness=0.02, checkpoint=checkpoint)
+        env.reset(seed=2)
+        for a in pressing_actions(env, 3):
+            env.step(a)
+        results.append(env.grad())
+    np.testing.assert_allclose(results[0].actions, results[1].actions, rtol=1e-5, atol=1e-9)
+    for name in results[0].initial_state:
+        np.testing.assert_allclose(results[0].initial_state[name], results[1].initial_state[name], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("env_id", DOUGH_IDS)
+def test_no_contact_zero_gradient_and_both_remedies(env_id):
+    def action_grad(**kwargs):
+        env = make_unwrapped(env_id, **TINY_DOUGH, **kwargs)
+        env.reset(seed=0)
+        state = env.get_state()
+        state["tool_pos"][:, 1] += 0.2  # lift every tool well clear of the dough
+        env.set_state(state)
+        for action in pressing_actions(env, 3):  # moving towards the dough, reaching it in no case
+            env.step(action)
+        return env.grad().actions
+
+    assert np.all(action_grad() == 0.0)
+    assert np.abs(action_grad(contact_weight=1.0)).max() > 0.0
+    assert np.abs(action_grad(tool_softness=0.3)).max() > 0.0
+
+
+def test_iou_metrics_are_reported():
+    env = make_unwrapped("DiffEnvs/RollingPin-v0", **TINY_DOUGH)
+    _, info = env.reset(seed=0)
+    assert 0.0 < info["iou"] < 1.0
+    _, _, _, _, info = env.step(np.array([0.5, 0.0, -1.0]))
+    assert 0.0 <= info["iou"] <= 1.0 and 0.0 <= info["iou_incremental"] <= 1.0
+    # A state that is the target itself scores IoU 1 and loss 0.
+    state = env.get_state()
+    state["particle_x"] = (state["target_centre"] + env.task._target_unit * state["target_half"]).astype(np.float32)
+    env.set_state(state)
+    assert env.loss == pytest.approx(0.0, abs=1e-5)
+    assert env.task.iou_of(env.batch.trajectory.initial)[0] == 1.0
+
+
+def test_exploding_state_diverges_and_ends_the_episode():
+    env = make_unwrapped("DiffEnvs/Shape-v0", **TINY_DOUGH)
+    obs, _ = env.reset(seed=0)
+    state = env.get_state()
+    state["particle_v"][0] = [0.0, 1e30, 0.0]  # leaves the domain (and overflows) within one step
+    obs = env.set_state(state)
+    next_obs, reward, terminated, _, info = env.step(np.zeros(3))
+    assert terminated and info["diverged"] and reward == 0.0
+    np.testing.assert_array_equal(next_obs, obs)
+
+
+def test_presets_and_bad_options():
+    from diffenvs.config import ConfigError
+
+    env = make_unwrapped("DiffEnvs/RollingPin-v0", preset="paper", differentiable=False)
+    assert (env.task.grid_res, env.task.particle_count, env.task.sim_substeps) == (64, 10000, 19)
+    assert env.dt == pytest.approx(1.9e-3)
+    with pytest.raises(ConfigError, match="preset"):
+        make_unwrapped("DiffEnvs/RollingPin-v0", preset="huge")
+    with pytest.raises(ConfigError, match="grid_res"):
+        make_unwrapped("DiffEnvs/Move-v0", grid_res=8)
+    with pytest.raises(ConfigError, match="obs_particle_count"):
+        make_unwrapped("DiffEnvs/Shape-v0", particle_count=10, obs_particle_count=20)
