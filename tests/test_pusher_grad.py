@@ -162,7 +162,17 @@ def test_tape_never_overwrites_an_array_it_read():
             env.set_state(env.get_state())
             env.step(np.zeros(2))
             env.grad()
+        for checkpoint in (False, True):
+            env = gym.make("DiffEnvs/Move-v0", grid_res=16, particle_count=32, sim_substeps=2,
+                           obs_particle_count=4, tool_softness=0.02, checkpoint=checkpoint).unwrapped
+            for episode in range(2):
+                env.reset(seed=episode)
+                for t in range(2):
+                    env.step(np.full(6, 0.3))
+                env.grad()
+        from diffenvs.sim.mpm.kernels import p2g_scatter
         assert integrate_pusher_box.adj.args[0].is_read, "the verifier was not active"
+        assert any(a.is_read for a in p2g_scatter.adj.args), "the verifier was not active on the MPM kernels"
         print("verified")
         """
     )
