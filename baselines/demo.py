@@ -41,7 +41,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> TrajOptResult:
     state = env.get_state()
     bar = tqdm(total=config.optimizer.iters, desc=f"Adam on {config.env_id}", disable=not progress, unit="it")
 
-    def show(record: dict[str, float]) -> None:
+    def show(record: dict[str, float], actions: np.ndarray) -> None:
         bar.set_postfix(loss=f"{record['loss']:.4f}", ret=f"{record['return']:.3f}")
         bar.update()
 

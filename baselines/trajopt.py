@@ -117,7 +117,7 @@ def optimize_actions(
     *,
     state: dict[str, np.ndarray] | None = None,
     init_actions: np.ndarray | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: Callable[[dict[str, Any], np.ndarray], None] | None = None,
 ) -> TrajOptResult:
     """Maximise the return of an open-loop action sequence with Adam on ``env.grad()``.
 
@@ -126,7 +126,8 @@ def optimize_actions(
         config: Optimizer options.
         state: Initial state (default: the env's current state).
         init_actions: Initial sequence, shape (horizon, *action_shape); default from ``config``.
-        callback: Called with each iteration's record (for progress bars and logs).
+        callback: Called with each iteration's record and the actions it evaluated (for
+            progress bars, logs and evaluations under other settings).
 
     Returns:
         The best sequence by final task loss, and the per-iteration history.
@@ -164,7 +165,7 @@ def optimize_actions(
         }
         history.append(record)
         if callback is not None:
-            callback(record)
+            callback(record, actions)
         adam.ascend(grad)
     final_total, final_loss, _ = rollout(env, state, adam.params)
     if final_loss < best[0]:

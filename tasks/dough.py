@@ -482,8 +482,10 @@ class DoughTask(Task):
     def step(self, state_in: State, buffers: DoughStepBuffers) -> None:
         self.apply_action(state_in, buffers)
         chain = [self._mpm_state(state_in), *buffers.substates, self._mpm_state(buffers.state)]
+        # The tools can drag dough at up to their surface speed: the pin's roll adds as much again.
+        region = self.solver.active_region(chain[0], self.frame_dt, extra_speed=2.0 * self.config.tool_speed)
         for current, following, grid in zip(chain[:-1], chain[1:], buffers.grids):
-            self.solver.step(current, following, buffers.control, self.sim_dt, grid)
+            self.solver.step(current, following, buffers.control, self.sim_dt, grid, region)
         self._evaluate(state_in, buffers.loss_in)
         self._evaluate(buffers.state, buffers.loss_out)
         cfg = self.config

@@ -100,7 +100,7 @@ def test_grid_update_gradcheck_with_tool_contact(softness):
     assert gradcheck(
         kernel, dim=shape,
         inputs=[mv, m, pos, rot, vel, omega, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                solver.tool_softness, solver.params, 1e-3],
+                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0)],
         outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("tool_pos", "grid_v"), ("tool_vel", "grid_v")],
     )
@@ -203,7 +203,31 @@ def test_grid_update_gradcheck_walls_and_floor():
     assert gradcheck(
         kernel, dim=shape,
         inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                solver.tool_softness, solver.params, 1e-3],
+                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0)],
         outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("grid_m", "grid_v")],
     )
+
+
+def test_cheap_yield_test_agrees_with_the_svd():
+    """The SVD-free bound never declares 'no yield' for a state that yields."""
+    from diffenvs.sim.mpm.kernels import yield_excess
+
+    @wp.kernel
+    def excess(F: wp.array(dtype=wp.mat33), mu: float, ys: float, out: wp.array(dtype=float)):
+        i = wp.tid()
+        out[i] = yield_excess(F[i], mu, ys)
+
+    rng = np.random.default_rng(0)
+    scales = np.repeat([1e-4, 3e-3, 1e-2, 3e-2, 0.1], 200)
+    F = np.eye(3) + scales[:, None, None] * rng.standard_normal((scales.size, 3, 3))
+    out = wp.zeros(scales.size, dtype=float)
+    mu, ys = 2000.0, 50.0
+    wp.launch(excess, dim=scales.size, inputs=[wp.array(F.astype(np.float32), dtype=wp.mat33), mu, ys], outputs=[out])
+    sig = np.linalg.svd(F, compute_uv=False)
+    e = np.log(sig)
+    reference = np.linalg.norm(e - e.mean(axis=1, keepdims=True), axis=1) - ys / (2 * mu)
+    got = out.numpy()
+    clear = np.abs(reference) > 1e-4  # float32 against float64: skip states on the surface itself
+    np.testing.assert_array_equal(got[clear] > 0, reference[clear] > 0)
+    assert np.sum(got == -1.0) > 100 and np.sum(reference > 0) > 100  # both paths are exercised

@@ -51,3 +51,12 @@ def test_bad_configs_raise():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="differentiable"):
         optimize_actions(env, AdamConfig(iters=1, horizon=2))
+
+
+def test_adam_lowers_a_small_dough_loss():
+    from tests.conftest import TINY_DOUGH
+
+    env = make_unwrapped("DiffEnvs/RollingPin-v0", **TINY_DOUGH, tool_softness=0.02, contact_weight=10.0)
+    env.reset(seed=0)
+    result = optimize_actions(env, AdamConfig(iters=8, horizon=10, lr=0.2))
+    assert result.best_loss < 0.9 * result.initial_loss

@@ -53,12 +53,21 @@ def stencil_base(xg: wp.vec3, grid_res: int) -> wp.vec3i:
 
 
 @wp.func
-def von_mises_project(F: wp.mat33, mu: float, yield_stress: float) -> wp.mat33:
-    """Return mapping of von Mises plasticity on the Hencky strain.
+def yield_excess(F: wp.mat33, mu: float, yield_stress: float) -> float:
+    """How far the Hencky strain's deviator lies beyond the von Mises yield surface (> 0: yields).
 
-    Where the material does not yield the trial F is returned unchanged, so the adjoint there
-    is the identity (exact at rest, where the SVD's adjoint is inaccurate).
+    A cheap test first: with b = F F^T / det(F)^(2/3) and d = |b - I|_F < 1, the deviatoric
+    Hencky strain is at most d / (2 (1 - d)) (|log x| <= |x - 1| / min(x, 1) on b's
+    eigenvalues). Below the yield strain that bound settles it without an SVD, as for all
+    dough at rest.
     """
+    limit = yield_stress / (2.0 * mu)
+    J = wp.determinant(F)
+    if J > 0.0:
+        b = F * wp.transpose(F) * wp.pow(J, -2.0 / 3.0) - wp.identity(n=3, dtype=float)
+        d = wp.sqrt(wp.ddot(b, b))
+        if d < 0.5 and 0.5 * d / (1.0 - d) < limit:
+            return -1.0
     U = wp.mat33()
     sig = wp.vec3()
     V = wp.mat33()
@@ -66,9 +75,33 @@ def von_mises_project(F: wp.mat33, mu: float, yield_stress: float) -> wp.mat33:
     e = wp.vec3(wp.log(wp.max(sig[0], 0.05)), wp.log(wp.max(sig[1], 0.05)), wp.log(wp.max(sig[2], 0.05)))
     mean = (e[0] + e[1] + e[2]) / 3.0
     e_hat = e - wp.vec3(mean, mean, mean)
-    norm = wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20)
-    excess = norm - yield_stress / (2.0 * mu)
-    if excess > 0.0:
+    return wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20) - limit
+
+
+@wp.func_grad(yield_excess)
+def adj_yield_excess(F: wp.mat33, mu: float, yield_stress: float, adj_ret: float):
+    # Only the sign of the excess is used (to choose a branch): it passes no gradient, and the
+    # SVD of a particle that does not yield is never differentiated.
+    pass
+
+
+@wp.func
+def von_mises_project(F: wp.mat33, mu: float, yield_stress: float) -> wp.mat33:
+    """Return mapping of von Mises plasticity on the Hencky strain.
+
+    Where the material does not yield the trial F is returned unchanged and the adjoint is the
+    identity: exact at rest, where the SVD's adjoint is inaccurate, and free of its cost.
+    """
+    if yield_excess(F, mu, yield_stress) > 0.0:
+        U = wp.mat33()
+        sig = wp.vec3()
+        V = wp.mat33()
+        wp.svd3(F, U, sig, V)
+        e = wp.vec3(wp.log(wp.max(sig[0], 0.05)), wp.log(wp.max(sig[1], 0.05)), wp.log(wp.max(sig[2], 0.05)))
+        mean = (e[0] + e[1] + e[2]) / 3.0
+        e_hat = e - wp.vec3(mean, mean, mean)
+        norm = wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20)
+        excess = norm - yield_stress / (2.0 * mu)
         e_new = e - e_hat * (excess / norm)
         return U * wp.diag(wp.vec3(wp.exp(e_new[0]), wp.exp(e_new[1]), wp.exp(e_new[2]))) * wp.transpose(V)
     return F
@@ -214,9 +247,13 @@ def make_grid_update(tool_count: int) -> wp.Kernel:
         tool_softness: wp.array(dtype=float),
         params: MPMParams,
         dt: float,
+        origin: wp.vec3i,
         grid_v: wp.array4d(dtype=wp.vec3),
     ):
-        w, i, j, k = wp.tid()
+        w, ri, rj, rk = wp.tid()
+        i = origin[0] + ri
+        j = origin[1] + rj
+        k = origin[2] + rk
         m = grid_m[w, i, j, k]
         v = wp.vec3(0.0)
         if m > 0.0:

@@ -79,21 +79,51 @@ class SolverMPM:
         grid_m.zero_()
         wp.launch(p2g_mass, dim=particle_x.shape, inputs=[particle_x, self.params], outputs=[grid_m], device=self.device)
 
-    def step(self, state_in: MPMState, state_out: MPMState, control: MPMControl, dt: float, grid: MPMGrid) -> None:
-        """Advance all worlds by ``dt`` [s] from ``state_in`` into ``state_out`` using ``grid`` as scratch."""
+    def active_region(self, state: MPMState, duration: float, extra_speed: float = 0.0) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """Grid box (origin, shape) that every particle's stencil stays inside for ``duration`` [s].
+
+        The particles' bounding box over all worlds, grown by the distance a particle can travel
+        in ``duration`` at its current speed plus ``extra_speed`` (e.g. the tools' speed) and by
+        the stencil's reach. Reads the particles back to the host (once per call).
+        """
+        res = self.model.grid_res
+        x = state.particle_x.numpy().reshape(-1, 3).astype(np.float64)
+        v = state.particle_v.numpy().reshape(-1, 3).astype(np.float64)
+        speed = float(np.sqrt((v**2).sum(axis=1)).max(initial=0.0))
+        margin = (speed + extra_speed) * duration / self.model.dx + 2.0
+        if not (np.isfinite(x).all() and np.isfinite(margin)) or margin > res:
+            return (0, 0, 0), (res, res, res)  # a diverging state: the whole grid
+        lo = np.clip(np.floor(x.min(axis=0) / self.model.dx - margin), 0, res - 1).astype(int)
+        hi = np.clip(np.ceil(x.max(axis=0) / self.model.dx + margin), 0, res - 1).astype(int)
+        return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo + 1)
+
+    def step(
+        self, state_in: MPMState, state_out: MPMState, control: MPMControl, dt: float, grid: MPMGrid,
+        region: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
+    ) -> None:
+        """Advance all worlds by ``dt`` [s] from ``state_in`` into ``state_out`` using ``grid`` as scratch.
+
+        ``region`` (origin, shape) limits the grid update to a box that holds every particle's
+        stencil (see :meth:`active_region`); default: the whole grid. Nodes outside it get
+        zero velocity.
+        """
         worlds, particles = state_in.particle_x.shape
         res = self.model.grid_res
+        origin, shape = region if region is not None else ((0, 0, 0), (res, res, res))
         grid.mv.zero_()
         grid.m.zero_()
+        if region is not None:
+            grid.v.zero_()
         wp.launch(
             p2g_scatter, dim=(worlds, particles),
             inputs=[state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F, self.params, dt],
             outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device,
         )
         wp.launch(
-            self._grid_update, dim=(worlds, res, res, res),
+            self._grid_update, dim=(worlds, *shape),
             inputs=[grid.mv, grid.m, state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega,
-                    self.tool_kind, self.tool_size, self.tool_friction, self.tool_softness, self.params, dt],
+                    self.tool_kind, self.tool_size, self.tool_friction, self.tool_softness, self.params, dt,
+                    wp.vec3i(*origin)],
             outputs=[grid.v], device=self.device,
         )
         wp.launch(
