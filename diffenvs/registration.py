@@ -51,7 +51,7 @@ ENVS: tuple[EnvInfo, ...] = (
         id="DiffEnvs/Shape-v0",
         entry_point="diffenvs.tasks.dough:ShapeEnv",
         max_episode_steps=50,
-        summary="Reshape MPM dough into a longer, lower box with a spherical tool tip (3-D action).",
+        summary="Press a pit of a given place and depth into MPM dough with a spherical tool tip (3-D action).",
         kwargs={"checkpoint": True},
     ),
 )

@@ -29,6 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"grid_res": 64, "particle_count": 10000, "sim_substeps": 19, "frame_dt": 1.9e-3},
 }
 BLOB_HALF = np.array([0.15, 0.05, 0.15])  # PlasticineLab's 0.3 x 0.1 x 0.3 box of dough
+TARGET_FIELDS = ("target_centre", "target_half", "carve_centre", "carve_half")
 
 
 def halton(count: int, *, shift: np.ndarray | None = None) -> np.ndarray:
@@ -128,18 +129,14 @@ class DoughConfig:
 def prepare_step_rolling_pin(
     action: wp.array2d(dtype=wp.float64),
     tool_rot: wp.array2d(dtype=wp.quat),
-    target_centre_in: wp.array(dtype=wp.vec3),
-    target_half_in: wp.array(dtype=wp.vec3),
     speed: float,
     yaw_rate: float,
     radius: float,
     tool_vel: wp.array2d(dtype=wp.vec3),
     tool_omega: wp.array2d(dtype=wp.vec3),
-    target_centre_out: wp.array(dtype=wp.vec3),
-    target_half_out: wp.array(dtype=wp.vec3),
 ):
     """Rolling pin: a[0] rolls across the pin's axis (translating and spinning without slip),
-    a[1] turns it about the vertical, a[2] moves it vertically. Also carries the target."""
+    a[1] turns it about the vertical, a[2] moves it vertically."""
     w = wp.tid()
     axis = wp.quat_rotate(tool_rot[w, 0], wp.vec3(1.0, 0.0, 0.0))
     axis_h = wp.vec3(axis[0], 0.0, axis[2])
@@ -149,28 +146,47 @@ def prepare_step_rolling_pin(
     v_roll = roll * (float(action[w, 0]) * speed)
     tool_vel[w, 0] = v_roll + up * (float(action[w, 2]) * speed)
     tool_omega[w, 0] = wp.cross(up, v_roll) / radius + up * (float(action[w, 1]) * yaw_rate)
-    target_centre_out[w] = target_centre_in[w]
-    target_half_out[w] = target_half_in[w]
 
 
 @wp.kernel
 def prepare_step_translate(
     action: wp.array2d(dtype=wp.float64),
-    target_centre_in: wp.array(dtype=wp.vec3),
-    target_half_in: wp.array(dtype=wp.vec3),
     speed: float,
     tool_vel: wp.array2d(dtype=wp.vec3),
     tool_omega: wp.array2d(dtype=wp.vec3),
-    target_centre_out: wp.array(dtype=wp.vec3),
-    target_half_out: wp.array(dtype=wp.vec3),
 ):
-    """Translating tools: a[3t:3t+3] is tool t's velocity / ``speed``. Also carries the target."""
+    """Translating tools: a[3t:3t+3] is tool t's velocity / ``speed``."""
     w, t = wp.tid()
     tool_vel[w, t] = wp.vec3(float(action[w, 3 * t]), float(action[w, 3 * t + 1]), float(action[w, 3 * t + 2])) * speed
     tool_omega[w, t] = wp.vec3(0.0)
-    if t == 0:
-        target_centre_out[w] = target_centre_in[w]
-        target_half_out[w] = target_half_in[w]
+
+
+@wp.kernel
+def carry_target(
+    target_centre_in: wp.array(dtype=wp.vec3),
+    target_half_in: wp.array(dtype=wp.vec3),
+    carve_centre_in: wp.array(dtype=wp.vec3),
+    carve_half_in: wp.array(dtype=wp.vec3),
+    target_centre_out: wp.array(dtype=wp.vec3),
+    target_half_out: wp.array(dtype=wp.vec3),
+    carve_centre_out: wp.array(dtype=wp.vec3),
+    carve_half_out: wp.array(dtype=wp.vec3),
+):
+    """The target does not change during an episode: copy it into the next state."""
+    w = wp.tid()
+    target_centre_out[w] = target_centre_in[w]
+    target_half_out[w] = target_half_in[w]
+    carve_centre_out[w] = carve_centre_in[w]
+    carve_half_out[w] = carve_half_in[w]
+
+
+@wp.func
+def target_sdf(p: wp.vec3, centre: wp.vec3, half: wp.vec3, carve_centre: wp.vec3, carve_half: wp.vec3) -> float:
+    """Signed distance to the target: a box, minus a carved box when ``carve_half`` is nonzero."""
+    d = tool_sdf(2, half, p - centre)
+    if carve_half[0] > 0.0:
+        d = wp.max(d, -tool_sdf(2, carve_half, p - carve_centre))
+    return d
 
 
 @wp.kernel
@@ -178,12 +194,14 @@ def accumulate_loss_sdf(
     particle_x: wp.array2d(dtype=wp.vec3),
     target_centre: wp.array(dtype=wp.vec3),
     target_half: wp.array(dtype=wp.vec3),
+    carve_centre: wp.array(dtype=wp.vec3),
+    carve_half: wp.array(dtype=wp.vec3),
     inv_count: float,
     sdf_sum: wp.array(dtype=float),
 ):
-    """Mean distance of the particles outside the target box."""
+    """Mean distance of the particles outside the target."""
     w, p = wp.tid()
-    d = tool_sdf(2, target_half[w], particle_x[w, p] - target_centre[w])
+    d = target_sdf(particle_x[w, p], target_centre[w], target_half[w], carve_centre[w], carve_half[w])
     wp.atomic_add(sdf_sum, w, wp.max(d, 0.0) * inv_count)
 
 
@@ -283,11 +301,14 @@ def compute_obs_dough(
     tool_rot: wp.array2d(dtype=wp.quat),
     target_centre: wp.array(dtype=wp.vec3),
     target_half: wp.array(dtype=wp.vec3),
+    carve_centre: wp.array(dtype=wp.vec3),
+    carve_half: wp.array(dtype=wp.vec3),
     observed: wp.array(dtype=int),
     obs: wp.array2d(dtype=wp.float32),
 ):
     """Row layout: K observed particles' positions, then their velocities, then each tool's
-    position and quaternion (x, y, z, w), then the target's centre and half extents."""
+    position and quaternion (x, y, z, w), then the target's centre and half extents, then the
+    carved box's centre and half extents (zeros when nothing is carved)."""
     w, i = wp.tid()
     k = observed.shape[0]
     tools = tool_pos.shape[1]
@@ -311,6 +332,8 @@ def compute_obs_dough(
         for c in range(3):
             obs[w, base + c] = target_centre[w][c]
             obs[w, base + 3 + c] = target_half[w][c]
+            obs[w, base + 6 + c] = carve_centre[w][c]
+            obs[w, base + 9 + c] = carve_half[w][c]
 
 
 @wp.kernel
@@ -378,7 +401,7 @@ class DoughTask(Task):
         )
         self.solver = SolverMPM(self.model, device=self.device)
         self.tool_count = len(tools)
-        self.obs_dim = 6 * cfg.obs_particle_count + 7 * self.tool_count + 6
+        self.obs_dim = 6 * cfg.obs_particle_count + 7 * self.tool_count + 12
         self._observed = wp.array(
             np.linspace(0, self.particle_count - 1, cfg.obs_particle_count).astype(np.int32), dtype=int, device=self.device
         )
@@ -404,6 +427,7 @@ class DoughTask(Task):
             "particle_C": ((p, 3, 3), np.float32), "particle_F": ((p, 3, 3), np.float32),
             "tool_pos": ((t, 3), np.float32), "tool_rot": ((t, 4), np.float32),
             "target_centre": ((3,), np.float32), "target_half": ((3,), np.float32),
+            "carve_centre": ((3,), np.float32), "carve_half": ((3,), np.float32),
         }
 
     def _mpm_state(self, state: State) -> MPMState:
@@ -412,8 +436,8 @@ class DoughTask(Task):
     def alloc_state(self, *, requires_grad: bool) -> State:
         sim = MPMState.zeros(self.world_count, self.particle_count, self.tool_count, device=self.device, requires_grad=requires_grad)
         state = dict(vars(sim))
-        state["target_centre"] = self.zeros(self.world_count, wp.vec3, requires_grad=requires_grad)
-        state["target_half"] = self.zeros(self.world_count, wp.vec3, requires_grad=requires_grad)
+        for name in TARGET_FIELDS:
+            state[name] = self.zeros(self.world_count, wp.vec3, requires_grad=requires_grad)
         return state
 
     def _alloc_loss_scratch(self, *, requires_grad: bool) -> LossScratch:
@@ -448,12 +472,13 @@ class DoughTask(Task):
         """Initial tool positions (T, 3) and quaternions (T, 4) for a blob at ``blob_centre``."""
 
     @abc.abstractmethod
-    def sample_target(self, rng: np.random.Generator, blob_centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Target box centre (3,) and half extents (3,) for a blob at ``blob_centre``."""
+    def sample_target(self, rng: np.random.Generator, blob_centre: np.ndarray) -> dict[str, np.ndarray]:
+        """Target for a blob at ``blob_centre``: ``target_centre``, ``target_half`` (a box) and
+        optionally ``carve_centre``, ``carve_half`` (a box cut out of it), each (3,)."""
 
     @abc.abstractmethod
     def apply_action(self, state_in: State, buffers: DoughStepBuffers) -> None:
-        """Launch the kernel that turns ``buffers.action`` into ``buffers.control`` and carries the target."""
+        """Launch the kernel that turns ``buffers.action`` into ``buffers.control``."""
 
     def sample_state(self, rng: np.random.Generator, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         if options:
@@ -462,25 +487,37 @@ class DoughTask(Task):
         centre = np.array([0.5 + rng.uniform(-0.03, 0.03), floor + BLOB_HALF[1], 0.5 + rng.uniform(-0.03, 0.03)])
         x = centre + halton(self.particle_count, shift=rng.uniform(size=3)) * BLOB_HALF
         tool_pos, tool_rot = self.sample_tools(rng, centre)
-        target_centre, target_half = self.sample_target(rng, centre)
+        target = {"carve_centre": np.zeros(3), "carve_half": np.zeros(3), **self.sample_target(rng, centre)}
         eye = np.broadcast_to(np.eye(3), (self.particle_count, 3, 3))
         return {
             "particle_x": x, "particle_v": np.zeros_like(x), "particle_C": np.zeros((self.particle_count, 3, 3)),
-            "particle_F": eye.copy(), "tool_pos": tool_pos, "tool_rot": tool_rot,
-            "target_centre": target_centre, "target_half": target_half,
+            "particle_F": eye.copy(), "tool_pos": tool_pos, "tool_rot": tool_rot, **target,
         }
 
+    def target_points(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The target's particle set, (worlds, P, 3), and each point's weight: 0 where carved away."""
+        centre, half = state["target_centre"][:, None, :], state["target_half"][:, None, :]
+        points = centre + self._target_unit[None] * half
+        offset = np.abs(points - state["carve_centre"][:, None, :])
+        carved = np.all(offset < state["carve_half"][:, None, :], axis=-1)
+        return points.astype(np.float32), (~carved).astype(np.float32)
+
     def prepare(self, state: State) -> None:
-        """Rebuild the target's grid mass from each world's target box (outside the tape)."""
-        centre = state["target_centre"].numpy()[:, None, :]
-        half = state["target_half"].numpy()[:, None, :]
-        points = wp.array((centre + self._target_unit[None] * half).astype(np.float32), dtype=wp.vec3, device=self.device)
-        self.solver.scatter_mass(points, self._target_mass)
+        """Rebuild the target's grid mass from each world's target (outside the tape)."""
+        points, weights = self.target_points({name: state[name].numpy() for name in TARGET_FIELDS})
+        self.solver.scatter_mass(
+            wp.array(points, dtype=wp.vec3, device=self.device), self._target_mass,
+            wp.array(weights, dtype=float, device=self.device),
+        )
 
     # One step -------------------------------------------------------------------------------
 
     def step(self, state_in: State, buffers: DoughStepBuffers) -> None:
         self.apply_action(state_in, buffers)
+        wp.launch(
+            carry_target, dim=self.world_count, inputs=[state_in[name] for name in TARGET_FIELDS],
+            outputs=[buffers.state[name] for name in TARGET_FIELDS], device=self.device,
+        )
         chain = [self._mpm_state(state_in), *buffers.substates, self._mpm_state(buffers.state)]
         # The tools can drag dough at up to their surface speed: the pin's roll adds as much again.
         region = self.solver.active_region(chain[0], self.frame_dt, extra_speed=2.0 * self.config.tool_speed)
@@ -530,7 +567,7 @@ class DoughTask(Task):
             inputs=[scratch.mass, self._target_mass, 1.0 / self._total_mass], outputs=[scratch.density_sum], device=self.device,
         )
         wp.launch(
-            accumulate_loss_sdf, dim=(n, p), inputs=[state["particle_x"], state["target_centre"], state["target_half"], 1.0 / p],
+            accumulate_loss_sdf, dim=(n, p), inputs=[state["particle_x"], *(state[name] for name in TARGET_FIELDS), 1.0 / p],
             outputs=[scratch.sdf_sum], device=self.device,
         )
         wp.launch(
@@ -553,7 +590,7 @@ class DoughTask(Task):
         wp.launch(
             compute_obs_dough, dim=(self.world_count, k + self.tool_count + 1),
             inputs=[state["particle_x"], state["particle_v"], state["tool_pos"], state["tool_rot"],
-                    state["target_centre"], state["target_half"], self._observed],
+                    *(state[name] for name in TARGET_FIELDS), self._observed],
             outputs=[obs_out], device=self.device,
         )
 
@@ -587,6 +624,9 @@ class DoughTask(Task):
             canvas = Canvas(max(width // 2, 8), height, extent=0.3)
             centre, half = state["target_centre"], state["target_half"]
             canvas.rectangle(centre[list(axes)] - view_centre, half[list(axes)], color=(60, 170, 90), outline=0.004)
+            if state["carve_half"][0] > 0:
+                canvas.rectangle(state["carve_centre"][list(axes)] - view_centre, state["carve_half"][list(axes)],
+                                 color=(200, 60, 60), outline=0.004)
             order = np.argsort(x[:, 1] if axes == (0, 2) else -x[:, 2])
             canvas.points(x[order][:, list(axes)] - view_centre, colors[order], radius_px=2)
             for tool, pos, rot in zip(self.model.tools, state["tool_pos"], state["tool_rot"]):
@@ -622,15 +662,14 @@ class RollingPinTask(DoughTask):
         squash = rng.uniform(0.5, 0.7)
         half = BLOB_HALF * np.array([1 / math.sqrt(squash), squash, 1 / math.sqrt(squash)])
         centre = np.array([blob_centre[0], self.model.floor_height + half[1], blob_centre[2]])
-        return centre, half
+        return {"target_centre": centre, "target_half": half}
 
     def apply_action(self, state_in, buffers):
         cfg = self.config
         wp.launch(
             prepare_step_rolling_pin, dim=self.world_count,
-            inputs=[buffers.action, state_in["tool_rot"], state_in["target_centre"], state_in["target_half"],
-                    cfg.tool_speed, cfg.tool_yaw_rate, self.tool_shapes[0].size[0]],
-            outputs=[buffers.control.tool_vel, buffers.control.tool_omega, buffers.state["target_centre"], buffers.state["target_half"]],
+            inputs=[buffers.action, state_in["tool_rot"], cfg.tool_speed, cfg.tool_yaw_rate, self.tool_shapes[0].size[0]],
+            outputs=[buffers.control.tool_vel, buffers.control.tool_omega],
             device=self.device,
         )
 
@@ -641,8 +680,8 @@ class _TranslateTask(DoughTask):
     def apply_action(self, state_in, buffers):
         wp.launch(
             prepare_step_translate, dim=(self.world_count, self.tool_count),
-            inputs=[buffers.action, state_in["target_centre"], state_in["target_half"], self.config.tool_speed],
-            outputs=[buffers.control.tool_vel, buffers.control.tool_omega, buffers.state["target_centre"], buffers.state["target_half"]],
+            inputs=[buffers.action, self.config.tool_speed],
+            outputs=[buffers.control.tool_vel, buffers.control.tool_omega],
             device=self.device,
         )
 
@@ -662,11 +701,11 @@ class MoveTask(_TranslateTask):
     def sample_target(self, rng, blob_centre):
         heading = rng.uniform(-math.pi, math.pi)
         shift = rng.uniform(0.05, 0.12) * np.array([math.cos(heading), 0.0, math.sin(heading)])
-        return blob_centre + shift, BLOB_HALF.copy()
+        return {"target_centre": blob_centre + shift, "target_half": BLOB_HALF.copy()}
 
 
 class ShapeTask(_TranslateTask):
-    """Reshape the dough into a longer, lower box of the same volume with a spherical tool tip."""
+    """Press a pit of a given place and size into the dough's top with a spherical tool tip."""
 
     action_dim = 3
     tool_shapes = (ToolShape("sphere", (0.03, 0.0, 0.0)),)
@@ -677,11 +716,14 @@ class ShapeTask(_TranslateTask):
         return pos[None], _yaw_quat(0.0)[None]
 
     def sample_target(self, rng, blob_centre):
-        stretch = rng.uniform(1.3, 1.6)
-        along_x = rng.uniform() < 0.5
-        scale = np.array([stretch, 1 / stretch, 1.0]) if along_x else np.array([1.0, 1 / stretch, stretch])
-        half = BLOB_HALF * scale
-        return np.array([blob_centre[0], self.model.floor_height + half[1], blob_centre[2]]), half
+        heading = rng.uniform(-math.pi, math.pi)
+        place = blob_centre + rng.uniform(0.03, 0.08) * np.array([math.cos(heading), 0.0, math.sin(heading)])
+        top = blob_centre[1] + BLOB_HALF[1]
+        return {
+            "target_centre": blob_centre.copy(), "target_half": BLOB_HALF.copy(),
+            "carve_centre": np.array([place[0], top, place[2]]),
+            "carve_half": np.array([0.035, rng.uniform(0.02, 0.035), 0.035]),
+        }
 
 
 
@@ -695,11 +737,13 @@ _DOUGH_DOC = """
     ``tool_softness`` (an influence radius) are the two remedies, each switchable.
 
     ## Observation Space
-    ``Box(-inf, inf, (6 K + 7 T + 6,), float32)`` with K = ``obs_particle_count`` (64) and T tools:
-    positions of K fixed particles (K x 3), their velocities (K x 3), each tool's position (3)
-    and quaternion (x, y, z, w), then the target box's centre (3) and half extents (3).
+    ``Box(-inf, inf, (6 K + 7 T + 12,), float32)`` with K = ``obs_particle_count`` (64) and T
+    tools: positions of K fixed particles (K x 3), their velocities (K x 3), each tool's position
+    (3) and quaternion (x, y, z, w), the target box's centre (3) and half extents (3), and the
+    carved box's centre (3) and half extents (3) (zeros for targets with nothing carved).
 
     ## Rewards
+    The target is a box, from which ``Shape`` also carves a box; ``sdf_target`` is its signed distance.
     Task loss ``L = sdf_weight * mean_p max(sdf_target(x_p), 0) + density_weight * sum_cells
     |m - m_target| / total mass`` (``info["loss"]``). Reward terms (``info["reward_<term>"]``):
 
@@ -783,10 +827,12 @@ class MoveEnv(DoughEnv):
 
 
 class ShapeEnv(DoughEnv):
-    __doc__ = """Reshape dough into a longer, lower box with a spherical tool tip (radius 0.03).
+    __doc__ = """Press a pit into the dough with a spherical tool tip (radius 0.03).
 
     ## Action Space
     ``Box(-1, 1, (3,), float32)``, clipped: the tip's velocity, ``tool_speed * a``.
-    The target has the blob's volume, stretched 1.3-1.6 times along x or z and lowered as much.
+    The target is the blob with a pit cut out of its top: a 0.07 x 0.07 square, 0.02-0.035 deep,
+    centred 0.03-0.08 from the blob's centre in a random direction. The displaced dough has no
+    place in the target, so the density term keeps a floor.
 """ + _DOUGH_DOC
     task_class = ShapeTask

@@ -86,7 +86,7 @@ def test_iou_metrics_are_reported():
     assert 0.0 <= info["iou"] <= 1.0 and 0.0 <= info["iou_incremental"] <= 1.0
     # A state that is the target itself scores IoU 1 and loss 0.
     state = env.get_state()
-    state["particle_x"] = (state["target_centre"] + env.task._target_unit * state["target_half"]).astype(np.float32)
+    state["particle_x"] = env.task.target_points({k: v[None] for k, v in state.items()})[0][0]
     env.set_state(state)
     assert env.loss == pytest.approx(0.0, abs=1e-5)
     assert env.task.iou_of(env.batch.trajectory.initial)[0] == 1.0
@@ -115,3 +115,20 @@ def test_presets_and_bad_options():
         make_unwrapped("DiffEnvs/Move-v0", grid_res=8)
     with pytest.raises(ConfigError, match="obs_particle_count"):
         make_unwrapped("DiffEnvs/Shape-v0", particle_count=10, obs_particle_count=20)
+
+
+def test_shape_target_carves_a_pit_from_the_blob():
+    env = make_unwrapped("DiffEnvs/Shape-v0", **TINY_DOUGH, particle_count=400)
+    env.reset(seed=3)
+    state = env.get_state()
+    assert np.all(state["carve_half"] > 0)
+    points, weights = env.task.target_points({k: v[None] for k, v in state.items()})
+    inside = np.all(np.abs(points[0] - state["carve_centre"]) < state["carve_half"], axis=1)
+    assert inside.any() and np.all(weights[0][inside] == 0) and np.all(weights[0][~inside] == 1)
+    # Dough that fills the pit lies outside the target: the signed-distance term sees it.
+    state["particle_x"] = points[0]
+    env.set_state(state)
+    filled = env.loss
+    state["particle_x"] = points[0][~inside][np.arange(400) % (~inside).sum()]
+    env.set_state(state)
+    assert env.loss < filled

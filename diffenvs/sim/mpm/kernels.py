@@ -321,10 +321,11 @@ def advance_tools(
 @wp.kernel
 def p2g_mass(
     particle_x: wp.array2d(dtype=wp.vec3),
+    particle_weight: wp.array2d(dtype=float),
     params: MPMParams,
     grid_m: wp.array4d(dtype=float),
 ):
-    """Scatter particle mass to the grid with the solver's B-spline weights (density of a particle set)."""
+    """Scatter particle mass (times a per-particle weight) to the grid with the solver's B-spline weights."""
     w, p = wp.tid()
     xg = particle_x[w, p] * params.inv_dx
     base = stencil_base(xg, params.grid_res)
@@ -333,4 +334,4 @@ def p2g_mass(
         for j in range(3):
             for k in range(3):
                 weight = bspline_weight(fx[0], i) * bspline_weight(fx[1], j) * bspline_weight(fx[2], k)
-                wp.atomic_add(grid_m, w, base[0] + i, base[1] + j, base[2] + k, weight * params.particle_mass)
+                wp.atomic_add(grid_m, w, base[0] + i, base[1] + j, base[2] + k, weight * params.particle_mass * particle_weight[w, p])

@@ -62,6 +62,7 @@ class SolverMPM:
         self.tool_softness = wp.array([t.softness for t in tools] or [0.0], dtype=float, device=self.device)
         assert self.tool_kind.shape[0] == n
         self._grid_update = make_grid_update(self.tool_count)
+        self._unit_weights: wp.array | None = None
 
     def set_tool_softness(self, softness: list[float] | np.ndarray) -> None:
         """Change the tools' influence radii (e.g. to anneal from soft to hard)."""
@@ -74,10 +75,17 @@ class SolverMPM:
         """Scratch grid of one substep."""
         return MPMGrid.zeros(world_count, self.model.grid_res, device=self.device, requires_grad=requires_grad)
 
-    def scatter_mass(self, particle_x: wp.array, grid_m: wp.array) -> None:
-        """Write the grid mass of the particle set ``particle_x`` (world_count, count) into ``grid_m``."""
+    def scatter_mass(self, particle_x: wp.array, grid_m: wp.array, weights: wp.array | None = None) -> None:
+        """Write the grid mass of the particle set ``particle_x`` (world_count, count) into ``grid_m``.
+
+        ``weights`` (same shape, default 1) scales each particle's mass (0 leaves it out).
+        """
+        if weights is None:
+            if self._unit_weights is None or self._unit_weights.shape != particle_x.shape:
+                self._unit_weights = wp.ones(particle_x.shape, dtype=float, device=self.device)
+            weights = self._unit_weights
         grid_m.zero_()
-        wp.launch(p2g_mass, dim=particle_x.shape, inputs=[particle_x, self.params], outputs=[grid_m], device=self.device)
+        wp.launch(p2g_mass, dim=particle_x.shape, inputs=[particle_x, weights, self.params], outputs=[grid_m], device=self.device)
 
     def active_region(self, state: MPMState, duration: float, extra_speed: float = 0.0) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         """Grid box (origin, shape) that every particle's stencil stays inside for ``duration`` [s].
