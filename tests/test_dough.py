@@ -118,7 +118,7 @@ def test_presets_and_bad_options():
 
 
 def test_shape_target_carves_a_pit_from_the_blob():
-    env = make_unwrapped("DiffEnvs/Shape-v0", **TINY_DOUGH, particle_count=400)
+    env = make_unwrapped("DiffEnvs/Shape-v0", **{**TINY_DOUGH, "particle_count": 400})
     env.reset(seed=3)
     state = env.get_state()
     assert np.all(state["carve_half"] > 0)
