@@ -523,16 +523,15 @@ class DoughTask(Task):
         region = self.solver.active_region(chain[0], self.frame_dt, extra_speed=2.0 * self.config.tool_speed)
         for current, following, grid in zip(chain[:-1], chain[1:], buffers.grids):
             self.solver.step(current, following, buffers.control, self.sim_dt, grid, region)
-        self._evaluate(state_in, buffers.loss_in)
-        self._evaluate(buffers.state, buffers.loss_out)
+        self._evaluate(state_in, buffers.loss_in, buffers.loss_in.loss)
+        self._evaluate(buffers.state, buffers.loss_out, buffers.loss)
         cfg = self.config
         wp.launch(
             compute_reward_dough, dim=self.world_count,
-            inputs=[buffers.loss_in.loss, buffers.loss_out.loss, buffers.loss_out.contact_penalty,
+            inputs=[buffers.loss_in.loss, buffers.loss, buffers.loss_out.contact_penalty,
                     cfg.progress_weight, cfg.contact_weight],
             outputs=[buffers.reward_terms, buffers.reward], device=self.device,
         )
-        wp.copy(buffers.loss, buffers.loss_out.loss)
         self.observe(buffers.state, buffers.obs)
         buffers.diverged.zero_()
         wp.launch(
@@ -556,7 +555,8 @@ class DoughTask(Task):
         """Grid mass above which a cell counts as occupied: a tenth of a cell full of dough [kg]."""
         return 0.1 * self.model.material.density * self.model.dx**3
 
-    def _evaluate(self, state: State, scratch: LossScratch) -> None:
+    def _evaluate(self, state: State, scratch: LossScratch, loss_out: wp.array) -> None:
+        """Launch the loss of ``state`` into ``loss_out`` (its terms into ``scratch``)."""
         cfg = self.config
         n, p = self.world_count, self.particle_count
         for array in (scratch.sdf_sum, scratch.density_sum, scratch.contact_sum, scratch.contact_penalty):
@@ -582,7 +582,7 @@ class DoughTask(Task):
         )
         wp.launch(
             compute_loss_dough, dim=n, inputs=[scratch.sdf_sum, scratch.density_sum, cfg.sdf_weight, cfg.density_weight],
-            outputs=[scratch.loss], device=self.device,
+            outputs=[loss_out], device=self.device,
         )
 
     def observe(self, state: State, obs_out: wp.array) -> None:
@@ -595,8 +595,7 @@ class DoughTask(Task):
         )
 
     def loss_of(self, state: State, loss_out: wp.array) -> None:
-        self._evaluate(state, self._eval)
-        wp.copy(loss_out, self._eval.loss)
+        self._evaluate(state, self._eval, loss_out)
 
     def iou_of(self, state: State) -> np.ndarray:
         """IoU of the occupied grid cells of dough and target, per world."""

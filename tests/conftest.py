@@ -14,8 +14,8 @@ wp.config.log_level = 30  # warnings and errors only (no init banner, no module-
 ENV_IDS = [info.id for info in diffenvs.ENVS]
 DOUGH_IDS = [env_id for env_id in ENV_IDS if env_id != "DiffEnvs/Pusher-v0"]
 
-# A tiny dough configuration for gradient tests: 16^3 grid, 64 particles, 4 substeps.
-TINY_DOUGH = {"grid_res": 16, "particle_count": 64, "sim_substeps": 4, "obs_particle_count": 8}
+# A tiny dough configuration for gradient tests: 24^3 grid (fine enough for the tools), 200 particles, 4 substeps.
+TINY_DOUGH = {"grid_res": 24, "particle_count": 200, "sim_substeps": 4, "obs_particle_count": 8}
 SMALL = {env_id: TINY_DOUGH for env_id in DOUGH_IDS}
 
 

@@ -132,3 +132,23 @@ def test_shape_target_carves_a_pit_from_the_blob():
     state["particle_x"] = points[0][~inside][np.arange(400) % (~inside).sum()]
     env.set_state(state)
     assert env.loss < filled
+
+
+def test_loss_objective_gradient_matches_finite_differences():
+    env = make_unwrapped("DiffEnvs/RollingPin-v0", **TINY_DOUGH, tool_softness=0.02)
+    env.reset(seed=4)
+    state = env.get_state()
+    actions = pressing_actions(env, 10)  # long enough for the pin to reach the dough
+    rollout(env, state, actions)
+    g = env.grad("loss")
+    assert g.value == pytest.approx(env.loss)
+    assert np.abs(g.actions).max() > 0
+    direction = g.actions / np.linalg.norm(g.actions)
+
+    def final_loss(a):
+        rollout(env, state, a)
+        return env.loss
+
+    eps = 0.05
+    fd = (final_loss(actions + eps * direction) - final_loss(actions - eps * direction)) / (2 * eps)
+    assert np.sum(g.actions * direction) == pytest.approx(fd, rel=0.1)
