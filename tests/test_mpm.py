@@ -231,3 +231,27 @@ def test_cheap_yield_test_agrees_with_the_svd():
     clear = np.abs(reference) > 1e-4  # float32 against float64: skip states on the surface itself
     np.testing.assert_array_equal(got[clear] > 0, reference[clear] > 0)
     assert np.sum(got == -1.0) > 100 and np.sum(reference > 0) > 100  # both paths are exercised
+
+
+def test_grid_update_adjoint_stays_finite_for_nearly_empty_nodes():
+    """A node touched only by a stencil's edge (weight ~1e-20) must not give an infinite adjoint."""
+    solver, _, _ = make_scene(res=6, boundary_cells=0, tool_y=5.0)
+    kernel = make_grid_update(1)
+    shape = (1, 6, 6, 6)
+    m_np = np.full(shape, 1e-3, np.float32)
+    m_np[0, 2, 2, 2] = 1e-25
+    mv_np = np.ones((*shape, 3), np.float32) * m_np[..., None]
+    mv = wp.array(mv_np, dtype=wp.vec3, requires_grad=True)
+    m = wp.array(m_np, dtype=float, requires_grad=True)
+    tool = [wp.array(np.array([[[0.5, 5.0, 0.5]]], np.float32), dtype=wp.vec3, requires_grad=True),
+            wp.array(np.array([[[0.0, 0.0, 0.0, 1.0]]], np.float32), dtype=wp.quat, requires_grad=True),
+            wp.zeros((1, 1), dtype=wp.vec3, requires_grad=True), wp.zeros((1, 1), dtype=wp.vec3, requires_grad=True)]
+    out = wp.zeros(shape, dtype=wp.vec3, requires_grad=True)
+    tape = wp.Tape()
+    with tape:
+        wp.launch(kernel, dim=shape, inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
+                                             solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0)], outputs=[out])
+    out.grad.fill_(1.0)
+    tape.backward()
+    assert np.all(np.isfinite(m.grad.numpy())) and np.all(np.isfinite(mv.grad.numpy()))
+    assert np.all(out.numpy()[0, 2, 2, 2] == 0.0)  # treated as empty

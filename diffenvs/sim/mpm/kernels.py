@@ -26,6 +26,7 @@ class MPMParams:
     yield_stress: float
     gravity: wp.vec3
     ground_friction: float
+    min_node_mass: float
 
 
 @wp.func
@@ -256,7 +257,7 @@ def make_grid_update(tool_count: int) -> wp.Kernel:
         k = origin[2] + rk
         m = grid_m[w, i, j, k]
         v = wp.vec3(0.0)
-        if m > 0.0:
+        if m > params.min_node_mass:
             v = grid_mv[w, i, j, k] / m + dt * params.gravity
             x = wp.vec3(float(i), float(j), float(k)) * params.dx
             for t in range(wp.static(tool_count)):

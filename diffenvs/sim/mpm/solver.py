@@ -29,11 +29,16 @@ class SolverMPM:
         """Numerical parameters.
 
         Attributes:
-            max_velocity_cfl: Largest particle speed, in cells per substep, that the stability
-                check accepts (used by :meth:`stable_dt`).
+            empty_node_fraction: A grid node whose mass is below this fraction of one particle's
+                mass counts as empty. Nodes at the edge of a stencil can get weights of 1e-20;
+                v = p / m is harmless there, but its adjoint, -p / m^2, overflows to inf.
         """
 
-        max_velocity_cfl: float = 0.5
+        empty_node_fraction: float = 1.0e-4
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.empty_node_fraction < 1.0:
+                raise ValueError(f"empty_node_fraction must lie in [0, 1), got {self.empty_node_fraction}")
 
     def __init__(self, model: MPMModel, config: Config | None = None, *, device=None):
         self.model = model
@@ -52,6 +57,7 @@ class SolverMPM:
         params.yield_stress = mat.yield_stress
         params.gravity = wp.vec3(*model.gravity)
         params.ground_friction = model.ground_friction
+        params.min_node_mass = self.config.empty_node_fraction * model.particle_mass
         self.params = params
         tools = model.tools
         self.tool_count = len(tools)
