@@ -8,6 +8,7 @@ the actions inside the action bounds.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from diffenvs.env import DiffEnv
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +65,16 @@ class TrajOptResult:
         initial_loss: Task loss of the initial state.
         history: One record per iteration: iteration, return, loss (after the rollout), grad_norm,
             env_steps (forward and backward steps simulated so far) and wall_time [s].
+        stopped: Why the optimization ended early (a diverged rollout or a non-finite
+            gradient), or ``None`` when it ran all its iterations. The best sequence found
+            until then is kept.
     """
 
     actions: np.ndarray
     best_loss: float
     initial_loss: float
     history: list[dict[str, float]]
+    stopped: str | None = None
 
 
 def rollout(env: DiffEnv, state: dict[str, np.ndarray], actions: np.ndarray) -> tuple[float, float, bool]:
@@ -151,14 +158,19 @@ def optimize_actions(
     best = (float("inf"), adam.params.copy())
     history: list[dict[str, float]] = []
     start = time.perf_counter()
+    stopped = None
     for iteration in range(config.iters):
         actions = adam.params.copy()
         total, loss, diverged = rollout(env, state, actions)
         if diverged:
-            raise RuntimeError(f"the rollout diverged at iteration {iteration}; lower lr or check the env")
+            stopped = f"the rollout diverged at iteration {iteration}"
+            break
         if loss < best[0]:
             best = (loss, actions)
         grad = env.grad("return").actions
+        if not np.all(np.isfinite(grad)):
+            stopped = f"non-finite gradient at iteration {iteration}"
+            break
         record = {
             "iteration": iteration, "return": total, "loss": loss, "grad_norm": float(np.linalg.norm(grad)),
             "env_steps": 2 * config.horizon * (iteration + 1), "wall_time": time.perf_counter() - start,
@@ -167,7 +179,10 @@ def optimize_actions(
         if callback is not None:
             callback(record, actions)
         adam.ascend(grad)
-    final_total, final_loss, _ = rollout(env, state, adam.params)
-    if final_loss < best[0]:
-        best = (final_loss, adam.params.copy())
-    return TrajOptResult(actions=best[1], best_loss=best[0], initial_loss=initial_loss, history=history)
+    if stopped is None:
+        _, final_loss, diverged = rollout(env, state, adam.params)
+        if not diverged and final_loss < best[0]:
+            best = (final_loss, adam.params.copy())
+    else:
+        logger.warning("optimize_actions stopped early: %s; keeping the best sequence so far", stopped)
+    return TrajOptResult(actions=best[1], best_loss=best[0], initial_loss=initial_loss, history=history, stopped=stopped)

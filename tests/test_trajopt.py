@@ -60,3 +60,24 @@ def test_adam_lowers_a_small_dough_loss():
     env.reset(seed=0)
     result = optimize_actions(env, AdamConfig(iters=8, horizon=10, lr=0.2))
     assert result.best_loss < 0.9 * result.initial_loss
+
+
+def test_non_finite_gradient_stops_early_and_keeps_the_best(monkeypatch, caplog):
+    env = make_unwrapped("DiffEnvs/Pusher-v0", proximity_weight=0.1)
+    env.reset(seed=2)
+    real_grad = env.grad
+    calls = []
+
+    def flaky_grad(objective="return"):
+        g = real_grad(objective)
+        calls.append(1)
+        if len(calls) == 4:
+            g.actions[:] = np.nan
+        return g
+
+    monkeypatch.setattr(env, "grad", flaky_grad)
+    result = optimize_actions(env, AdamConfig(iters=10, horizon=20, lr=0.1))
+    assert result.stopped == "non-finite gradient at iteration 3"
+    assert len(result.history) == 3 and np.all(np.isfinite(result.actions))
+    assert result.best_loss <= result.initial_loss
+    assert "stopped early" in caplog.text
