@@ -54,6 +54,19 @@ def stencil_base(xg: wp.vec3, grid_res: int) -> wp.vec3i:
 
 
 @wp.func
+def hencky_strain(sig: wp.vec3) -> wp.vec3:
+    """Principal Hencky strains log(sigma), with singular values floored at 0.05."""
+    return wp.vec3(wp.log(wp.max(sig[0], 0.05)), wp.log(wp.max(sig[1], 0.05)), wp.log(wp.max(sig[2], 0.05)))
+
+
+@wp.func
+def deviator(e: wp.vec3) -> wp.vec3:
+    """``e`` minus its mean."""
+    mean = (e[0] + e[1] + e[2]) / 3.0
+    return e - wp.vec3(mean, mean, mean)
+
+
+@wp.func
 def yield_excess(F: wp.mat33, mu: float, yield_stress: float) -> float:
     """How far the Hencky strain's deviator lies beyond the von Mises yield surface (> 0: yields).
 
@@ -73,9 +86,7 @@ def yield_excess(F: wp.mat33, mu: float, yield_stress: float) -> float:
     sig = wp.vec3()
     V = wp.mat33()
     wp.svd3(F, U, sig, V)
-    e = wp.vec3(wp.log(wp.max(sig[0], 0.05)), wp.log(wp.max(sig[1], 0.05)), wp.log(wp.max(sig[2], 0.05)))
-    mean = (e[0] + e[1] + e[2]) / 3.0
-    e_hat = e - wp.vec3(mean, mean, mean)
+    e_hat = deviator(hencky_strain(sig))
     return wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20) - limit
 
 
@@ -98,9 +109,8 @@ def von_mises_project(F: wp.mat33, mu: float, yield_stress: float) -> wp.mat33:
         sig = wp.vec3()
         V = wp.mat33()
         wp.svd3(F, U, sig, V)
-        e = wp.vec3(wp.log(wp.max(sig[0], 0.05)), wp.log(wp.max(sig[1], 0.05)), wp.log(wp.max(sig[2], 0.05)))
-        mean = (e[0] + e[1] + e[2]) / 3.0
-        e_hat = e - wp.vec3(mean, mean, mean)
+        e = hencky_strain(sig)
+        e_hat = deviator(e)
         norm = wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20)
         excess = norm - yield_stress / (2.0 * mu)
         e_new = e - e_hat * (excess / norm)
