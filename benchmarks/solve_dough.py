@@ -1,8 +1,10 @@
 """Adam on grad() against random action sequences on the dough tasks: loss and IoU curves.
 
 For each task: Adam optimizes a 50-step open-loop action sequence through ``grad()`` with soft
-tools and the contact loss switched on (the remedies); the softness is annealed linearly to hard
-contact over the first ``--anneal`` fraction of the iterations. Every iterate is replayed with
+tools and the contact loss switched on (the remedies); the softness is annealed linearly from
+``--softness`` to ``--final-softness`` over the first ``--anneal`` fraction of the iterations
+(annealing all the way to hard contact made every task worse again: hard-contact gradients
+are poor guides). Every iterate is replayed with
 hard tools and no contact loss, the setting that is reported. The baseline is the best of N uniform
 random action sequences, replayed the same way. Writes a CSV per task and a plot::
 
@@ -51,8 +53,9 @@ def solve(task: str, args: argparse.Namespace, out: Path) -> dict:
         print(f"  {task} it {rec['iteration']:3d}  opt loss {rec['loss']:.3f}  hard loss {loss:.3f}  "
               f"IoU inc {iou:.3f}  {time.perf_counter() - start:.0f}s", flush=True)
         # Softness of the next iteration (the tape of this one is already differentiated).
-        fraction = (rec["iteration"] + 1) / max(args.anneal * args.iters, 1e-9)
-        opt_env.task.solver.set_tool_softness([args.softness * max(0.0, 1.0 - fraction)] * opt_env.task.tool_count)
+        fraction = min((rec["iteration"] + 1) / max(args.anneal * args.iters, 1e-9), 1.0)
+        softness = args.softness + fraction * (args.final_softness - args.softness)
+        opt_env.task.solver.set_tool_softness([softness] * opt_env.task.tool_count)
 
     config = AdamConfig(iters=args.iters, horizon=args.horizon, lr=args.lr)
     optimize_actions(opt_env, config, state=state, callback=record)
@@ -107,7 +110,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--softness", type=float, default=0.02, help="tool softness while optimizing")
     parser.add_argument("--contact-weight", type=float, default=10.0, help="contact loss while optimizing")
-    parser.add_argument("--anneal", type=float, default=0.75, help="fraction of iterations to reach hard contact")
+    parser.add_argument("--final-softness", type=float, default=0.005, help="tool softness at the end of annealing")
+    parser.add_argument("--anneal", type=float, default=0.75, help="fraction of iterations to reach the final softness")
     parser.add_argument("--random", type=int, default=20, help="random action sequences of the baseline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/solve_dough")

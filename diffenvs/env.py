@@ -121,6 +121,7 @@ class WorldBatch:
         buffers = self.trajectory.buffers(self.trajectory.length)
         buffers.action.assign(np.asarray(actions, dtype=np.float64))
         self.trajectory.record()
+        self.task.check(buffers)
         return StepResult(
             obs=buffers.obs.numpy().copy(),
             reward=buffers.reward.numpy().copy(),

@@ -127,7 +127,16 @@ class Task(abc.ABC):
     def step(self, state_in: State, buffers: StepBuffers) -> None:
         """Launch one environment step of all worlds from ``state_in`` with ``buffers.action``.
 
-        Writes every other field of ``buffers``; reads ``state_in`` and never writes it.
+        Writes every differentiable field of ``buffers`` (all but ``diverged`` and diagnostics);
+        reads ``state_in`` and never writes it. Runs on a tape, and again inside ``grad()``
+        when checkpointing.
+        """
+
+    @abc.abstractmethod
+    def check(self, buffers: StepBuffers) -> None:
+        """Launch the diagnostics of a finished step: ``buffers.diverged`` and any metrics.
+
+        Never recorded on a tape and not re-run when a checkpointed step is recomputed.
         """
 
     @abc.abstractmethod

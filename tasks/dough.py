@@ -552,17 +552,18 @@ class DoughTask(Task):
             outputs=[buffers.reward_terms, buffers.reward], device=self.device,
         )
         self.observe(buffers.state, buffers.obs)
+
+    def check(self, buffers: DoughStepBuffers) -> None:
         buffers.diverged.zero_()
         wp.launch(
             check_divergence_dough, dim=(self.world_count, self.particle_count),
-            inputs=[buffers.state["particle_x"], self.model.domain_size], outputs=[buffers.diverged],
-            device=self.device, record_tape=False,
+            inputs=[buffers.state["particle_x"], self.model.domain_size], outputs=[buffers.diverged], device=self.device,
         )
         buffers.iou_counts.zero_()
         wp.launch(
             count_iou, dim=(self.world_count, *(self.grid_res,) * 3),
             inputs=[buffers.loss_out.mass, self._target_mass, self.iou_threshold], outputs=[buffers.iou_counts],
-            device=self.device, record_tape=False,
+            device=self.device,
         )
 
     def step_metrics(self, buffers: DoughStepBuffers) -> dict[str, np.ndarray]:

@@ -272,10 +272,13 @@ class PusherTask(Task):
             outputs=[buffers.loss, buffers.reward_terms, buffers.reward], device=self.device,
         )
         self.observe(out, buffers.obs)
+
+    def check(self, buffers: PusherStepBuffers) -> None:
+        out = buffers.state
         wp.launch(
-            check_divergence_pusher, dim=n,
+            check_divergence_pusher, dim=self.world_count,
             inputs=[out["pusher_pos"], out["box_pose"], out["box_vel"], wp.float64(self.config.escape_radius)],
-            outputs=[buffers.diverged], device=self.device, record_tape=False,
+            outputs=[buffers.diverged], device=self.device,
         )
 
     def observe(self, state: State, obs_out: wp.array) -> None:
