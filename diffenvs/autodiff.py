@@ -18,8 +18,11 @@ step buffers (ping-pong) and no gradients.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import warp as wp
 
 from diffenvs.task import State, StepBuffers, Task, _walk_arrays
@@ -27,6 +30,47 @@ from diffenvs.task import State, StepBuffers, Task, _walk_arrays
 
 class GradientError(RuntimeError):
     """Raised when a gradient is requested that the recorded trajectory cannot provide."""
+
+
+@wp.kernel
+def select_worlds(mask: wp.array(dtype=wp.int32), fresh: wp.array(dtype=Any), current: wp.array(dtype=Any), out: wp.array(dtype=Any)):
+    """out = fresh where mask else current, per world (one value per world)."""
+    w = wp.tid()
+    if mask[w] != 0:
+        out[w] = fresh[w]
+    else:
+        out[w] = current[w]
+
+
+@wp.kernel
+def select_worlds_2d(
+    mask: wp.array(dtype=wp.int32), fresh: wp.array2d(dtype=Any), current: wp.array2d(dtype=Any), out: wp.array2d(dtype=Any)
+):
+    """out = fresh where mask else current, per world (a row of values per world)."""
+    w, i = wp.tid()
+    if mask[w] != 0:
+        out[w, i] = fresh[w, i]
+    else:
+        out[w, i] = current[w, i]
+
+
+@dataclasses.dataclass
+class Entry:
+    """Worlds reset between two steps: the fresh states and the state the next step starts from.
+
+    Attributes:
+        step: Index of the step that starts from ``state`` (-1: unused).
+        mask: 1 for the worlds that were reset, shape (world_count,), int32.
+        fresh: The reset worlds' new initial states (leaves of the tape: their gradients are the
+            initial-state gradients of those worlds' new episodes).
+        state: ``fresh`` where ``mask`` else the previous step's state.
+    """
+
+    step: int
+    mask: wp.array
+    fresh: dict[str, wp.array]
+    state: dict[str, wp.array]
+    mask_host: np.ndarray = None
 
 
 class Trajectory:
@@ -46,6 +90,7 @@ class Trajectory:
         self.initial: State = task.alloc_state(requires_grad=self.differentiable)
         self._buffers: list[StepBuffers] = []
         self._tapes: list[wp.Tape] = []
+        self._entries: dict[int, Entry] = {}
         self.length = 0
 
     def state(self, t: int | None = None) -> State:
@@ -53,11 +98,67 @@ class Trajectory:
         t = self.length if t is None else t
         if not 0 <= t <= self.length:
             raise IndexError(f"step {t} is outside the recorded 0..{self.length}")
+        entry = self._entries.get(self._slot(t))
+        if entry is not None and entry.step == t:
+            return entry.state
         if t == 0:
             return self.initial
         if not self.differentiable and t < self.length - 1:
             raise IndexError("a non-differentiable trajectory keeps only its last state")
         return self.buffers(t - 1).state
+
+    def _slot(self, t: int) -> int:
+        return t if self.differentiable else t % 2
+
+    def reset_worlds(self, mask: np.ndarray, fresh: dict[str, np.ndarray]) -> None:
+        """Start new episodes in the worlds of ``mask`` from ``fresh`` (batched numpy, all worlds).
+
+        The next step starts from ``fresh`` in those worlds and from the current state in the
+        others. The selection is recorded on the next step's tape, so no gradient flows from a
+        world's new episode into its old one.
+        """
+        t = self.length
+        slot = self._slot(t)
+        entry = self._entries.get(slot)
+        if entry is None:
+            entry = Entry(
+                step=-1, mask=wp.zeros(self.task.world_count, dtype=wp.int32, device=self.task.device),
+                fresh=self.task.alloc_state(requires_grad=self.differentiable),
+                state=self.task.alloc_state(requires_grad=self.differentiable),
+            )
+            self._entries[slot] = entry
+        if entry.step == t:
+            raise RuntimeError("worlds were already reset before this step")
+        previous = self.state(t)
+        entry.mask_host = np.asarray(mask, dtype=bool).copy()
+        entry.mask.assign(entry.mask_host.astype(np.int32))
+        for name, array in entry.fresh.items():
+            array.assign(np.asarray(fresh[name], dtype=array.numpy().dtype).reshape(array.numpy().shape))
+        tape = self._tapes_for(t)
+        tape.reset()
+        with tape if self.differentiable else _no_tape():
+            for name, out in entry.state.items():
+                kernel = select_worlds if out.ndim == 1 else select_worlds_2d
+                wp.launch(kernel, dim=out.shape, inputs=[entry.mask, entry.fresh[name], previous[name]], outputs=[out],
+                          device=self.task.device)
+        entry.step = t
+
+    def _tapes_for(self, t: int) -> wp.Tape:
+        self.buffers(t)  # allocates the step's buffers and tape
+        return self._tapes[self._slot(t)]
+
+    def reset_step(self, world: int) -> int:
+        """Index of the step at which ``world``'s current episode started (0: the trajectory's start)."""
+        start = 0
+        for entry in self._entries.values():
+            if start < entry.step <= self.length and entry.mask_host[world]:
+                start = entry.step
+        return start
+
+    def initial_state_of(self, world: int) -> dict[str, wp.array]:
+        """Arrays holding ``world``'s current episode's initial state (and its gradient)."""
+        start = self.reset_step(world)
+        return self.initial if start == 0 else self._entries[self._slot(start)].fresh
 
     def buffers(self, t: int) -> StepBuffers:
         """Buffers of step ``t`` (allocated on first use)."""
@@ -78,9 +179,11 @@ class Trajectory:
         return self._buffers[: self.length]
 
     def clear(self) -> None:
-        """Forget the recorded steps (their buffers are kept for reuse)."""
-        for tape in self._tapes[: self.length]:
+        """Forget the recorded steps and resets (their buffers are kept for reuse)."""
+        for tape in self._tapes[: self.length + 1]:
             tape.reset()
+        for entry in self._entries.values():
+            entry.step = -1
         self.length = 0
 
     def record(self) -> StepBuffers:
@@ -93,13 +196,18 @@ class Trajectory:
         buffers = self.buffers(t)
         if self.differentiable and not self.checkpoint:
             tape = self._tapes[t]
-            tape.reset()
+            if not self._has_entry(t):  # else the tape already holds the reset selection
+                tape.reset()
             with tape:
                 self.task.step(state_in, buffers)
         else:
             self.task.step(state_in, buffers)
         self.length = t + 1
         return buffers
+
+    def _has_entry(self, t: int) -> bool:
+        entry = self._entries.get(self._slot(t))
+        return entry is not None and entry.step == t
 
     def drop_last(self) -> None:
         """Forget the last recorded step (used when it diverged)."""
@@ -117,6 +225,10 @@ class Trajectory:
             raise GradientError("no step recorded since the last reset: call step() before grad()")
         for array in _walk_arrays(self.initial):
             array.grad.zero_()
+        for entry in self._entries.values():
+            if 0 <= entry.step < self.length:
+                for array in _walk_arrays([entry.fresh, entry.state]):
+                    array.grad.zero_()
         for buffers in self.recorded:
             for array in buffers.arrays():
                 if array.grad is not None:
@@ -135,5 +247,17 @@ class Trajectory:
                 with tape:
                     self.task.step(self.state(t), self._buffers[t])
                 tape.backward()
+                if self._has_entry(t):
+                    self._tapes[t].backward()  # the reset selection feeding this step
             else:
                 self._tapes[t].backward()
+
+
+class _no_tape:
+    """A context manager that records nothing (non-differentiable trajectories)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

@@ -137,26 +137,47 @@ class WorldBatch:
 
     # gradients ------------------------------------------------------------------------------
 
+    def observe(self) -> np.ndarray:
+        """Host copy of the observation of the current state of all worlds."""
+        self.task.observe(self.trajectory.state(), self._obs)
+        return self._obs.numpy().copy()
+
     def grad(self, objective: str = "return") -> Gradients:
-        """Gradients of ``objective`` of every world's rollout since the last reset (batched arrays)."""
+        """Gradients of ``objective`` of every world's current episode (batched arrays).
+
+        A world's current episode starts at the trajectory's start or at its latest reset
+        (:meth:`Trajectory.reset_worlds`). Action gradients of the steps before it are zero; the
+        ``loss`` objective of a world reset after the last step is NaN with zero gradients.
+        """
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        n = self.task.world_count
+        length = self.trajectory.length
+        starts = np.array([self.trajectory.reset_step(w) for w in range(n)])
 
         def seed(steps: list[StepBuffers]) -> None:
             if objective == "return":
-                for buffers in steps:
-                    buffers.reward.grad.fill_(1.0)
+                for t, buffers in enumerate(steps):
+                    buffers.reward.grad.assign((t >= starts).astype(np.float64))
             else:
-                steps[-1].loss.grad.fill_(1.0)
+                steps[-1].loss.grad.assign((starts < length).astype(np.float64))
 
         self.trajectory.backward(seed)
         steps = self.trajectory.recorded
+        in_episode = np.arange(length)[None, :] >= starts[:, None]  # (worlds, steps)
         if objective == "return":
-            value = np.sum([b.reward.numpy() for b in steps], axis=0)
+            rewards = np.stack([b.reward.numpy() for b in steps], axis=1)
+            value = np.where(in_episode, rewards, 0.0).sum(axis=1)
         else:
-            value = steps[-1].loss.numpy().copy()
+            value = np.where(starts < length, steps[-1].loss.numpy(), np.nan)
         actions = np.stack([b.action.grad.numpy() for b in steps], axis=1)
+        actions[~in_episode] = 0.0  # earlier episodes (possibly diverged ones) get nothing
         initial = {name: array.grad.numpy().copy() for name, array in self.trajectory.initial.items()}
+        for start in np.unique(starts[starts > 0]):  # worlds whose episode began at a reset
+            worlds = starts == start
+            fresh = self.trajectory.initial_state_of(int(np.argmax(worlds)))
+            for name, array in fresh.items():
+                initial[name][worlds] = array.grad.numpy()[worlds]
         return Gradients(objective=objective, value=value, actions=actions, initial_state=initial)
 
 
@@ -356,4 +377,161 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
             self._ended = saved["ended"]
 
 
-__all__ = ["DiffEnv", "GradientError", "Gradients", "StepResult", "WorldBatch"]
+
+
+class DiffVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` worlds of a task stepped by one set of Warp launches, with per-world gradients.
+
+    The native vector env behind ``gym.make_vec(id, num_envs=N, vectorization_mode=
+    "vector_entry_point")``: no Python loop over worlds and no second copy of the physics (it
+    drives the same :class:`WorldBatch` as the single env). Subclasses set ``task_class``.
+
+    Autoreset: ``AutoresetMode.SAME_STEP``. When a world's episode ends (diverged, or
+    ``max_episode_steps`` reached) the returned observation is already that of its new episode;
+    ``info["final_obs"]`` (rows masked by ``info["_final_obs"]``) holds the last observation of
+    the ended one, and the other ``info`` entries are those of the final step. World ``i`` is
+    seeded with ``seed + i`` on ``reset(seed=seed)``, as ``SyncVectorEnv`` seeds its envs, and
+    draws its later episodes from its own generator: the vector env reproduces N single envs.
+
+    Gradients: :meth:`grad` returns, per world, the gradient of the return of its *current*
+    episode (since ``reset()`` or its latest autoreset): ``actions`` has shape
+    (num_envs, T, *single_action_space.shape) with T the steps since ``reset()``; entries of a
+    world's earlier episodes are zero, and ``initial_state`` holds each world's gradient with
+    respect to its current episode's initial state. With ``differentiable=True`` the recording
+    grows with every step until ``reset()``: for long RL runs use ``differentiable=False``.
+
+    Bad input: actions must have shape (num_envs, *single_action_space.shape) and be finite
+    (``ValueError`` otherwise, nothing changes); values outside [-1, 1] are clipped.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": ["rgb_array"], "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP,
+    }
+    task_class: ClassVar[type[Task]]
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        render_mode: str | None = None,
+        device: str | None = None,
+        differentiable: bool = True,
+        checkpoint: bool = False,
+        max_episode_steps: int | None = None,
+        render_width: int = 256,
+        render_height: int = 256,
+        **task_kwargs: Any,
+    ):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if max_episode_steps is not None and int(max_episode_steps) < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self.num_envs = int(num_envs)
+        self.task = self.task_class(self.num_envs, device=device, **task_kwargs)
+        self.batch = WorldBatch(self.task, differentiable=differentiable, checkpoint=checkpoint)
+        self.render_mode = render_mode
+        self.render_width, self.render_height = int(render_width), int(render_height)
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.task.action_dim,), dtype=np.float32)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.task.frame_dt))}
+        self._rngs: list[np.random.Generator] | None = None
+        self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
+        self._obs: np.ndarray | None = None
+
+    @property
+    def dt(self) -> float:
+        """Duration of one env step [s]."""
+        return self.task.frame_dt
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        if seed is not None or self._rngs is None:
+            seeds = list(seed) if isinstance(seed, (list, tuple)) else [
+                None if seed is None else int(seed) + i for i in range(self.num_envs)
+            ]
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"reset() needs {self.num_envs} seeds, got {len(seeds)}")
+            self._rngs = [gym.utils.seeding.np_random(s)[0] for s in seeds]
+        states = [self.task.sample_state(rng, options) for rng in self._rngs]
+        obs, loss = self.batch.reset({name: np.stack([s[name] for s in states]) for name in states[0]})
+        self._elapsed[:] = 0
+        self._obs = obs
+        self._new_episodes(np.ones(self.num_envs, dtype=bool))
+        return obs.copy(), {"loss": loss}
+
+    def step(self, actions):
+        if self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        try:
+            array = np.asarray(actions, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"actions must be numeric with shape {self.action_space.shape}: {exc}") from None
+        if array.shape != self.action_space.shape:
+            raise ValueError(f"actions must have shape {self.action_space.shape}, got {array.shape}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError("actions have non-finite entries")
+        result = self.batch.step(np.clip(array, -1.0, 1.0))
+        self._elapsed += 1
+        diverged = result.diverged
+        terminated = diverged.copy()
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        if self.max_episode_steps is not None:
+            truncated = (self._elapsed >= self.max_episode_steps) & ~terminated
+        reward = np.where(diverged, 0.0, result.reward)
+        obs = np.where(diverged[:, None], self._obs, result.obs)
+        info: dict[str, Any] = {"loss": result.loss, "diverged": diverged, "is_success": self.task.success(result.loss) & ~diverged}
+        for i, name in enumerate(self.task.reward_terms):
+            info[f"reward_{name}"] = np.where(diverged, 0.0, result.reward_terms[:, i])
+        info.update(result.metrics)
+        self._extend_info(info, diverged)
+        ended = terminated | truncated
+        if ended.any():
+            info["final_obs"] = np.where(ended[:, None], obs, 0.0).astype(np.float32)
+            info["_final_obs"] = ended
+            current = self.batch.get_state()
+            for w in np.flatnonzero(ended):
+                for name, value in self.task.sample_state(self._rngs[w]).items():
+                    current[name][w] = value
+            self.batch.trajectory.reset_worlds(ended, current)
+            self.task.prepare(self.batch.trajectory.state())
+            obs = np.where(ended[:, None], self.batch.observe(), obs)
+            self._elapsed[ended] = 0
+            self._new_episodes(ended)
+        for key in list(info):
+            if not key.startswith("_"):
+                info.setdefault(f"_{key}", ended if key == "final_obs" else np.ones(self.num_envs, dtype=bool))
+        self._obs = obs.astype(np.float32)
+        return self._obs.copy(), reward, terminated, truncated, info
+
+    def grad(self, objective: str = "return") -> Gradients:
+        """Per-world gradients of each world's current episode; see the class docstring."""
+        return self.batch.grad(objective)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """A snapshot of all worlds (world axis first)."""
+        if self._obs is None:
+            raise RuntimeError("call reset() before get_state()")
+        return self.batch.get_state()
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() was called with render_mode=None; make the env with render_mode='rgb_array'.")
+            return None
+        state = self.get_state()
+        return [
+            self.task.render({name: value[w] for name, value in state.items()}, width=self.render_width, height=self.render_height)
+            for w in range(self.num_envs)
+        ]
+
+    # Hooks for tasks with per-episode metrics -----------------------------------------------
+
+    def _new_episodes(self, worlds: np.ndarray) -> None:
+        """Called after the worlds of the mask started new episodes (reset or autoreset)."""
+
+    def _extend_info(self, info: dict[str, Any], diverged: np.ndarray) -> None:
+        """Add task-specific entries to a step's info."""
+
+
+__all__ = ["DiffEnv", "DiffVectorEnv", "GradientError", "Gradients", "StepResult", "WorldBatch"]

@@ -14,6 +14,7 @@ class EnvInfo:
     Attributes:
         id: Gymnasium id, ``DiffEnvs/<Task>-v<N>``.
         entry_point: ``module:Class`` of the single env.
+        vector_entry_point: ``module:Class`` of the native vector env.
         max_episode_steps: Truncation horizon applied by ``gym.make``.
         summary: One-line description (``diffenvs list``).
         kwargs: Default keyword arguments of ``gym.make``.
@@ -21,6 +22,7 @@ class EnvInfo:
 
     id: str
     entry_point: str
+    vector_entry_point: str
     max_episode_steps: int
     summary: str
     kwargs: dict = dataclasses.field(default_factory=dict)
@@ -30,12 +32,14 @@ ENVS: tuple[EnvInfo, ...] = (
     EnvInfo(
         id="DiffEnvs/Pusher-v0",
         entry_point="diffenvs.tasks.pusher:PusherEnv",
+        vector_entry_point="diffenvs.tasks.pusher:PusherVectorEnv",
         max_episode_steps=100,
         summary="Planar round pusher moves a box to a target pose (rigid penalty contact, 2-D action).",
     ),
     EnvInfo(
         id="DiffEnvs/RollingPin-v0",
         entry_point="diffenvs.tasks.dough:RollingPinEnv",
+        vector_entry_point="diffenvs.tasks.dough:RollingPinVectorEnv",
         max_episode_steps=50,
         summary="Flatten MPM dough into a target sheet with a rolling pin (3-D action).",
         kwargs={"checkpoint": True},
@@ -43,6 +47,7 @@ ENVS: tuple[EnvInfo, ...] = (
     EnvInfo(
         id="DiffEnvs/Move-v0",
         entry_point="diffenvs.tasks.dough:MoveEnv",
+        vector_entry_point="diffenvs.tasks.dough:MoveVectorEnv",
         max_episode_steps=50,
         summary="Carry MPM dough to a target place with two spheres (6-D action).",
         kwargs={"checkpoint": True},
@@ -50,6 +55,7 @@ ENVS: tuple[EnvInfo, ...] = (
     EnvInfo(
         id="DiffEnvs/Shape-v0",
         entry_point="diffenvs.tasks.dough:ShapeEnv",
+        vector_entry_point="diffenvs.tasks.dough:ShapeVectorEnv",
         max_episode_steps=50,
         summary="Press a pit of a given place and depth into MPM dough with a spherical tool tip (3-D action).",
         kwargs={"checkpoint": True},
@@ -63,5 +69,6 @@ def register_envs() -> None:
         if info.id in gym.registry:
             continue
         gym.register(
-            id=info.id, entry_point=info.entry_point, max_episode_steps=info.max_episode_steps, kwargs=dict(info.kwargs)
+            id=info.id, entry_point=info.entry_point, vector_entry_point=info.vector_entry_point,
+            max_episode_steps=info.max_episode_steps, kwargs=dict(info.kwargs),
         )

@@ -17,7 +17,7 @@ import numpy as np
 import warp as wp
 
 from diffenvs.config import from_dict
-from diffenvs.env import DiffEnv
+from diffenvs.env import DiffEnv, DiffVectorEnv
 from diffenvs.sim.mpm import MPMControl, MPMGrid, MPMMaterial, MPMModel, MPMState, SolverMPM, ToolShape
 from diffenvs.sim.mpm.kernels import tool_sdf
 from diffenvs.task import State, StepBuffers, Task
@@ -859,4 +859,36 @@ class ShapeEnv(DoughEnv):
     centred 0.03-0.08 from the blob's centre in a random direction. The displaced dough has no
     place in the target, so the density term keeps a floor.
 """ + _DOUGH_DOC
+    task_class = ShapeTask
+
+
+class DoughVectorEnv(DiffVectorEnv):
+    """Base of the dough vector envs: adds ``info["iou_incremental"]`` per world."""
+
+    task: DoughTask
+
+    def _new_episodes(self, worlds: np.ndarray) -> None:
+        iou = self.task.iou_of(self.batch.trajectory.state())
+        self._iou0 = np.where(worlds, iou, getattr(self, "_iou0", iou))
+
+    def _extend_info(self, info: dict[str, Any], diverged: np.ndarray) -> None:
+        gain = (info["iou"] - self._iou0) / np.maximum(1.0 - self._iou0, 1e-9)
+        info["iou_incremental"] = np.where(diverged, 0.0, np.clip(gain, 0.0, 1.0))
+
+
+class RollingPinVectorEnv(DoughVectorEnv):
+    """``num_envs`` RollingPin worlds in one batch (see :class:`RollingPinEnv`)."""
+
+    task_class = RollingPinTask
+
+
+class MoveVectorEnv(DoughVectorEnv):
+    """``num_envs`` Move worlds in one batch (see :class:`MoveEnv`)."""
+
+    task_class = MoveTask
+
+
+class ShapeVectorEnv(DoughVectorEnv):
+    """``num_envs`` Shape worlds in one batch (see :class:`ShapeEnv`)."""
+
     task_class = ShapeTask

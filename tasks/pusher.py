@@ -10,7 +10,7 @@ import numpy as np
 import warp as wp
 
 from diffenvs.config import from_dict
-from diffenvs.env import DiffEnv
+from diffenvs.env import DiffEnv, DiffVectorEnv
 from diffenvs.sim.rigid2d import Rigid2DControl, Rigid2DModel, Rigid2DState, SolverRigid2D
 from diffenvs.sim.rigid2d.kernels import pusher_box_gap
 from diffenvs.task import State, StepBuffers, Task
@@ -386,5 +386,11 @@ class PusherEnv(DiffEnv):
     ## Version History
     - v0: initial release.
     """
+
+    task_class = PusherTask
+
+
+class PusherVectorEnv(DiffVectorEnv):
+    """``num_envs`` Pusher worlds in one batch (see :class:`PusherEnv` and :class:`~diffenvs.env.DiffVectorEnv`)."""
 
     task_class = PusherTask

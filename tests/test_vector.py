@@ -1,0 +1,126 @@
+"""Native vector envs: equivalence with single envs, autoreset, per-world gradients, SB3 adapter."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from tests.conftest import ENV_IDS, SMALL, TINY_DOUGH
+
+
+def make_vec(env_id, num_envs, **kwargs):
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+
+
+def singles(env_id, count, **kwargs):
+    return [gym.make(env_id, **kwargs).unwrapped for _ in range(count)]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_vector_env_equals_single_envs(env_id):
+    kwargs = {**SMALL.get(env_id, {}), **({"proximity_weight": 0.3} if "Pusher" in env_id else {"tool_softness": 0.02})}
+    vec = make_vec(env_id, 3, **kwargs)
+    assert isinstance(vec.unwrapped, gym.vector.VectorEnv)
+    assert vec.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    envs = singles(env_id, 3, **kwargs)
+    obs, _ = vec.reset(seed=11)
+    np.testing.assert_array_equal(obs, np.stack([e.reset(seed=11 + i)[0] for i, e in enumerate(envs)]))
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(6, *vec.action_space.shape)).astype(np.float32)
+    for a in actions:
+        obs, reward, terminated, truncated, info = vec.step(a)
+        results = [e.step(a[i]) for i, e in enumerate(envs)]
+        np.testing.assert_array_equal(obs, np.stack([r[0] for r in results]))
+        np.testing.assert_array_equal(reward, np.array([r[1] for r in results]))
+        np.testing.assert_array_equal(info["loss"], np.array([r[4]["loss"] for r in results]))
+    g = vec.unwrapped.grad()
+    single = [e.grad() for e in envs]
+    assert g.actions.shape == (3, 6, *vec.single_action_space.shape)
+    np.testing.assert_allclose(g.actions, np.stack([s.actions for s in single]), rtol=1e-6, atol=1e-12)
+    for name in g.initial_state:
+        np.testing.assert_allclose(g.initial_state[name], np.stack([s.initial_state[name] for s in single]), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(g.value, [s.value for s in single], rtol=1e-9)
+
+
+def test_autoreset_same_step_and_gradients_of_the_current_episode():
+    vec = make_vec("DiffEnvs/Pusher-v0", 2, proximity_weight=0.3, max_episode_steps=4)
+    envs = singles("DiffEnvs/Pusher-v0", 2, proximity_weight=0.3)
+    vec.reset(seed=3)
+    for i, e in enumerate(envs):
+        e.reset(seed=3 + i)
+    rng = np.random.default_rng(1)
+    for t in range(7):
+        a = rng.uniform(-1, 1, size=(2, 2)).astype(np.float32)
+        obs, reward, terminated, truncated, info = vec.step(a)
+        results = [e.step(a[i]) for i, e in enumerate(envs)]
+        np.testing.assert_array_equal(reward, [r[1] for r in results])
+        if t == 3:  # the 4th step truncates both worlds: final and new observations
+            assert truncated.all() and not terminated.any()
+            np.testing.assert_array_equal(info["final_obs"], np.stack([r[0] for r in results]))
+            assert info["_final_obs"].all()
+            np.testing.assert_array_equal(obs, np.stack([e.reset()[0] for e in envs]))  # their own generators
+        else:
+            assert not truncated.any()
+    g = vec.unwrapped.grad()
+    assert g.actions.shape == (2, 7, 2)
+    assert np.all(g.actions[:, :4] == 0.0)  # the first episode is over
+    single = [e.grad() for e in envs]  # 3 steps of the second episode
+    np.testing.assert_allclose(g.actions[:, 4:], np.stack([s.actions for s in single]), rtol=1e-6, atol=1e-12)
+    for name in g.initial_state:
+        np.testing.assert_allclose(g.initial_state[name], np.stack([s.initial_state[name] for s in single]), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(g.value, [s.value for s in single], rtol=1e-9)
+
+
+def test_a_diverged_world_is_reset_alone_and_keeps_others_gradients_finite():
+    vec = make_vec("DiffEnvs/Pusher-v0", 2, proximity_weight=0.3)
+    vec.reset(seed=0)
+    state = vec.unwrapped.get_state()
+    state["box_vel"][1] = [80.0, 0.0, 0.0]
+    vec.unwrapped.batch.reset(state)  # world 1 flies off the table in the next step
+    obs, reward, terminated, truncated, info = vec.step(np.zeros((2, 2), np.float32))
+    assert list(terminated) == [False, True] and list(info["diverged"]) == [False, True] and reward[1] == 0.0
+    assert np.all(np.isfinite(obs))
+    vec.step(np.full((2, 2), 0.5, np.float32))
+    g = vec.unwrapped.grad()
+    assert np.all(np.isfinite(g.actions)) and np.all(g.actions[1, 0] == 0.0)
+
+
+def test_bad_vector_actions_raise():
+    vec = make_vec("DiffEnvs/Pusher-v0", 2)
+    vec.reset(seed=0)
+    before = vec.unwrapped.get_state()
+    for bad in [np.zeros(2), np.zeros((3, 2)), np.full((2, 2), np.nan)]:
+        with pytest.raises(ValueError, match="actions"):
+            vec.step(bad)
+    after = vec.unwrapped.get_state()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_dough_vector_env_reports_incremental_iou():
+    vec = make_vec("DiffEnvs/Move-v0", 2, **TINY_DOUGH)
+    vec.reset(seed=0)
+    _, _, _, _, info = vec.step(np.zeros((2, 6), np.float32))
+    assert info["iou"].shape == (2,) and np.all((0 <= info["iou_incremental"]) & (info["iou_incremental"] <= 1))
+
+
+def test_sb3_ppo_trains_on_the_native_vector_env():
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecEnv
+
+    from diffenvs.baselines.sb3 import SB3VecEnv
+
+    venv = SB3VecEnv(make_vec("DiffEnvs/Pusher-v0", 4, differentiable=False, max_episode_steps=20))
+    assert isinstance(venv, VecEnv) and venv.num_envs == 4
+    obs = venv.reset()
+    assert obs.shape == (4, 17)
+    venv.step_async(np.zeros((4, 2), np.float32))
+    obs, rewards, dones, infos = venv.step_wait()
+    assert obs.shape == (4, 17) and rewards.shape == (4,) and len(infos) == 4
+    model = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=256)
+    # Episodes of 20 steps ended inside the run: SB3 got terminal observations and time-limit flags.
+    venv.reset()
+    for _ in range(20):
+        obs, rewards, dones, infos = venv.step(np.zeros((4, 2), np.float32))
+    assert dones.all() and all(i["TimeLimit.truncated"] and i["terminal_observation"].shape == (17,) for i in infos)
