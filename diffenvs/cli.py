@@ -37,6 +37,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from diffenvs.bench import run
+
+    run(quick=args.quick, repeats=args.repeats, json_path=args.json or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffenvs", description="Differentiable Gymnasium environments on NVIDIA Warp.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", help="GIF path ('' for none)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
+    bench = sub.add_parser("bench", help="measure speed, memory and start-up; print a table and write JSON")
+    bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")
+    bench.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")
+    bench.add_argument("--json", default="diffenvs_bench.json", help="JSON output path ('' for none)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

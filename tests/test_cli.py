@@ -38,3 +38,21 @@ def test_demo_rejects_a_bad_config(tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run(["diffenvs", "list"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "DiffEnvs/Pusher-v0" in result.stdout
+
+
+def test_bench_quick_runs_and_writes_json(tmp_path):
+    """`diffenvs bench --quick` from the installed package: every figure present and positive."""
+    import json
+    import sys
+
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "diffenvs.cli", "bench", "--quick", "--json", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["startup"]["warm_first_step_s"] > 0 and report["startup"]["cold_first_gradient_s"] > 0
+    assert {row["task"] for row in report["dough"]} == {"RollingPin", "Move", "Shape"}
+    for row in report["dough"]:
+        assert row["forward_steps_per_s"] > 0 and row["grad_over_forward"] > 1 and row["peak_rss_checkpoint_gib"] > 0
+    assert [row["worlds"] for row in report["pusher"]["rows"]] == [1, 16] and report["pusher"]["sync"] > 0
+    assert "native / sync" in result.stdout

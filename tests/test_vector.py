@@ -124,3 +124,27 @@ def test_sb3_ppo_trains_on_the_native_vector_env():
     for _ in range(20):
         obs, rewards, dones, infos = venv.step(np.zeros((4, 2), np.float32))
     assert dones.all() and all(i["TimeLimit.truncated"] and i["terminal_observation"].shape == (17,) for i in infos)
+
+
+def test_matches_gymnasium_sync_vector_env_through_autoresets():
+    """Spaces, observations, rewards, terminations, truncations and final observations agree with
+    Gymnasium's SyncVectorEnv (SAME_STEP) over single envs."""
+    vec = make_vec("DiffEnvs/Pusher-v0", 3, max_episode_steps=4, differentiable=False)
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("DiffEnvs/Pusher-v0", max_episode_steps=4, differentiable=False) for _ in range(3)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    assert vec.single_observation_space == sync.single_observation_space
+    assert vec.single_action_space == sync.single_action_space
+    assert vec.observation_space == sync.observation_space and vec.action_space == sync.action_space
+    np.testing.assert_array_equal(vec.reset(seed=7)[0], sync.reset(seed=7)[0])
+    rng = np.random.default_rng(2)
+    for _ in range(9):
+        a = rng.uniform(-1, 1, size=(3, 2)).astype(np.float32)
+        ours, theirs = vec.step(a), sync.step(a)
+        for x, y in zip(ours[:4], theirs[:4]):
+            np.testing.assert_array_equal(x, y)
+        if "final_obs" in theirs[4]:
+            mask = theirs[4]["_final_obs"]
+            np.testing.assert_array_equal(ours[4]["_final_obs"], mask)
+            np.testing.assert_array_equal(ours[4]["final_obs"][mask], np.stack(theirs[4]["final_obs"][mask]))

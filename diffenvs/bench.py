@@ -1,0 +1,211 @@
+"""``diffenvs bench``: speed, memory and start-up of every task, as a table and JSON.
+
+Each figure comes from a fresh process (peak resident memory is per process; start-up needs a
+new one), medians over the repeats. Figures:
+
+* dough tasks, per preset: forward env steps/s (``differentiable=False``), time of a 50-step
+  episode recorded with ``checkpoint=True`` plus ``grad()`` and its ratio to the forward time,
+  peak resident memory of that process, and the same without checkpointing (at the paper
+  preset over 10 steps: 50 do not fit in memory);
+* Pusher: world-steps/s of the native vector env at N = 1, 16, 256 worlds and of Gymnasium's
+  ``SyncVectorEnv`` over the largest N, measured in the same run;
+* start-up: time from process start to the first env step with the kernel cache warm, and to the
+  first gradient with an empty cache (every kernel compiled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HORIZON = 50
+NO_CHECKPOINT_HORIZON = {"default": 50, "paper": 10}
+DOUGH_TASKS = ("RollingPin", "Move", "Shape")
+
+
+def _quiet_import():
+    import warp as wp
+
+    wp.config.log_level = 30
+    import gymnasium as gym
+
+    import diffenvs  # noqa: F401
+
+    return wp, gym
+
+
+def measure_dough(task: str, preset: str, mode: str, repeats: int, horizon: int) -> dict[str, float]:
+    """In a child process: seconds per episode of ``mode`` (forward | grad | grad_nockpt), peak RSS."""
+    import numpy as np
+
+    wp, gym = _quiet_import()
+    kwargs: dict[str, Any] = {"preset": preset}
+    if mode == "forward":
+        kwargs["differentiable"] = False
+    else:
+        kwargs["checkpoint"] = mode == "grad"
+    env = gym.make(f"DiffEnvs/{task}-v0", **kwargs).unwrapped
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, size=(horizon, *env.action_space.shape))
+    times = []
+    for repeat in range(repeats + 1):  # the first run warms up
+        env.reset(seed=0)
+        start = time.perf_counter()
+        for action in actions:
+            env.step(action)
+        if mode != "forward":
+            env.grad()
+        wp.synchronize()
+        if repeat:
+            times.append(time.perf_counter() - start)
+    return {"seconds": float(np.median(times)), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def startup_child(env_id: str, with_grad: bool) -> dict[str, float]:
+    """In a child process: reach the first env step (and gradient) of ``env_id``."""
+    import numpy as np
+
+    _, gym = _quiet_import()
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=0)
+    env.step(np.zeros(env.action_space.shape))
+    if with_grad:
+        env.grad()
+    return {}
+
+
+def measure_pusher(worlds: list[int], steps: int, repeats: int) -> dict[str, Any]:
+    """World-steps/s of the native Pusher vector env at each N, and of SyncVectorEnv at the largest."""
+    import numpy as np
+
+    _, gym = _quiet_import()
+
+    def rate(env, n: int) -> float:
+        actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, *env.action_space.shape)).astype(np.float32)
+        times = []
+        for repeat in range(repeats + 1):
+            env.reset(seed=0)
+            start = time.perf_counter()
+            for action in actions:
+                env.step(action)
+            if repeat:
+                times.append(time.perf_counter() - start)
+        return steps * n / float(np.median(times))
+
+    rows = []
+    for n in worlds:
+        kwargs = {"num_envs": n, "vectorization_mode": "vector_entry_point", "max_episode_steps": None}
+        rows.append({
+            "worlds": n,
+            "native": rate(gym.make_vec("DiffEnvs/Pusher-v0", differentiable=False, **kwargs), n),
+            "native_recording": rate(gym.make_vec("DiffEnvs/Pusher-v0", differentiable=True, **kwargs), n),
+        })
+    n = max(worlds)
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("DiffEnvs/Pusher-v0", differentiable=False, max_episode_steps=None) for _ in range(n)]
+    )
+    return {"rows": rows, "sync_worlds": n, "sync": rate(sync, n)}
+
+
+def _child(kind: str, *args: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    """Run ``python -m diffenvs.bench --child KIND ARGS`` and return its JSON and its wall time."""
+    command = [sys.executable, "-m", "diffenvs.bench", "--child", kind, *args]
+    start = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child {kind} {args} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1]), wall
+
+
+def machine() -> dict[str, Any]:
+    """A description of this machine and software."""
+    import numpy as np
+    import warp as wp
+
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "python": platform.python_version(), "warp": wp.__version__, "numpy": np.__version__,
+        "device": "cpu (Warp: one thread per launch)",
+    }
+
+
+def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffenvs_bench.json") -> dict[str, Any]:
+    """Measure everything, print the tables, write JSON; return the figures."""
+    presets = ["default"] if quick else ["default", "paper"]
+    repeats = 1 if quick else repeats
+    report: dict[str, Any] = {"machine": machine(), "repeats": repeats, "horizon": HORIZON}
+    print(f"machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs, Python "
+          f"{report['machine']['python']}, warp {report['machine']['warp']}; medians of {repeats}")
+
+    print("\nstart-up (new process to first step; cold: empty kernel cache, to first gradient)")
+    _child("startup", "DiffEnvs/RollingPin-v0", "0")  # make sure the cache is warm
+    _, warm = _child("startup", "DiffEnvs/RollingPin-v0", "0")
+    with tempfile.TemporaryDirectory() as cache:
+        _, cold = _child("startup", "DiffEnvs/RollingPin-v0", "1", env={"WARP_CACHE_PATH": cache})
+    report["startup"] = {"warm_first_step_s": warm, "cold_first_gradient_s": cold}
+    print(f"  warm: {warm:.1f} s   cold: {cold:.1f} s")
+
+    print(f"\ndough, {HORIZON}-step episodes")
+    print(f"  {'task':<11}{'preset':<9}{'fwd steps/s':>12}{'grad 50 [s]':>12}{'grad/fwd':>10}{'RSS ckpt':>10}{'RSS no ckpt':>14}")
+    rows = []
+    for preset in presets:
+        for task in DOUGH_TASKS:
+            fwd, _ = _child("dough", task, preset, "forward", str(repeats), str(HORIZON))
+            grad, _ = _child("dough", task, preset, "grad", str(repeats), str(HORIZON))
+            steps = NO_CHECKPOINT_HORIZON[preset]
+            nockpt, _ = _child("dough", task, preset, "grad_nockpt", "1", str(steps))
+            row = {
+                "task": task, "preset": preset, "forward_steps_per_s": HORIZON / fwd["seconds"],
+                "grad_50_s": grad["seconds"], "grad_over_forward": grad["seconds"] / fwd["seconds"],
+                "peak_rss_checkpoint_gib": grad["peak_rss"] / 2**30,
+                "peak_rss_no_checkpoint_gib": nockpt["peak_rss"] / 2**30, "no_checkpoint_steps": steps,
+            }
+            rows.append(row)
+            print(f"  {task:<11}{preset:<9}{row['forward_steps_per_s']:>12.1f}{row['grad_50_s']:>12.2f}"
+                  f"{row['grad_over_forward']:>10.2f}{row['peak_rss_checkpoint_gib']:>9.2f}G"
+                  f"{row['peak_rss_no_checkpoint_gib']:>9.2f}G/{steps}", flush=True)
+    report["dough"] = rows
+
+    worlds = [1, 16] if quick else [1, 16, 256]
+    pusher, _ = _child("pusher", ",".join(map(str, worlds)), "100", str(repeats))
+    report["pusher"] = pusher
+    print("\nPusher world-steps/s, 100-step episodes")
+    print(f"  {'worlds':>7}{'native':>12}{'recording':>12}")
+    for row in pusher["rows"]:
+        print(f"  {row['worlds']:>7}{row['native']:>12.0f}{row['native_recording']:>12.0f}")
+    ratio = pusher["rows"][-1]["native"] / pusher["sync"]
+    print(f"  SyncVectorEnv over {pusher['sync_worlds']} envs: {pusher['sync']:.0f}; native / sync = {ratio:.1f}x")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+        print(f"\nwrote {json_path}")
+    return report
+
+
+def _main_child(argv: list[str]) -> None:
+    kind, *args = argv
+    if kind == "dough":
+        task, preset, mode, repeats, horizon = args
+        result = measure_dough(task, preset, mode, int(repeats), int(horizon))
+    elif kind == "startup":
+        result = startup_child(args[0], args[1] == "1")
+    elif kind == "pusher":
+        worlds, steps, repeats = args
+        result = measure_pusher([int(w) for w in worlds.split(",")], int(steps), int(repeats))
+    else:
+        raise SystemExit(f"unknown benchmark child {kind!r}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _main_child(sys.argv[2:])
+    else:
+        run()
