@@ -90,7 +90,7 @@ def plot(results: list[dict], path: Path) -> None:
     for column, res in enumerate(results):
         it, loss, iou = np.array(res["curve"]).T
         axes[0, column].plot(it, loss, label="Adam iterate (hard replay)")
-        axes[0, column].axhline(res["random_best_loss"], color="gray", ls="--", label=f"best of random")
+        axes[0, column].axhline(res["random_best_loss"], color="gray", ls="--", label="best of random")
         axes[0, column].set_title(res["task"])
         axes[0, column].set_ylabel("task loss")
         axes[1, column].plot(it, iou)
