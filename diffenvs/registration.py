@@ -28,6 +28,18 @@ class EnvInfo:
     kwargs: dict = dataclasses.field(default_factory=dict)
 
 
+def _dough(task: str, summary: str) -> EnvInfo:
+    """A dough task: 50-step episodes, checkpointed gradients by default."""
+    return EnvInfo(
+        id=f"DiffEnvs/{task}-v0",
+        entry_point=f"diffenvs.tasks.dough:{task}Env",
+        vector_entry_point=f"diffenvs.tasks.dough:{task}VectorEnv",
+        max_episode_steps=50,
+        summary=summary,
+        kwargs={"checkpoint": True},
+    )
+
+
 ENVS: tuple[EnvInfo, ...] = (
     EnvInfo(
         id="DiffEnvs/Pusher-v0",
@@ -36,30 +48,9 @@ ENVS: tuple[EnvInfo, ...] = (
         max_episode_steps=100,
         summary="Planar round pusher moves a box to a target pose (rigid penalty contact, 2-D action).",
     ),
-    EnvInfo(
-        id="DiffEnvs/RollingPin-v0",
-        entry_point="diffenvs.tasks.dough:RollingPinEnv",
-        vector_entry_point="diffenvs.tasks.dough:RollingPinVectorEnv",
-        max_episode_steps=50,
-        summary="Flatten MPM dough into a target sheet with a rolling pin (3-D action).",
-        kwargs={"checkpoint": True},
-    ),
-    EnvInfo(
-        id="DiffEnvs/Move-v0",
-        entry_point="diffenvs.tasks.dough:MoveEnv",
-        vector_entry_point="diffenvs.tasks.dough:MoveVectorEnv",
-        max_episode_steps=50,
-        summary="Carry MPM dough to a target place with two spheres (6-D action).",
-        kwargs={"checkpoint": True},
-    ),
-    EnvInfo(
-        id="DiffEnvs/Shape-v0",
-        entry_point="diffenvs.tasks.dough:ShapeEnv",
-        vector_entry_point="diffenvs.tasks.dough:ShapeVectorEnv",
-        max_episode_steps=50,
-        summary="Press a pit of a given place and depth into MPM dough with a spherical tool tip (3-D action).",
-        kwargs={"checkpoint": True},
-    ),
+    _dough("RollingPin", "Flatten MPM dough into a target sheet with a rolling pin (3-D action)."),
+    _dough("Move", "Carry MPM dough to a target place with two spheres (6-D action)."),
+    _dough("Shape", "Press a pit of a given place and depth into MPM dough with a spherical tool tip (3-D action)."),
 )
 
 
