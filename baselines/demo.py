@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffenvs.baselines.trajopt import AdamConfig, TrajOptResult, optimize_actions
+from diffenvs.baselines.problem import Problem, ProblemConfig
+from diffenvs.baselines.trajopt import SolverConfig, TrajOptResult, optimize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,44 +17,39 @@ class DemoConfig:
     """Options of the demo (``configs/demo.yaml``).
 
     Attributes:
-        env_id: Registered env to optimize.
-        seed: Seed of the env's initial state.
-        env_kwargs: Keyword arguments of ``gym.make`` used while optimizing.
-        optimizer: Adam options.
+        problem: Env id, seed of the initial state, horizon, env kwargs.
+        solver: The gradient method and its remedies.
         output: Path of the GIF (before | after); empty for none.
     """
 
-    env_id: str = "DiffEnvs/Pusher-v0"
-    seed: int = 0
-    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    optimizer: AdamConfig = AdamConfig()
+    problem: ProblemConfig = ProblemConfig(horizon=50)
+    solver: SolverConfig = SolverConfig()
     output: str = "diffenvs_demo.gif"
 
 
 def run_demo(config: DemoConfig, *, progress: bool = True) -> TrajOptResult:
     """Optimize one episode, print the loss falling, write the GIF; return the result."""
-    import diffenvs  # noqa: F401  (registers the envs)
+    problem = Problem(config.problem)
+    bar = tqdm(total=config.solver.iters, desc=f"{config.solver.method} on {config.problem.env_id}",
+               disable=not progress, unit="it")
 
-    env = gym.make(config.env_id, render_mode="rgb_array", **config.env_kwargs).unwrapped
-    env.reset(seed=config.seed)
-    state = env.get_state()
-    bar = tqdm(total=config.optimizer.iters, desc=f"Adam on {config.env_id}", disable=not progress, unit="it")
-
-    def show(record: dict[str, float], actions: np.ndarray) -> None:
-        bar.set_postfix(loss=f"{record['loss']:.4f}", ret=f"{record['return']:.3f}")
+    def show(record: dict, best_actions: np.ndarray) -> None:
+        bar.set_postfix(loss=f"{record['best_loss']:.4f}")
         bar.update()
 
-    result = optimize_actions(env, config.optimizer, state=state, callback=show)
+    result = optimize(problem, config.solver, callback=show)
     bar.close()
-    reduction = 1.0 - result.best_loss / result.initial_loss
-    print(f"task loss {result.initial_loss:.4f} -> {result.best_loss:.4f} ({100 * reduction:.1f}% lower) "
-          f"in {config.optimizer.iters} gradient iterations")
+    reduction = 1.0 - result.loss / result.initial_loss
+    print(f"task loss {result.initial_loss:.4f} -> {result.loss:.4f} ({100 * reduction:.1f}% lower) "
+          f"in {len(result.history)} gradient iterations")
     if config.output:
-        before = _frames(env, state, np.zeros_like(result.actions))
-        after = _frames(env, state, result.actions)
+        env = problem.single_env(render_mode="rgb_array")
+        before = _frames(env, problem.initial_state, np.zeros_like(result.actions))
+        after = _frames(env, problem.initial_state, result.actions)
         write_gif(config.output, [np.concatenate([b, a], axis=1) for b, a in zip(before, after)], fps=env.metadata["render_fps"])
         print(f"wrote {config.output} (left: before, right: after)")
-    env.close()
+        env.close()
+    problem.close()
     return result
 
 

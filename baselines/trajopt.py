@@ -1,188 +1,477 @@
-"""Open-loop trajectory optimization through ``grad()``.
+"""Trajectory optimization on diffenvs tasks: gradients with remedies, sampling, a hybrid, and MPC.
 
-The optimizer works on any single diffenvs env: it replays an action sequence from a fixed
-initial state, asks the env for d(return)/d(actions) and takes an Adam step uphill, keeping
-the actions inside the action bounds.
+Every method optimizes one open-loop action sequence (or, for MPC, a closed loop of re-planned
+ones) of a :class:`~diffenvs.baselines.problem.Problem` and reports in the same units: the task
+loss and metric *in the reported setting* (the env as configured, no remedies), and the
+:class:`~diffenvs.baselines.problem.Budget` spent (world-steps forward, backward and in
+replays, gradient evaluations, wall time).
+
+Methods (``SolverConfig.method``):
+
+- ``adam`` / ``gd``: ascend the return by Adam or plain gradient ascent (``a += lr * g``) on
+  ``grad()``, with a learning-rate schedule, gradient-norm clipping (per sequence), the actions
+  kept in [-1, 1], and the remedies of :class:`GradientConfig`: contact-loss weight and tool
+  softness, each with a linear schedule; truncated backpropagation windows; random multi-start
+  (all starts run as worlds of one batch). The best iterate in the reported setting is kept.
+- ``cem``: the cross-entropy method on the reported loss (no gradients).
+- ``hybrid``: ``hybrid.cem_iters`` CEM generations, then Adam from the best sample.
+- ``random``: the best of ``random.samples`` uniform random sequences.
+- ``mpc``: receding horizon: plan ``mpc.plan_horizon`` steps with ``mpc.iters_per_step`` Adam
+  iterations (warm-started from the previous plan), execute ``mpc.execute`` steps, repeat.
+
+A rollout that diverges, or a non-finite gradient, freezes that start (the others go on); when
+every start is frozen the method stops early with ``stopped`` set and the best sequence found.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from diffenvs.env import DiffEnv
+from diffenvs.baselines.problem import Evaluation, Problem
 
 logger = logging.getLogger(__name__)
 
+METHODS = ("adam", "gd", "cem", "hybrid", "random", "mpc")
+Callback = Callable[[dict[str, Any], np.ndarray], None]
+
 
 @dataclasses.dataclass(frozen=True)
-class AdamConfig:
-    """Options of :func:`optimize_actions`.
+class GradientConfig:
+    """Options of the gradient methods (``adam``, ``gd``, and the gradient phase of ``hybrid`` and ``mpc``).
 
     Attributes:
-        iters: Gradient iterations.
-        horizon: Env steps per rollout.
-        lr: Adam step size, in action units.
+        lr: Step size in action units (Adam's step; for ``gd`` the factor of the gradient).
+        lr_schedule: ``constant``, or ``cosine`` / ``linear`` decay from ``lr`` to ``lr_final``.
+        lr_final: Step size at the last iteration of a decaying schedule.
         beta1: Adam's first-moment decay.
         beta2: Adam's second-moment decay.
         eps: Adam's denominator regulariser.
-        grad_clip: Largest gradient norm used per iteration (the whole sequence); ``None`` for no clipping.
-        init_scale: Standard deviation of the random initial actions (0: start from zeros).
-        seed: Seed of the initial actions.
+        grad_clip: Largest gradient norm per sequence and iteration; ``None``: no clipping.
+        init_scale: Standard deviation of the Gaussian initial actions of the first start (0: zeros).
+        restarts: Starts optimized together as worlds of one batch; starts after the first begin
+            from uniform random sequences. Each iteration costs ``restarts`` gradients.
+        window: Truncated backpropagation window [env steps]; ``None``: the whole horizon.
+        contact_weight: Contact-loss weight while optimizing; ``None``: the env's own.
+        contact_weight_final: Its value after annealing (linear); ``None``: constant.
+        softness: Tool softness (influence radius) while optimizing; ``None``: the env's own.
+        softness_final: Its value after annealing (linear, soft to hard); ``None``: constant.
+        anneal: Fraction of the iterations over which the remedies reach their final values.
+        eval_every: Replay the iterates in the reported setting every this many iterations (and
+            at the last), when the optimizer's dynamics differ from it (soft tools). The best
+            sequence is chosen among the replayed iterates.
     """
 
-    iters: int = 50
-    horizon: int = 50
     lr: float = 0.05
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_final: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
     grad_clip: float | None = None
     init_scale: float = 0.0
-    seed: int = 0
+    restarts: int = 1
+    window: int | None = None
+    contact_weight: float | None = None
+    contact_weight_final: float | None = None
+    softness: float | None = None
+    softness_final: float | None = None
+    anneal: float = 1.0
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.iters < 1 or self.horizon < 1:
-            raise ValueError(f"iters and horizon must be >= 1, got {self.iters} and {self.horizon}")
-        if not self.lr > 0.0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.lr > 0.0 or self.lr_final < 0.0:
+            raise ValueError(f"lr must be > 0 and lr_final >= 0, got {self.lr} and {self.lr_final}")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
             raise ValueError("beta1 and beta2 must lie in [0, 1)")
+        if self.grad_clip is not None and not self.grad_clip > 0.0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.restarts < 1 or self.eval_every < 1 or (self.window is not None and self.window < 1):
+            raise ValueError("restarts, eval_every and window must be >= 1")
+        if not 0.0 < self.anneal <= 1.0:
+            raise ValueError(f"anneal must lie in (0, 1], got {self.anneal}")
+        for name in ("contact_weight", "contact_weight_final", "softness", "softness_final", "init_scale"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+    def learning_rate(self, iteration: int, iters: int) -> float:
+        """Step size of ``iteration`` (0-based) of ``iters``."""
+        if self.lr_schedule == "constant" or iters <= 1:
+            return self.lr
+        progress = iteration / (iters - 1)
+        weight = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.lr_schedule == "cosine" else 1.0 - progress
+        return self.lr_final + (self.lr - self.lr_final) * weight
+
+    def remedies(self, iteration: int, iters: int) -> dict[str, float]:
+        """The remedies set for ``iteration``: linear from their start to their final values."""
+        progress = min(iteration / max(self.anneal * (iters - 1), 1e-9), 1.0) if iters > 1 else 1.0
+        values = {}
+        for name in ("contact_weight", "softness"):
+            start, final = getattr(self, name), getattr(self, f"{name}_final")
+            if start is not None:
+                values[name] = start if final is None else start + progress * (final - start)
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
+class CEMConfig:
+    """Options of the cross-entropy method (``cem`` and the first phase of ``hybrid``).
+
+    Attributes:
+        population: Sequences per generation (the current mean is always one of them).
+        elites: Best sequences that define the next mean and standard deviation.
+        init_std: Initial standard deviation of every action component.
+        min_std: Floor of the standard deviation.
+        smoothing: Weight of the old mean and std in the update (0: replace).
+    """
+
+    population: int = 32
+    elites: int = 4
+    init_std: float = 0.5
+    min_std: float = 0.05
+    smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.elites < self.population:
+            raise ValueError(f"need 1 <= elites < population, got {self.elites} and {self.population}")
+        if not (self.init_std > 0.0 and self.min_std >= 0.0 and 0.0 <= self.smoothing < 1.0):
+            raise ValueError("need init_std > 0, min_std >= 0 and smoothing in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridConfig:
+    """Options of ``hybrid``: ``cem_iters`` CEM generations, then ``iters`` Adam iterations."""
+
+    cem_iters: int = 5
+
+    def __post_init__(self) -> None:
+        if self.cem_iters < 1:
+            raise ValueError(f"cem_iters must be >= 1, got {self.cem_iters}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MPCConfig:
+    """Options of ``mpc`` (receding-horizon re-planning with Adam).
+
+    Attributes:
+        plan_horizon: Steps of each plan (shorter near the end of the horizon).
+        iters_per_step: Adam iterations per re-plan.
+        execute: Steps of each plan executed before re-planning.
+    """
+
+    plan_horizon: int = 10
+    iters_per_step: int = 5
+    execute: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.plan_horizon, self.iters_per_step, self.execute) < 1 or self.execute > self.plan_horizon:
+            raise ValueError("need plan_horizon, iters_per_step, execute >= 1 and execute <= plan_horizon")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomConfig:
+    """Options of ``random``: the best of ``samples`` uniform random sequences."""
+
+    samples: int = 100
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """How to optimize.
+
+    Attributes:
+        method: One of ``adam``, ``gd``, ``cem``, ``hybrid``, ``random``, ``mpc``.
+        iters: Gradient iterations (``adam``, ``gd``, the gradient phase of ``hybrid``) or
+            generations (``cem``); ``random`` uses ``random.samples``, ``mpc`` ``mpc.iters_per_step``.
+        seed: Seed of the optimizer's own randomness (initial actions, samples).
+        gradient: Options of the gradient methods and their remedies.
+        cem: Options of the cross-entropy method.
+        hybrid: Options of the hybrid.
+        mpc: Options of receding-horizon control.
+        random: Options of random search.
+    """
+
+    method: Literal["adam", "gd", "cem", "hybrid", "random", "mpc"] = "adam"
+    iters: int = 50
+    seed: int = 0
+    gradient: GradientConfig = GradientConfig()
+    cem: CEMConfig = CEMConfig()
+    hybrid: HybridConfig = HybridConfig()
+    mpc: MPCConfig = MPCConfig()
+    random: RandomConfig = RandomConfig()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}")
 
 
 @dataclasses.dataclass
 class TrajOptResult:
-    """Outcome of a trajectory optimization.
+    """Outcome of a method.
 
     Attributes:
-        actions: Best action sequence found (by final task loss), shape (horizon, *action_shape).
-        best_loss: Task loss after replaying ``actions``.
+        method: The method.
+        actions: Best sequence found, shape (horizon, action_dim), judged in the reported setting.
+        loss: Its task loss after the last step (reported setting).
+        metric: Its metric.
+        metric_name: The metric's name (``Problem.metric_name``).
         initial_loss: Task loss of the initial state.
-        history: One record per iteration: iteration, return, loss (after the rollout), grad_norm,
-            env_steps (forward and backward steps simulated so far) and wall_time [s].
-        stopped: Why the optimization ended early (a diverged rollout or a non-finite
-            gradient), or ``None`` when it ran all its iterations. The best sequence found
-            until then is kept.
+        history: One record per iteration (see :func:`optimize`).
+        budget: The budget spent (:meth:`Budget.as_dict`).
+        stopped: Why the method ended early, or ``None``.
     """
 
+    method: str
     actions: np.ndarray
-    best_loss: float
+    loss: float
+    metric: float
+    metric_name: str
     initial_loss: float
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
+    budget: dict[str, float]
     stopped: str | None = None
 
 
-def rollout(env: DiffEnv, state: dict[str, np.ndarray], actions: np.ndarray) -> tuple[float, float, bool]:
-    """Replay ``actions`` from ``state``; return (return, final task loss, diverged)."""
-    env.set_state(state)
-    total = 0.0
-    loss = float("nan")
-    for action in actions:
-        _, reward, terminated, _, info = env.step(action)
-        total += reward
-        loss = info["loss"]
-        if terminated:
-            return total, loss, bool(info.get("diverged", False))
-    return total, loss, False
+class _Tracker:
+    """The best sequence so far, the history, and the callback."""
+
+    def __init__(self, problem: Problem, callback: Callback | None):
+        self.problem = problem
+        self.callback = callback
+        self.history: list[dict[str, Any]] = []
+        self.best_actions = np.zeros(problem.action_shape)
+        self.best_loss = math.inf
+        self.best_metric = 0.0
+
+    def offer(self, actions: np.ndarray, evaluation: Evaluation) -> int:
+        """Consider a batch of evaluated sequences; return the index of the batch's best."""
+        index = int(np.argmin(evaluation.loss))
+        if evaluation.loss[index] < self.best_loss:
+            self.best_loss = float(evaluation.loss[index])
+            self.best_metric = float(evaluation.metric[index])
+            self.best_actions = np.array(actions[index], dtype=np.float64)
+        return index
+
+    def record(self, phase: str, iteration: int, loss: float, metric: float, **extra: Any) -> None:
+        record = {"phase": phase, "iteration": iteration, **self.problem.budget.as_dict(),
+                  "loss": loss, "metric": metric, "best_loss": self.best_loss, "best_metric": self.best_metric, **extra}
+        self.history.append(record)
+        if self.callback is not None:
+            self.callback(record, self.best_actions)
 
 
-class Adam:
-    """Adam ascent on an array of parameters kept inside [low, high]."""
-
-    def __init__(self, params: np.ndarray, config: AdamConfig, low: np.ndarray, high: np.ndarray):
-        self.params = params.astype(np.float64)
-        self.config = config
-        self.low, self.high = low, high
-        self.m = np.zeros_like(self.params)
-        self.v = np.zeros_like(self.params)
-        self.t = 0
-
-    def ascend(self, grad: np.ndarray) -> np.ndarray:
-        """Take one step uphill along ``grad``; return the new parameters."""
-        cfg = self.config
-        if cfg.grad_clip is not None:
-            norm = float(np.linalg.norm(grad))
-            if norm > cfg.grad_clip:
-                grad = grad * (cfg.grad_clip / norm)
-        self.t += 1
-        self.m = cfg.beta1 * self.m + (1 - cfg.beta1) * grad
-        self.v = cfg.beta2 * self.v + (1 - cfg.beta2) * grad * grad
-        m_hat = self.m / (1 - cfg.beta1**self.t)
-        v_hat = self.v / (1 - cfg.beta2**self.t)
-        self.params = np.clip(self.params + cfg.lr * m_hat / (np.sqrt(v_hat) + cfg.eps), self.low, self.high)
-        return self.params
-
-
-def optimize_actions(
-    env: DiffEnv,
-    config: AdamConfig = AdamConfig(),
-    *,
-    state: dict[str, np.ndarray] | None = None,
-    init_actions: np.ndarray | None = None,
-    callback: Callable[[dict[str, Any], np.ndarray], None] | None = None,
-) -> TrajOptResult:
-    """Maximise the return of an open-loop action sequence with Adam on ``env.grad()``.
+def optimize(problem: Problem, config: SolverConfig = SolverConfig(), *, callback: Callback | None = None,
+             init_actions: np.ndarray | None = None) -> TrajOptResult:
+    """Run one method on ``problem``, with a fresh budget.
 
     Args:
-        env: An unwrapped, differentiable diffenvs env that has been reset.
-        config: Optimizer options.
-        state: Initial state (default: the env's current state).
-        init_actions: Initial sequence, shape (horizon, *action_shape); default from ``config``.
-        callback: Called with each iteration's record and the actions it evaluated (for
-            progress bars, logs and evaluations under other settings).
+        problem: The problem (initial state, horizon, reported setting).
+        config: The method and its options.
+        callback: Called after every iteration with its record and the best sequence so far
+            (progress bars, run files). Records hold ``phase``, ``iteration``, the budget
+            (``env_steps``, ``forward_steps``, ``backward_steps``, ``eval_steps``,
+            ``grad_evals``, ``rollouts``, ``wall_time``), ``loss`` and ``metric`` of the
+            iteration's best sequence, ``best_loss``, ``best_metric``, and per-method entries
+            (``return``, ``grad_norm``, ``lr``, ``contact_weight``, ``softness`` for gradients;
+            ``std`` for CEM).
+        init_actions: Initial sequence (horizon, action_dim) of the gradient methods and the
+            initial mean of CEM; default from the config.
 
     Returns:
-        The best sequence by final task loss, and the per-iteration history.
+        The best sequence in the reported setting, its loss and metric, history and budget.
     """
-    if not env.differentiable:
-        raise ValueError("optimize_actions needs an env built with differentiable=True")
-    state = env.get_state() if state is None else state
-    space = env.action_space
-    shape = (config.horizon, *space.shape)
-    if init_actions is None:
-        rng = np.random.default_rng(config.seed)
-        init_actions = config.init_scale * rng.standard_normal(shape)
-    init_actions = np.asarray(init_actions, dtype=np.float64)
-    if init_actions.shape != shape:
-        raise ValueError(f"init_actions must have shape {shape}, got {init_actions.shape}")
-    low = np.broadcast_to(space.low.astype(np.float64), shape)
-    high = np.broadcast_to(space.high.astype(np.float64), shape)
-    adam = Adam(np.clip(init_actions, low, high), config, low, high)
-    env.set_state(state)
-    initial_loss = env.loss
-    best = (float("inf"), adam.params.copy())
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
+    problem.reset_budget()
+    tracker = _Tracker(problem, callback)
+    rng = np.random.default_rng(config.seed)
+    if init_actions is not None:
+        init_actions = problem.check_actions(init_actions)[0]
     stopped = None
-    for iteration in range(config.iters):
-        actions = adam.params.copy()
-        total, loss, diverged = rollout(env, state, actions)
-        if diverged:
-            stopped = f"the rollout diverged at iteration {iteration}"
-            break
-        if loss < best[0]:
-            best = (loss, actions)
-        grad = env.grad("return").actions
-        if not np.all(np.isfinite(grad)):
-            stopped = f"non-finite gradient at iteration {iteration}"
-            break
-        record = {
-            "iteration": iteration, "return": total, "loss": loss, "grad_norm": float(np.linalg.norm(grad)),
-            "env_steps": 2 * config.horizon * (iteration + 1), "wall_time": time.perf_counter() - start,
-        }
-        history.append(record)
-        if callback is not None:
-            callback(record, actions)
-        adam.ascend(grad)
-    if stopped is None:
-        _, final_loss, diverged = rollout(env, state, adam.params)
-        if not diverged and final_loss < best[0]:
-            best = (final_loss, adam.params.copy())
+    method = config.method
+    if method in ("adam", "gd"):
+        stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer=method, init=init_actions)
+    elif method == "cem":
+        _cem(problem, config.cem, config.iters, tracker, rng, init=init_actions)
+    elif method == "hybrid":
+        _cem(problem, config.cem, config.hybrid.cem_iters, tracker, rng, init=init_actions)
+        stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer="adam",
+                            init=tracker.best_actions.copy(), first_iteration=config.hybrid.cem_iters)
+    elif method == "random":
+        _random(problem, config.random, tracker, rng)
     else:
-        logger.warning("optimize_actions stopped early: %s; keeping the best sequence so far", stopped)
-    return TrajOptResult(actions=best[1], best_loss=best[0], initial_loss=initial_loss, history=history, stopped=stopped)
+        stopped = _mpc(problem, config.mpc, config.gradient, tracker, rng, init=init_actions)
+    if stopped is not None:
+        logger.warning("%s stopped early: %s; keeping the best sequence so far", method, stopped)
+    return TrajOptResult(
+        method=method, actions=tracker.best_actions, loss=tracker.best_loss, metric=tracker.best_metric,
+        metric_name=problem.metric_name,        initial_loss=problem.initial_loss, history=tracker.history, budget=problem.budget.as_dict(), stopped=stopped,
+    )
+
+
+# Gradient methods ----------------------------------------------------------------------------------
+
+
+def _initial_sequences(problem: Problem, cfg: GradientConfig, rng: np.random.Generator, init: np.ndarray | None,
+                       shape: tuple[int, int]) -> np.ndarray:
+    first = cfg.init_scale * rng.standard_normal(shape) if init is None else init[: shape[0]]
+    others = rng.uniform(-1.0, 1.0, size=(cfg.restarts - 1, *shape))
+    return np.clip(np.concatenate([first[None], others]), -1.0, 1.0)
+
+
+def _clip_norms(grads: np.ndarray, limit: float | None) -> np.ndarray:
+    if limit is None:
+        return grads
+    norms = np.linalg.norm(grads.reshape(len(grads), -1), axis=1)
+    scale = np.minimum(1.0, limit / np.maximum(norms, 1e-300))
+    return grads * scale[:, None, None]
+
+
+class _Ascent:
+    """Adam or plain gradient ascent on a batch of sequences kept inside [-1, 1]."""
+
+    def __init__(self, params: np.ndarray, cfg: GradientConfig, optimizer: str):
+        self.params, self.cfg, self.optimizer = params.copy(), cfg, optimizer
+        self.m = np.zeros_like(params)
+        self.v = np.zeros_like(params)
+        self.t = 0
+
+    def step(self, grads: np.ndarray, lr: float, active: np.ndarray) -> None:
+        cfg = self.cfg
+        grads = np.where(active[:, None, None], _clip_norms(grads, cfg.grad_clip), 0.0)
+        if self.optimizer == "gd":
+            update = grads
+        else:
+            self.t += 1
+            self.m = np.where(active[:, None, None], cfg.beta1 * self.m + (1 - cfg.beta1) * grads, self.m)
+            self.v = np.where(active[:, None, None], cfg.beta2 * self.v + (1 - cfg.beta2) * grads**2, self.v)
+            update = (self.m / (1 - cfg.beta1**self.t)) / (np.sqrt(self.v / (1 - cfg.beta2**self.t)) + cfg.eps)
+        self.params = np.where(active[:, None, None], np.clip(self.params + lr * update, -1.0, 1.0), self.params)
+
+
+def _gradient(problem: Problem, cfg: GradientConfig, iters: int, tracker: _Tracker, rng: np.random.Generator, *,
+              optimizer: str, init: np.ndarray | None, first_iteration: int = 0) -> str | None:
+    ascent = _Ascent(_initial_sequences(problem, cfg, rng, init, problem.action_shape), cfg, optimizer)
+    active = np.ones(cfg.restarts, dtype=bool)
+    base_softness = problem.base_remedies.get("softness")
+    for iteration in range(iters):
+        remedies = cfg.remedies(iteration, iters)
+        actions = ascent.params.copy()
+        rollout = problem.value_and_grad(actions, remedies=remedies, window=cfg.window)
+        finite = np.all(np.isfinite(rollout.grads.reshape(len(actions), -1)), axis=1)
+        active &= finite & ~rollout.evaluation.diverged
+        same_dynamics = remedies.get("softness", base_softness) == base_softness
+        last = iteration == iters - 1
+        if same_dynamics:
+            evaluation = rollout.evaluation
+        elif iteration % cfg.eval_every == 0 or last or not active.any():
+            evaluation = problem.evaluate(actions)
+        else:
+            evaluation = None
+        if evaluation is not None:
+            best = tracker.offer(actions, evaluation)
+            loss, metric = float(evaluation.loss[best]), float(evaluation.metric[best])
+        else:
+            loss = metric = math.nan
+        grads = np.where(np.isfinite(rollout.grads), rollout.grads, 0.0)
+        tracker.record(
+            optimizer, first_iteration + iteration, loss, metric, **{"return": float(np.max(rollout.returns))},
+            grad_norm=float(np.max(np.linalg.norm(grads.reshape(len(grads), -1), axis=1))),
+            lr=cfg.learning_rate(iteration, iters), contact_weight=remedies.get("contact_weight", math.nan),
+            softness=remedies.get("softness", math.nan),
+        )
+        if not active.any():
+            reason = "the rollout diverged" if rollout.evaluation.diverged.any() else "non-finite gradient"
+            return f"{reason} at iteration {first_iteration + iteration} (every start stopped)"
+        ascent.step(grads, cfg.learning_rate(iteration, iters), active)
+    return None
+
+
+# Sampling methods ------------------------------------------------------------------------------------
+
+
+def _cem(problem: Problem, cfg: CEMConfig, iters: int, tracker: _Tracker, rng: np.random.Generator, *,
+         init: np.ndarray | None) -> None:
+    mean = np.zeros(problem.action_shape) if init is None else init.copy()
+    std = np.full(problem.action_shape, cfg.init_std)
+    for generation in range(iters):
+        noise = rng.standard_normal((cfg.population - 1, *problem.action_shape))
+        samples = np.clip(np.concatenate([mean[None], mean + std * noise]), -1.0, 1.0)
+        evaluation = problem.cost(samples)
+        best = tracker.offer(samples, evaluation)
+        elites = samples[np.argsort(evaluation.loss, kind="stable")[: cfg.elites]]
+        mean = cfg.smoothing * mean + (1 - cfg.smoothing) * elites.mean(axis=0)
+        std = np.maximum(cfg.smoothing * std + (1 - cfg.smoothing) * elites.std(axis=0), cfg.min_std)
+        tracker.record("cem", generation, float(evaluation.loss[best]), float(evaluation.metric[best]), std=float(std.mean()))
+
+
+def _random(problem: Problem, cfg: RandomConfig, tracker: _Tracker, rng: np.random.Generator) -> None:
+    batch = problem.config.eval_batch
+    for index, first in enumerate(range(0, cfg.samples, batch)):
+        samples = rng.uniform(-1.0, 1.0, size=(min(batch, cfg.samples - first), *problem.action_shape))
+        evaluation = problem.cost(samples)
+        best = tracker.offer(samples, evaluation)
+        tracker.record("random", index, float(evaluation.loss[best]), float(evaluation.metric[best]))
+
+
+# Receding horizon ----------------------------------------------------------------------------------
+
+
+def _mpc(problem: Problem, cfg: MPCConfig, gradient: GradientConfig, tracker: _Tracker, rng: np.random.Generator, *,
+         init: np.ndarray | None) -> str | None:
+    horizon = problem.horizon
+    plan = np.zeros(problem.action_shape) if init is None else init.copy()
+    executed = np.zeros(problem.action_shape)
+    env = problem.single_env(render_mode=None)
+    env.set_state(problem.initial_state)
+    state = problem.initial_state
+    ascent_cfg = dataclasses.replace(gradient, restarts=1)
+    for replan, t in enumerate(range(0, horizon, cfg.execute)):
+        length = min(cfg.plan_horizon, horizon - t)
+        ascent = _Ascent(plan[None, t:t + length], ascent_cfg, "adam")
+        best_plan, best_loss = ascent.params[0].copy(), math.inf
+        for iteration in range(cfg.iters_per_step):
+            remedies = gradient.remedies(iteration, cfg.iters_per_step)
+            rollout = problem.value_and_grad(ascent.params, remedies=remedies, window=gradient.window, state=state)
+            if rollout.evaluation.diverged[0] or not np.all(np.isfinite(rollout.grads)):
+                break
+            if rollout.evaluation.loss[0] < best_loss:
+                best_plan, best_loss = ascent.params[0].copy(), float(rollout.evaluation.loss[0])
+            ascent.step(rollout.grads, gradient.learning_rate(iteration, cfg.iters_per_step), np.ones(1, dtype=bool))
+        plan[t:t + length] = best_plan
+        steps = min(cfg.execute, horizon - t)
+        info: dict[str, Any] = {}
+        for k in range(steps):
+            executed[t + k] = plan[t + k]
+            info = env.step(plan[t + k])[4]
+            if info["diverged"]:
+                tracker.record("mpc", replan, math.inf, 0.0)
+                env.close()
+                return f"the executed trajectory diverged at step {t + k}"
+        problem.budget.eval_steps += steps
+        problem.budget.rollouts += int(t == 0)
+        state = env.get_state()  # the rest of the plan warm-starts the next re-plan
+        loss = float(info["loss"])
+        metric = math.nan
+        if t + steps >= horizon:  # the executed sequence is complete: it is the result
+            metric = float(info["iou_incremental"]) if problem.metric_name == "iou_incremental" else 1.0 - loss / problem.initial_loss
+            tracker.offer(executed[None], Evaluation(np.array([loss]), np.array([metric]), np.zeros(1, dtype=bool)))
+        tracker.record("mpc", replan, loss, metric, planned_loss=best_loss)
+    env.close()
+    return None
+
+
+__all__ = [
+    "CEMConfig", "GradientConfig", "HybridConfig", "METHODS", "MPCConfig", "RandomConfig", "SolverConfig", "TrajOptResult",
+    "optimize",
+]

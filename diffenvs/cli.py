@@ -1,9 +1,10 @@
-"""The ``diffenvs`` command line: ``diffenvs list``, ``diffenvs demo``."""
+"""The ``diffenvs`` command line: ``list``, ``demo``, ``optimize``, ``landscape``, ``bench``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 
@@ -27,13 +28,99 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     overrides = {}
     if args.iters is not None:
-        overrides["optimizer.iters"] = args.iters
+        overrides["solver.iters"] = args.iters
     if args.seed is not None:
-        overrides["seed"] = args.seed
+        overrides["problem.seed"] = args.seed
     if args.output is not None:
         overrides["output"] = args.output
     config = load_yaml(DemoConfig, args.config or CONFIG_DIR / "demo.yaml", overrides)
     run_demo(config, progress=not args.no_progress)
+    return 0
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects section.key=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(text)
+    return overrides
+
+
+def _run_overrides(args: argparse.Namespace) -> dict:
+    overrides = _parse_sets(args.set)
+    flags = {"problem.env_id": args.env, "problem.seed": args.seed, "problem.horizon": args.horizon}
+    if args.seed is not None:
+        flags["solver.seed"] = args.seed
+    for key in ("method", "iters"):
+        flags[f"solver.{key}"] = getattr(args, key, None)
+    return {**{k: v for k, v in flags.items() if v is not None}, **overrides}
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    import warp as wp
+
+    wp.config.log_level = 30
+    from diffenvs.baselines.runner import resolve_config, run_optimize
+    from diffenvs.configs import CONFIG_DIR
+
+    overrides = _run_overrides(args)
+    for flag, key in (("out_dir", "out_dir"), ("run_name", "run_name")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.no_gif:
+        overrides["gif"] = False
+    if args.no_plot:
+        overrides["plot"] = False
+    config = resolve_config(args.config or CONFIG_DIR / "optimize.yaml", overrides)
+    run = run_optimize(config, progress=not args.no_progress, device=args.device)
+    if run.status == "interrupted":
+        print(f"interrupted; partial results in {run.run_dir}", file=sys.stderr)
+        return 130
+    result = run.result
+    b = result.budget
+    print(f"{config.solver.method} on {config.problem.env_id}: loss {result.initial_loss:.4g} -> {result.loss:.4g}, "
+          f"{result.metric_name} {result.metric:.3f}; {b['env_steps']} env steps "
+          f"({b['grad_evals']} gradients), {b['wall_time']:.1f} s" + (f"; stopped: {result.stopped}" if result.stopped else ""))
+    print(f"wrote {run.run_dir}")
+    return 0
+
+
+def _cmd_landscape(args: argparse.Namespace) -> int:
+    import numpy as np
+    import warp as wp
+
+    wp.config.log_level = 30
+    from diffenvs.baselines.landscape import loss_landscape, plot_landscape
+    from diffenvs.baselines.problem import Problem
+    from diffenvs.baselines.runner import resolve_config
+    from diffenvs.configs import CONFIG_DIR
+
+    config = resolve_config(args.config or CONFIG_DIR / "optimize.yaml", _run_overrides(args))
+    problem = Problem(config.problem, device=args.device)
+    actions = None
+    if args.actions:
+        with np.load(args.actions) as saved:
+            actions = saved["actions"]
+    scape = loss_landscape(problem, actions, dims=args.dims, points=args.points, span=args.span,
+                           horizons=args.horizons, seed=config.problem.seed)
+    print(f"{'horizon':>8}{'min loss':>12}{'max loss':>12}{'roughness':>11}")
+    for h, values, rough in zip(scape.horizons, scape.losses, scape.roughness):
+        finite = values[np.isfinite(values)]
+        print(f"{h:>8}{finite.min():>12.4g}{finite.max():>12.4g}{rough:>11.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out.with_suffix(".npz"), alphas=scape.alphas, horizons=scape.horizons, losses=scape.losses,
+             roughness=scape.roughness)
+    try:
+        plot_landscape(scape, out, title=f"{config.problem.env_id}, seed {config.problem.seed}")
+        print(f"wrote {out} and {out.with_suffix('.npz')}")
+    except ImportError:
+        print(f"wrote {out.with_suffix('.npz')} (matplotlib is not installed: no plot)")
+    problem.close()
     return 0
 
 
@@ -42,6 +129,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     run(quick=args.quick, repeats=args.repeats, json_path=args.json or None)
     return 0
+
+
+def _add_problem_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", help="env id (default from the config: DiffEnvs/Pusher-v0)")
+    parser.add_argument("--seed", type=int, help="seed of the initial state and of the optimizer")
+    parser.add_argument("--horizon", type=int, help="env steps of the action sequence")
+    parser.add_argument("--config", help="YAML run config (default: the packaged configs/optimize.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set solver.gradient.lr=0.2 (repeatable)")
+    parser.add_argument("--device", help="Warp device (cpu, cuda)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", help="GIF path ('' for none)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
+    opt = sub.add_parser("optimize", help="optimize an action sequence (gradients, sampling, hybrid, MPC); write a run directory")
+    _add_problem_flags(opt)
+    opt.add_argument("--method", choices=["adam", "gd", "cem", "hybrid", "random", "mpc"], help="optimizer")
+    opt.add_argument("--iters", type=int, help="gradient iterations or CEM generations")
+    opt.add_argument("--out-dir", help="parent folder of the run directory")
+    opt.add_argument("--run-name", help="name of the run directory")
+    opt.add_argument("--no-gif", action="store_true", help="no GIF of the best episode")
+    opt.add_argument("--no-plot", action="store_true", help="no plot of the curve")
+    opt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    opt.set_defaults(func=_cmd_optimize)
+    scape = sub.add_parser("landscape", help="plot the loss along random directions in action space, per horizon")
+    _add_problem_flags(scape)
+    scape.add_argument("--actions", help="npz with the centre sequence ('actions', e.g. a run's best.npz); default zeros")
+    scape.add_argument("--dims", type=int, choices=[1, 2], default=1, help="a line or a plane")
+    scape.add_argument("--points", type=int, default=21, help="points per axis")
+    scape.add_argument("--span", type=float, default=1.0, help="largest offset [action units]")
+    scape.add_argument("--horizons", type=int, nargs="+", help="horizons to report (default: 1/4, 1/2, all)")
+    scape.add_argument("--out", default="runs/landscape.png", help="plot path (the losses go to the same name .npz)")
+    scape.set_defaults(func=_cmd_landscape)
     bench = sub.add_parser("bench", help="measure speed, memory and start-up; print a table and write JSON")
     bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")
     bench.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")

@@ -43,17 +43,51 @@ def from_dict(cls: type[T], values: Mapping[str, Any], *, where: str | None = No
 
 def load_yaml(cls: type[T], path: str | Path, overrides: Mapping[str, Any] | None = None) -> T:
     """Read ``cls`` from a YAML file, then apply ``overrides`` (dotted keys allowed: ``a.b``)."""
+    return from_dict(cls, apply_overrides(read_yaml(path), overrides or {}), where=str(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML file (empty for an empty file).
+
+    Raises:
+        ConfigError: the file is not valid YAML or does not hold a mapping.
+    """
     import yaml
 
     with open(path, encoding="utf-8") as handle:
-        values = yaml.safe_load(handle) or {}
-    for key, value in (overrides or {}).items():
+        try:
+            values = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(values).__name__}")
+    return values
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` with dotted-key ``overrides`` set (``{"solver.iters": 10}``)."""
+    values = deep_merge(values, {})
+    for key, value in overrides.items():
         target = values
         *parents, leaf = key.split(".")
         for parent in parents:
-            target = target.setdefault(parent, {})
+            child = target.setdefault(parent, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {key!r}: {parent!r} is not a section")
+            target = child
         target[leaf] = value
-    return from_dict(cls, values, where=str(path))
+    return values
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, merging nested mappings (copies; inputs unchanged)."""
+    merged = {key: deep_merge(value, {}) if isinstance(value, Mapping) else value for key, value in base.items()}
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = deep_merge(value, {}) if isinstance(value, Mapping) else value
+    return merged
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -77,10 +77,22 @@ class WorldBatch:
         self.trajectory = Trajectory(task, differentiable=differentiable, checkpoint=checkpoint)
         self._obs = task.zeros((task.world_count, task.obs_dim), wp.float32, requires_grad=False)
         self._loss = task.zeros(task.world_count, wp.float64, requires_grad=False)
+        self._remedies_changed = False
 
     @property
     def differentiable(self) -> bool:
         return self.trajectory.differentiable
+
+    def set_remedies(self, **values: float) -> None:
+        """Change the task's gradient remedies; they apply from the next trajectory on.
+
+        The steps recorded so far were taken with the old values: until the next
+        :meth:`reset`, :meth:`step` and :meth:`grad` raise (a checkpointed backward pass would
+        recompute them with the new ones).
+        """
+        self.task.set_remedies(**values)
+        if values and self.trajectory.length:
+            self._remedies_changed = True
 
     # numpy <-> Warp ---------------------------------------------------------------------------
 
@@ -104,6 +116,7 @@ class WorldBatch:
     def reset(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Start a new trajectory from a batched numpy state; return its observation and loss."""
         state = self.check_state(state)
+        self._remedies_changed = False
         self.trajectory.clear()
         for name, array in self.trajectory.initial.items():
             array.assign(state[name])
@@ -118,6 +131,7 @@ class WorldBatch:
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every world with ``actions`` (world_count, action_dim), already inside [-1, 1]."""
+        self._check_remedies()
         buffers = self.trajectory.buffers(self.trajectory.length)
         buffers.action.assign(np.asarray(actions, dtype=np.float64))
         self.trajectory.record()
@@ -135,6 +149,10 @@ class WorldBatch:
         """Undo the last step (its buffers are kept, its tape is cleared)."""
         self.trajectory.drop_last()
 
+    def _check_remedies(self) -> None:
+        if self._remedies_changed:
+            raise GradientError("the remedies changed during this episode: call reset() or set_state() first")
+
     # gradients ------------------------------------------------------------------------------
 
     def observe(self) -> np.ndarray:
@@ -151,6 +169,7 @@ class WorldBatch:
         """
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self._check_remedies()
         n = self.task.world_count
         length = self.trajectory.length
         starts = np.array([self.trajectory.reset_step(w) for w in range(n)])
@@ -347,6 +366,23 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         obs, _ = self._restart({name: np.asarray(value)[None] for name, value in dict(state).items()})
         return obs
 
+    @property
+    def remedies(self) -> dict[str, float]:
+        """Current gradient remedies of the task: ``contact_weight`` and ``softness``."""
+        return self.task.get_remedies()
+
+    def set_remedies(self, **values: float) -> None:
+        """Change the gradient remedies (``contact_weight``, ``softness``) of later episodes.
+
+        They apply from the next :meth:`reset` or :meth:`set_state`; until then :meth:`step`
+        and :meth:`grad` raise :class:`GradientError`. Use it to schedule a remedy across the
+        iterations of an optimizer (anneal soft tools to hard, fade out the contact loss).
+
+        Raises:
+            ValueError: an unknown remedy or an invalid value (nothing changes).
+        """
+        self.batch.set_remedies(**values)
+
     def _restart(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
         obs, loss = self.batch.reset(state)
         self._obs = obs[0]
@@ -514,6 +550,32 @@ class DiffVectorEnv(gym.vector.VectorEnv):
         if self._obs is None:
             raise RuntimeError("call reset() before get_state()")
         return self.batch.get_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> np.ndarray:
+        """Restart every world from a batched snapshot (world axis first); return the observations.
+
+        All worlds start new episodes (``grad()`` differentiates from here); the per-world
+        generators of later autoresets are kept (unseeded if :meth:`reset` was never called).
+
+        Raises:
+            ValueError: missing or extra fields, wrong shapes, or non-finite values.
+        """
+        if self._rngs is None:
+            self._rngs = [gym.utils.seeding.np_random(None)[0] for _ in range(self.num_envs)]
+        obs, _ = self.batch.reset({name: np.asarray(value) for name, value in dict(state).items()})
+        self._elapsed[:] = 0
+        self._obs = obs
+        self._new_episodes(np.ones(self.num_envs, dtype=bool))
+        return obs.copy()
+
+    @property
+    def remedies(self) -> dict[str, float]:
+        """Current gradient remedies of the task (see :meth:`DiffEnv.set_remedies`)."""
+        return self.task.get_remedies()
+
+    def set_remedies(self, **values: float) -> None:
+        """Change the gradient remedies of all worlds from the next reset or set_state on."""
+        self.batch.set_remedies(**values)
 
     def render(self):
         if self.render_mode is None:

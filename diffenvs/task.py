@@ -162,6 +162,43 @@ class Task(abc.ABC):
         """Whether each world solves the task, judged from its task loss (``info["is_success"]``)."""
         return np.zeros(np.shape(loss), dtype=bool)
 
+    # Gradient remedies ------------------------------------------------------------------------
+
+    def get_remedies(self) -> dict[str, float]:
+        """Current values of the task's gradient remedies (see :meth:`set_remedies`); none by default."""
+        return {}
+
+    def set_remedies(self, **values: float) -> None:
+        """Change gradient remedies between episodes (``contact_weight``, ``softness``).
+
+        ``contact_weight`` is the weight of the task's contact (proximity) loss in the reward;
+        ``softness`` is the tools' influence radius (0: hard contact where the task allows it).
+        Only the names in :meth:`get_remedies` are accepted.
+
+        Raises:
+            ValueError: an unknown name, or a value that is not finite or is out of range.
+        """
+        current = self.get_remedies()
+        unknown = sorted(set(values) - set(current))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no remedies {unknown}; it has {sorted(current)}")
+        checked = {}
+        for name, value in values.items():
+            value = float(value)
+            if not (np.isfinite(value) and value >= self.remedy_minimum(name)):
+                raise ValueError(f"remedy {name} must be finite and >= {self.remedy_minimum(name)}, got {value}")
+            checked[name] = value
+        for name, value in checked.items():  # all checked first: a bad value changes nothing
+            self.apply_remedy(name, value)
+
+    def remedy_minimum(self, name: str) -> float:
+        """Smallest allowed value of a remedy (default 0)."""
+        return 0.0
+
+    def apply_remedy(self, name: str, value: float) -> None:
+        """Set one remedy (a name of :meth:`get_remedies`, value already checked)."""
+        raise NotImplementedError
+
     # Helpers shared by every task ------------------------------------------------------------
 
     def zeros(self, shape: int | tuple[int, ...], dtype: Any, *, requires_grad: bool) -> wp.array:

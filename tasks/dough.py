@@ -419,6 +419,8 @@ class DoughTask(Task):
         )
         self.solver = SolverMPM(self.model, device=self.device)
         self.tool_count = len(tools)
+        self._contact_weight = cfg.contact_weight
+        self._softness = cfg.tool_softness
         self.obs_dim = 6 * cfg.obs_particle_count + 7 * self.tool_count + 12
         self._observed = wp.array(
             np.linspace(0, self.particle_count - 1, cfg.obs_particle_count).astype(np.int32), dtype=int, device=self.device
@@ -548,10 +550,20 @@ class DoughTask(Task):
         wp.launch(
             compute_reward_dough, dim=self.world_count,
             inputs=[buffers.loss_in.loss, buffers.loss, buffers.loss_out.contact_penalty,
-                    cfg.progress_weight, cfg.contact_weight],
+                    cfg.progress_weight, self._contact_weight],
             outputs=[buffers.reward_terms, buffers.reward], device=self.device,
         )
         self.observe(buffers.state, buffers.obs)
+
+    def get_remedies(self) -> dict[str, float]:
+        return {"contact_weight": self._contact_weight, "softness": self._softness}
+
+    def apply_remedy(self, name: str, value: float) -> None:
+        if name == "contact_weight":
+            self._contact_weight = value
+        else:
+            self.solver.set_tool_softness([value] * self.tool_count)
+            self._softness = value
 
     def check(self, buffers: DoughStepBuffers) -> None:
         buffers.diverged.zero_()
@@ -792,7 +804,8 @@ _DOUGH_DOC = """
     :class:`~diffenvs.env.DiffEnv`. Registered with ``checkpoint=True``: ``grad()`` keeps one state
     per env step (particles and tools: 96 bytes per particle plus its gradient) and recomputes
     substeps and grids, so its memory grows with the horizon only by the particle states.
-    Changing ``tool_softness`` between stepping and ``grad()`` is not supported.
+    The remedies can be changed between episodes with ``env.set_remedies(contact_weight=...,
+    softness=...)`` (``softness`` is ``tool_softness``), e.g. to anneal from soft to hard tools.
 
     ## Version History
     - v0: initial release.

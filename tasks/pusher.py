@@ -205,6 +205,19 @@ class PusherTask(Task):
         self._geometry = wp.vec4d(hx - rc, hy - rc, rc, self.model.pusher_radius)
         self._weights = wp.vec4d(cfg.progress_weight, cfg.proximity_weight, cfg.ctrl_weight, cfg.orientation_weight)
 
+    def get_remedies(self) -> dict[str, float]:
+        return {"contact_weight": float(self._weights[1]), "softness": float(self.solver.params.contact_softness)}
+
+    def remedy_minimum(self, name: str) -> float:
+        return 1e-6 if name == "softness" else 0.0  # the penalty's quadratic ramp needs a width
+
+    def apply_remedy(self, name: str, value: float) -> None:
+        """``contact_weight`` is ``proximity_weight``; ``softness`` is ``contact_softness`` [m]."""
+        if name == "contact_weight":
+            self._weights[1] = value
+        else:
+            self.solver.params.contact_softness = wp.float64(value)
+
     @property
     def frame_dt(self) -> float:
         return self.config.frame_dt
@@ -381,7 +394,9 @@ class PusherEnv(DiffEnv):
     ## Gradients
     ``env.unwrapped.grad()`` returns d(return)/d(actions) of shape (T, 2) and
     d(return)/d(initial state) for the fields ``pusher_pos`` (2), ``box_pose`` (3),
-    ``box_vel`` (3) and ``target_pose`` (3).
+    ``box_vel`` (3) and ``target_pose`` (3). The remedies can be changed between episodes:
+    ``env.unwrapped.set_remedies(contact_weight=..., softness=...)`` sets ``proximity_weight``
+    and ``contact_softness`` (> 0) of the episodes that start after it.
 
     ## Version History
     - v0: initial release.

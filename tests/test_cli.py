@@ -29,7 +29,7 @@ def test_demo_writes_a_gif_and_lowers_the_loss(tmp_path, capsys):
 
 def test_demo_rejects_a_bad_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("optimizer:\n  iters: 2\n  learning_rate: 3\n")
+    bad.write_text("solver:\n  iters: 2\n  gradient:\n    learning_rate: 3\n")
     assert main(["demo", "--config", str(bad)]) == 2
     assert "learning_rate" in capsys.readouterr().err
 
