@@ -22,8 +22,8 @@ class DemoConfig:
         output: Path of the GIF (before | after); empty for none.
     """
 
-    problem: ProblemConfig = ProblemConfig(horizon=50)
-    solver: SolverConfig = SolverConfig()
+    problem: ProblemConfig = dataclasses.field(default_factory=lambda: ProblemConfig(horizon=50))
+    solver: SolverConfig = dataclasses.field(default_factory=SolverConfig)
     output: str = "diffenvs_demo.gif"
 
 

@@ -50,8 +50,8 @@ class RunConfig:
         plot: Write ``curve.png``.
     """
 
-    problem: ProblemConfig = ProblemConfig()
-    solver: SolverConfig = SolverConfig()
+    problem: ProblemConfig = dataclasses.field(default_factory=ProblemConfig)
+    solver: SolverConfig = dataclasses.field(default_factory=SolverConfig)
     out_dir: str = "runs/optimize"
     run_name: str | None = None
     gif: bool = True

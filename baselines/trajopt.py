@@ -472,6 +472,13 @@ def _mpc(problem: Problem, cfg: MPCConfig, gradient: GradientConfig, tracker: _T
 
 
 __all__ = [
-    "CEMConfig", "GradientConfig", "HybridConfig", "METHODS", "MPCConfig", "RandomConfig", "SolverConfig", "TrajOptResult",
+    "METHODS",
+    "CEMConfig",
+    "GradientConfig",
+    "HybridConfig",
+    "MPCConfig",
+    "RandomConfig",
+    "SolverConfig",
+    "TrajOptResult",
     "optimize",
 ]

@@ -246,7 +246,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         self.batch = WorldBatch(self.task, differentiable=differentiable, checkpoint=checkpoint)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.task.action_dim,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.task.frame_dt))}
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.task.frame_dt)}
         self._obs: np.ndarray | None = None
         self._loss = float("nan")
         self._ended = False
@@ -472,7 +472,7 @@ class DiffVectorEnv(gym.vector.VectorEnv):
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.task.frame_dt))}
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.task.frame_dt)}
         self._rngs: list[np.random.Generator] | None = None
         self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self._obs: np.ndarray | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, ClassVar
 
@@ -275,7 +276,7 @@ class PusherTask(Task):
             outputs=[buffers.control.pusher_vel, buffers.state["target_pose"]], device=self.device,
         )
         chain = [self._sim_state(state_in), *buffers.substates, self._sim_state(buffers.state)]
-        for current, following in zip(chain[:-1], chain[1:]):
+        for current, following in itertools.pairwise(chain):
             self.solver.step(current, following, buffers.control, self.sim_dt)
         out = buffers.state
         wp.launch(

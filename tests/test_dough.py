@@ -12,7 +12,7 @@ def rollout(env, state, actions):
     env.set_state(state)
     total = 0.0
     for a in actions:
-        _, reward, terminated, _, info = env.step(a)
+        _, reward, terminated, _, _ = env.step(a)
         assert not terminated
         total += reward
     return total

@@ -52,7 +52,7 @@ def test_seeded_determinism(env_id):
         obs, _ = env.reset(seed=seed)
         trace = [obs]
         for _ in range(15):
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            obs, reward, _, _, info = env.step(env.action_space.sample())
             trace += [obs, np.array([reward, info["loss"]])]
         return trace
 

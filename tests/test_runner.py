@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import diffenvs.baselines.runner as runner
+from diffenvs.baselines import runner
 from diffenvs.baselines.landscape import loss_landscape
 from diffenvs.baselines.problem import Problem, ProblemConfig
 from diffenvs.baselines.runner import RunConfig, resolve_config, run_optimize
@@ -18,6 +18,11 @@ from diffenvs.config import ConfigError, from_dict, read_yaml
 from diffenvs.configs import CONFIG_DIR
 
 DEFAULTS = CONFIG_DIR / "optimize.yaml"
+
+
+def read_rows(path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def test_per_env_defaults_and_overrides():
@@ -37,7 +42,7 @@ def test_a_run_writes_every_file(tmp_path):
                                        "run_name": "r"})
     run = run_optimize(config, progress=False)
     assert run.status == "finished" and run.run_dir == tmp_path / "r"
-    rows = list(csv.DictReader(open(run.run_dir / "history.csv", encoding="utf-8")))
+    rows = read_rows(run.run_dir / "history.csv")
     assert [int(r["iteration"]) for r in rows] == list(range(6))
     assert float(rows[-1]["best_loss"]) == pytest.approx(run.result.loss)
     with np.load(run.run_dir / "best.npz") as best:
@@ -65,7 +70,7 @@ def test_an_interrupted_run_leaves_valid_files(tmp_path, monkeypatch):
                                        "out_dir": str(tmp_path), "run_name": "cut"})
     run = run_optimize(config, progress=False)
     assert run.status == "interrupted" and run.result is None
-    rows = list(csv.DictReader(open(run.run_dir / "history.csv", encoding="utf-8")))
+    rows = read_rows(run.run_dir / "history.csv")
     assert len(rows) == 3
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["iterations"] == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -172,7 +173,7 @@ def test_gradient_clipping_bounds_each_step(pusher, monkeypatch):
         monkeypatch.setattr(pusher, "value_and_grad", spy)
         optimize(pusher, SolverConfig(method="gd", iters=3, gradient=gradient))
         monkeypatch.undo()
-        return [float(np.linalg.norm(b - a)) for a, b in zip(seen[:-1], seen[1:])]
+        return [float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(seen)]
 
     clipped = steps_taken(GradientConfig(lr=1.0, grad_clip=1e-3, contact_weight=0.1))
     free = steps_taken(GradientConfig(lr=1.0, contact_weight=0.1))

@@ -28,7 +28,7 @@ def test_vector_env_equals_single_envs(env_id):
     np.testing.assert_array_equal(obs, np.stack([e.reset(seed=11 + i)[0] for i, e in enumerate(envs)]))
     actions = np.random.default_rng(0).uniform(-1, 1, size=(6, *vec.action_space.shape)).astype(np.float32)
     for a in actions:
-        obs, reward, terminated, truncated, info = vec.step(a)
+        obs, reward, _, _, info = vec.step(a)
         results = [e.step(a[i]) for i, e in enumerate(envs)]
         np.testing.assert_array_equal(obs, np.stack([r[0] for r in results]))
         np.testing.assert_array_equal(reward, np.array([r[1] for r in results]))
@@ -77,7 +77,7 @@ def test_a_diverged_world_is_reset_alone_and_keeps_others_gradients_finite():
     state = vec.unwrapped.get_state()
     state["box_vel"][1] = [80.0, 0.0, 0.0]
     vec.unwrapped.batch.reset(state)  # world 1 flies off the table in the next step
-    obs, reward, terminated, truncated, info = vec.step(np.zeros((2, 2), np.float32))
+    obs, reward, terminated, _, info = vec.step(np.zeros((2, 2), np.float32))
     assert list(terminated) == [False, True] and list(info["diverged"]) == [False, True] and reward[1] == 0.0
     assert np.all(np.isfinite(obs))
     vec.step(np.full((2, 2), 0.5, np.float32))

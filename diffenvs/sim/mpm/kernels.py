@@ -199,7 +199,7 @@ def collide_tool(
     """Grid-node velocity after contact with one tool (Coulomb friction, optional soft influence)."""
     local = wp.quat_rotate_inv(tool_rot, x - tool_pos)
     d = tool_sdf(kind, size, local)
-    influence = float(0.0)
+    influence = float(0.0)  # noqa: UP018  (a Warp variable reassigned below, not a constant)
     if d <= 0.0:
         influence = 1.0
     elif softness > 0.0:
