@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"grid_res": 64, "particle_count": 10000, "sim_substeps": 19, "frame_dt": 1.9e-3},
 }
 BLOB_HALF = np.array([0.15, 0.05, 0.15])  # PlasticineLab's 0.3 x 0.1 x 0.3 box of dough
-TARGET_FIELDS = ("target_centre", "target_half", "carve_centre", "carve_half")
+TARGET_FIELDS = ("target_centre", "target_half", "carve_base", "carve_size")  # per world, vec3 each
 
 
 def halton(count: int, *, shift: np.ndarray | None = None) -> np.ndarray:
@@ -81,6 +81,9 @@ class DoughConfig:
         yield_stress: von Mises yield stress of the dough [Pa].
         ground_friction: Coulomb friction of the floor.
         obs_particle_count: Particles whose positions and velocities are observed.
+        settle_steps: Env steps the fresh blob rests under gravity before an episode starts
+            (its elastic bounce then no longer moves the loss); ``None``: the task's default
+            (``Shape`` 30, whose pit is a small signal; the others 0).
     """
 
     preset: Literal["default", "paper"] = "default"
@@ -103,6 +106,7 @@ class DoughConfig:
     yield_stress: float = MPMMaterial.yield_stress
     ground_friction: float = MPMModel.ground_friction
     obs_particle_count: int = 64
+    settle_steps: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("grid_res", "particle_count", "sim_substeps"):
@@ -119,6 +123,8 @@ class DoughConfig:
         for name in ("tool_softness", "tool_friction", "contact_weight", "sdf_weight", "density_weight"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.settle_steps is not None and self.settle_steps < 0:
+            raise ValueError(f"settle_steps must be >= 0, got {self.settle_steps}")
         if not 1 <= self.obs_particle_count <= self.resolved("particle_count"):
             raise ValueError("obs_particle_count must lie in [1, particle_count]")
 
@@ -171,27 +177,41 @@ def prepare_step_translate(
 def carry_target(
     target_centre_in: wp.array(dtype=wp.vec3),
     target_half_in: wp.array(dtype=wp.vec3),
-    carve_centre_in: wp.array(dtype=wp.vec3),
-    carve_half_in: wp.array(dtype=wp.vec3),
+    carve_base_in: wp.array(dtype=wp.vec3),
+    carve_size_in: wp.array(dtype=wp.vec3),
     target_centre_out: wp.array(dtype=wp.vec3),
     target_half_out: wp.array(dtype=wp.vec3),
-    carve_centre_out: wp.array(dtype=wp.vec3),
-    carve_half_out: wp.array(dtype=wp.vec3),
+    carve_base_out: wp.array(dtype=wp.vec3),
+    carve_size_out: wp.array(dtype=wp.vec3),
 ):
     """The target does not change during an episode: copy it into the next state."""
     w = wp.tid()
     target_centre_out[w] = target_centre_in[w]
     target_half_out[w] = target_half_in[w]
-    carve_centre_out[w] = carve_centre_in[w]
-    carve_half_out[w] = carve_half_in[w]
+    carve_base_out[w] = carve_base_in[w]
+    carve_size_out[w] = carve_size_in[w]
+
+
+@wp.kernel
+def carry_target_points(target_x_in: wp.array2d(dtype=wp.vec3), target_x_out: wp.array2d(dtype=wp.vec3)):
+    """Copy the target's particle set into the next state."""
+    w, p = wp.tid()
+    target_x_out[w, p] = target_x_in[w, p]
 
 
 @wp.func
-def target_sdf(p: wp.vec3, centre: wp.vec3, half: wp.vec3, carve_centre: wp.vec3, carve_half: wp.vec3) -> float:
-    """Signed distance to the target: a box, minus a carved box when ``carve_half`` is nonzero."""
+def target_sdf(p: wp.vec3, centre: wp.vec3, half: wp.vec3, carve_base: wp.vec3, carve_size: wp.vec3) -> float:
+    """Signed distance to the target: a box, minus a carved pit when ``carve_size[0]`` > 0.
+
+    The pit is a vertical capsule (the volume a pressed sphere sweeps): radius ``carve_size[0]``,
+    axis from ``carve_base`` up by ``carve_size[1]``.
+    """
     d = tool_sdf(2, half, p - centre)
-    if carve_half[0] > 0.0:
-        d = wp.max(d, -tool_sdf(2, carve_half, p - carve_centre))
+    if carve_size[0] > 0.0:
+        q = p - carve_base
+        h = wp.clamp(q[1], 0.0, carve_size[1])
+        pit = wp.length(q - wp.vec3(0.0, h, 0.0)) - carve_size[0]
+        d = wp.max(d, -pit)
     return d
 
 
@@ -200,14 +220,14 @@ def accumulate_loss_sdf(
     particle_x: wp.array2d(dtype=wp.vec3),
     target_centre: wp.array(dtype=wp.vec3),
     target_half: wp.array(dtype=wp.vec3),
-    carve_centre: wp.array(dtype=wp.vec3),
-    carve_half: wp.array(dtype=wp.vec3),
+    carve_base: wp.array(dtype=wp.vec3),
+    carve_size: wp.array(dtype=wp.vec3),
     inv_count: float,
     sdf_sum: wp.array(dtype=float),
 ):
     """Mean distance of the particles outside the target."""
     w, p = wp.tid()
-    d = target_sdf(particle_x[w, p], target_centre[w], target_half[w], carve_centre[w], carve_half[w])
+    d = target_sdf(particle_x[w, p], target_centre[w], target_half[w], carve_base[w], carve_size[w])
     wp.atomic_add(sdf_sum, w, wp.max(d, 0.0) * inv_count)
 
 
@@ -318,14 +338,14 @@ def compute_obs_dough(
     tool_rot: wp.array2d(dtype=wp.quat),
     target_centre: wp.array(dtype=wp.vec3),
     target_half: wp.array(dtype=wp.vec3),
-    carve_centre: wp.array(dtype=wp.vec3),
-    carve_half: wp.array(dtype=wp.vec3),
+    carve_base: wp.array(dtype=wp.vec3),
+    carve_size: wp.array(dtype=wp.vec3),
     observed: wp.array(dtype=int),
     obs: wp.array2d(dtype=wp.float32),
 ):
     """Row layout: K observed particles' positions, then their velocities, then each tool's
     position and quaternion (x, y, z, w), then the target's centre and half extents, then the
-    carved box's centre and half extents (zeros when nothing is carved)."""
+    carved pit's base and size (zeros when nothing is carved)."""
     w, i = wp.tid()
     k = observed.shape[0]
     tools = tool_pos.shape[1]
@@ -349,8 +369,8 @@ def compute_obs_dough(
         for c in range(3):
             obs[w, base + c] = target_centre[w][c]
             obs[w, base + 3 + c] = target_half[w][c]
-            obs[w, base + 6 + c] = carve_centre[w][c]
-            obs[w, base + 9 + c] = carve_half[w][c]
+            obs[w, base + 6 + c] = carve_base[w][c]
+            obs[w, base + 9 + c] = carve_size[w][c]
 
 
 @wp.kernel
@@ -401,6 +421,7 @@ class DoughTask(Task):
 
     reward_terms = ("progress", "contact")
     tool_shapes: ClassVar[tuple[ToolShape, ...]]
+    default_settle_steps: ClassVar[int] = 0
 
     def __init__(self, world_count: int, device: wp.context.Devicelike = None, **kwargs: Any):
         super().__init__(world_count, device)
@@ -420,6 +441,7 @@ class DoughTask(Task):
         self.solver = SolverMPM(self.model, device=self.device)
         self.tool_count = len(tools)
         self._contact_weight = cfg.contact_weight
+        self._demo = None  # the one-world WorldBatch of demonstrate(), built on first use
         self._softness = cfg.tool_softness
         self.obs_dim = 6 * cfg.obs_particle_count + 7 * self.tool_count + 12
         self._observed = wp.array(
@@ -428,7 +450,6 @@ class DoughTask(Task):
         self._total_mass = self.model.particle_mass * self.particle_count
         self._target_mass = self.zeros((world_count, *(self.grid_res,) * 3), wp.float32, requires_grad=False)
         self._eval = self._alloc_loss_scratch(requires_grad=False)
-        self._target_unit = halton(self.particle_count).astype(np.float32)
 
     # Layout and allocation ------------------------------------------------------------------
 
@@ -447,7 +468,7 @@ class DoughTask(Task):
             "particle_C": ((p, 3, 3), np.float32), "particle_F": ((p, 3, 3), np.float32),
             "tool_pos": ((t, 3), np.float32), "tool_rot": ((t, 4), np.float32),
             "target_centre": ((3,), np.float32), "target_half": ((3,), np.float32),
-            "carve_centre": ((3,), np.float32), "carve_half": ((3,), np.float32),
+            "carve_base": ((3,), np.float32), "carve_size": ((3,), np.float32), "target_x": ((p, 3), np.float32),
         }
 
     def _mpm_state(self, state: State) -> MPMState:
@@ -458,6 +479,7 @@ class DoughTask(Task):
         state = dict(vars(sim))
         for name in TARGET_FIELDS:
             state[name] = self.zeros(self.world_count, wp.vec3, requires_grad=requires_grad)
+        state["target_x"] = self.zeros((self.world_count, self.particle_count), wp.vec3, requires_grad=requires_grad)
         return state
 
     def _alloc_loss_scratch(self, *, requires_grad: bool) -> LossScratch:
@@ -493,9 +515,19 @@ class DoughTask(Task):
         """Initial tool positions (T, 3) and quaternions (T, 4) for a blob at ``blob_centre``."""
 
     @abc.abstractmethod
-    def sample_target(self, rng: np.random.Generator, blob_centre: np.ndarray) -> dict[str, np.ndarray]:
-        """Target for a blob at ``blob_centre``: ``target_centre``, ``target_half`` (a box) and
-        optionally ``carve_centre``, ``carve_half`` (a box cut out of it), each (3,)."""
+    def sample_target(
+        self, rng: np.random.Generator, blob_centre: np.ndarray, particles: dict[str, np.ndarray],
+        tool_pos: np.ndarray, tool_rot: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Target for the blob ``particles`` (its particle fields, centred at ``blob_centre``) and
+        the tools' start poses.
+
+        Returns ``target_x`` (P, 3): the target as a particle set made from the dough's own
+        particles (moved rigidly, or by a scripted demonstration with :meth:`demonstrate`), so
+        that a state that reaches it has zero loss; optionally ``carve_base``, ``carve_size``
+        (a pit cut out of the signed-distance box). The box itself (``target_centre``,
+        ``target_half``) is the bounding box of ``target_x``.
+        """
 
     @abc.abstractmethod
     def apply_action(self, state_in: State, buffers: DoughStepBuffers) -> None:
@@ -507,29 +539,48 @@ class DoughTask(Task):
         floor = self.model.floor_height
         centre = np.array([0.5 + rng.uniform(-0.03, 0.03), floor + BLOB_HALF[1], 0.5 + rng.uniform(-0.03, 0.03)])
         x = centre + halton(self.particle_count, shift=rng.uniform(size=3)) * BLOB_HALF
-        tool_pos, tool_rot = self.sample_tools(rng, centre)
-        target = {"carve_centre": np.zeros(3), "carve_half": np.zeros(3), **self.sample_target(rng, centre)}
-        eye = np.broadcast_to(np.eye(3), (self.particle_count, 3, 3))
-        return {
+        particles = {
             "particle_x": x, "particle_v": np.zeros_like(x), "particle_C": np.zeros((self.particle_count, 3, 3)),
-            "particle_F": eye.copy(), "tool_pos": tool_pos, "tool_rot": tool_rot, **target,
+            "particle_F": np.broadcast_to(np.eye(3), (self.particle_count, 3, 3)).copy(),
         }
+        settle = self.default_settle_steps if self.config.settle_steps is None else self.config.settle_steps
+        if settle:
+            away = np.tile([0.5, 0.9, 0.5], (self.tool_count, 1))  # tools far above the dough
+            rest = np.tile(_yaw_quat(0.0), (self.tool_count, 1))
+            particles = self.demonstrate(particles, away, rest, np.zeros((settle, self.action_dim)))
+        tool_pos, tool_rot = self.sample_tools(rng, centre)
+        target = {"carve_base": np.zeros(3), "carve_size": np.zeros(3),
+                  **self.sample_target(rng, centre, particles, tool_pos, tool_rot)}
+        lo, hi = target["target_x"].min(axis=0), target["target_x"].max(axis=0)
+        target["target_centre"], target["target_half"] = (lo + hi) / 2, (hi - lo) / 2
+        return {**particles, "tool_pos": tool_pos, "tool_rot": tool_rot, **target}
 
-    def target_points(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The target's particle set, (worlds, P, 3), and each point's weight: 0 where carved away."""
-        centre, half = state["target_centre"][:, None, :], state["target_half"][:, None, :]
-        points = centre + self._target_unit[None] * half
-        offset = np.abs(points - state["carve_centre"][:, None, :])
-        carved = np.all(offset < state["carve_half"][:, None, :], axis=-1)
-        return points.astype(np.float32), (~carved).astype(np.float32)
+    def demonstrate(
+        self, particles: dict[str, np.ndarray], tool_pos: np.ndarray, tool_rot: np.ndarray, actions: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """One world's particle fields after this task's own env steps with ``actions`` (K, action_dim).
+
+        Runs a private one-world copy of the task with hard tools and no contact loss, outside
+        any tape, from the given particles and tool poses: the scripted demonstrations that let a
+        blob settle and that make targets (so every target is reachable with the env's actions).
+        """
+        from diffenvs.env import WorldBatch
+
+        if self._demo is None:
+            kwargs = {**dataclasses.asdict(self.config), "tool_softness": 0.0, "contact_weight": 0.0}
+            self._demo = WorldBatch(type(self)(1, device=self.device, **kwargs), differentiable=False)
+        state = {**particles, "tool_pos": tool_pos, "tool_rot": tool_rot, "target_x": particles["particle_x"],
+                 **{name: np.zeros(3) for name in TARGET_FIELDS}}
+        self._demo.reset({name: np.asarray(value)[None] for name, value in state.items()})
+        for action in actions:
+            self._demo.step(np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)[None])
+        final = self._demo.get_state()
+        self._demo.trajectory.clear()
+        return {name: final[name][0].astype(np.float64) for name in particles}
 
     def prepare(self, state: State) -> None:
-        """Rebuild the target's grid mass from each world's target (outside the tape)."""
-        points, weights = self.target_points({name: state[name].numpy() for name in TARGET_FIELDS})
-        self.solver.scatter_mass(
-            wp.array(points, dtype=wp.vec3, device=self.device), self._target_mass,
-            wp.array(weights, dtype=float, device=self.device),
-        )
+        """Rebuild the target's grid mass from each world's target particles (outside the tape)."""
+        self.solver.scatter_mass(state["target_x"], self._target_mass)
 
     # One step -------------------------------------------------------------------------------
 
@@ -538,6 +589,10 @@ class DoughTask(Task):
         wp.launch(
             carry_target, dim=self.world_count, inputs=[state_in[name] for name in TARGET_FIELDS],
             outputs=[buffers.state[name] for name in TARGET_FIELDS], device=self.device,
+        )
+        wp.launch(
+            carry_target_points, dim=(self.world_count, self.particle_count), inputs=[state_in["target_x"]],
+            outputs=[buffers.state["target_x"]], device=self.device,
         )
         chain = [self._mpm_state(state_in), *buffers.substates, self._mpm_state(buffers.state)]
         # The tools can drag dough at up to their surface speed: the pin's roll adds as much again.
@@ -660,9 +715,10 @@ class DoughTask(Task):
             canvas = Canvas(max(width // 2, 8), height, extent=0.3)
             centre, half = state["target_centre"], state["target_half"]
             canvas.rectangle(centre[list(axes)] - view_centre, half[list(axes)], color=(60, 170, 90), outline=0.004)
-            if state["carve_half"][0] > 0:
-                canvas.rectangle(state["carve_centre"][list(axes)] - view_centre, state["carve_half"][list(axes)],
-                                 color=(200, 60, 60), outline=0.004)
+            if state["carve_size"][0] > 0:  # the pit: a vertical capsule
+                base = state["carve_base"][list(axes)] - view_centre
+                top = base + (np.array([0.0, state["carve_size"][1]]) if axes == (0, 1) else 0.0)
+                canvas.segment(base, top, state["carve_size"][0], color=(200, 60, 60))
             order = np.argsort(x[:, 1] if axes == (0, 2) else -x[:, 2])
             canvas.points(x[order][:, list(axes)] - view_centre, colors[order], radius_px=2)
             for tool, pos, rot in zip(self.model.tools, state["tool_pos"], state["tool_rot"]):
@@ -694,11 +750,18 @@ class RollingPinTask(DoughTask):
         pos = blob_centre + np.array([rng.uniform(-0.03, 0.03), BLOB_HALF[1] + r + rng.uniform(0.005, 0.02), rng.uniform(-0.03, 0.03)])
         return pos[None], _yaw_quat(rng.uniform(-0.3, 0.3))[None]
 
-    def sample_target(self, rng, blob_centre):
-        squash = rng.uniform(0.5, 0.7)
-        half = BLOB_HALF * np.array([1 / math.sqrt(squash), squash, 1 / math.sqrt(squash)])
-        centre = np.array([blob_centre[0], self.model.floor_height + half[1], blob_centre[2]])
-        return {"target_centre": centre, "target_half": half}
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
+        # Demonstration from the pin's own start: press to the sheet's thickness, roll forward,
+        # back past the start, and forward again to it (about 35 of the 50 steps).
+        thickness = 2.0 * BLOB_HALF[1] * rng.uniform(0.5, 0.7)
+        reach = rng.uniform(0.03, 0.05)
+        step = self.config.tool_speed * self.frame_dt
+        radius = self.tool_shapes[0].size[0]
+        drop = float(tool_pos[0, 1] - (self.model.floor_height + thickness + radius))
+        actions = [[0.0, 0.0, -1.0]] * int(drop // step) + [[0.0, 0.0, -(drop % step) / step]]
+        rolls = round(reach / step)
+        actions += [[1.0, 0.0, 0.0]] * rolls + [[-1.0, 0.0, 0.0]] * (2 * rolls) + [[1.0, 0.0, 0.0]] * rolls
+        return {"target_x": self.demonstrate(particles, tool_pos, tool_rot, np.array(actions))["particle_x"]}
 
     def apply_action(self, state_in, buffers):
         cfg = self.config
@@ -734,10 +797,10 @@ class MoveTask(_TranslateTask):
         pos = np.stack([blob_centre - [offset, 0.0, 0.0], blob_centre + [offset, 0.0, 0.0]])
         return pos, np.tile(_yaw_quat(0.0), (2, 1))
 
-    def sample_target(self, rng, blob_centre):
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
         heading = rng.uniform(-math.pi, math.pi)
         shift = rng.uniform(0.05, 0.12) * np.array([math.cos(heading), 0.0, math.sin(heading)])
-        return {"target_centre": blob_centre + shift, "target_half": BLOB_HALF.copy()}
+        return {"target_x": particles["particle_x"] + shift}
 
 
 class ShapeTask(_TranslateTask):
@@ -751,15 +814,24 @@ class ShapeTask(_TranslateTask):
         pos = blob_centre + np.array([rng.uniform(-0.05, 0.05), BLOB_HALF[1] + r + rng.uniform(0.005, 0.02), rng.uniform(-0.05, 0.05)])
         return pos[None], _yaw_quat(0.0)[None]
 
-    def sample_target(self, rng, blob_centre):
+    default_settle_steps = 30
+
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
         heading = rng.uniform(-math.pi, math.pi)
         place = blob_centre + rng.uniform(0.03, 0.08) * np.array([math.cos(heading), 0.0, math.sin(heading)])
-        top = blob_centre[1] + BLOB_HALF[1]
-        return {
-            "target_centre": blob_centre.copy(), "target_half": BLOB_HALF.copy(),
-            "carve_centre": np.array([place[0], top, place[2]]),
-            "carve_half": np.array([0.045, rng.uniform(0.025, 0.04), 0.045]),
-        }
+        depth = rng.uniform(0.025, 0.04)
+        radius = self.tool_shapes[0].size[0]
+        top = float(particles["particle_x"][:, 1].max())
+        start = np.array([place[0], top + radius + 0.005, place[2]])
+        bottom = np.array([place[0], top - depth + radius, place[2]])
+        # Demonstration: from just above the place, down to the pit's depth, back up, at rest.
+        step = self.config.tool_speed * self.frame_dt
+        moves = max(1, math.ceil((start[1] - bottom[1]) / step))
+        speed = (start[1] - bottom[1]) / (moves * step)
+        actions = [[0.0, -speed, 0.0]] * moves + [[0.0, speed, 0.0]] * moves + [[0.0, 0.0, 0.0]] * 3
+        pressed = self.demonstrate(particles, start[None], tool_rot, np.array(actions))
+        return {"carve_base": bottom, "carve_size": np.array([radius, start[1] - bottom[1], 0.0]),
+                "target_x": pressed["particle_x"]}
 
 
 
