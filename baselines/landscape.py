@@ -126,7 +126,7 @@ def _roughness(values: np.ndarray) -> float:
 
 
 def plot_landscape(landscape: Landscape, path: str | Path, *, title: str = "") -> None:
-    """Curves (1-D, one per horizon, each divided by its value at the centre) or contours (2-D)."""
+    """One panel per horizon: the loss along the line (1-D) or its contours (2-D)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,13 +134,13 @@ def plot_landscape(landscape: Landscape, path: str | Path, *, title: str = "") -
 
     count = len(landscape.horizons)
     if landscape.betas is None:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        centre = len(landscape.alphas) // 2
-        for h, curve, rough in zip(landscape.horizons, landscape.losses, landscape.roughness):
-            ax.plot(landscape.alphas, curve / max(curve[centre], 1e-12), label=f"horizon {h} (roughness {rough:.1f})")
-        ax.set_xlabel("offset along a random direction [action units]")
-        ax.set_ylabel("loss / loss at the centre")
-        ax.legend(fontsize=8)
+        fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.0), squeeze=False, sharex=True)
+        for ax, h, curve, rough in zip(axes[0], landscape.horizons, landscape.losses, landscape.roughness):
+            ax.plot(landscape.alphas, curve, ".-", ms=3)
+            ax.axvline(0.0, color="gray", lw=0.5)
+            ax.set_title(f"horizon {h} (roughness {rough:.1f})", fontsize=9)
+            ax.set_xlabel("offset [action units]")
+        axes[0, 0].set_ylabel("task loss after the horizon")
     else:
         fig, axes = plt.subplots(1, count, figsize=(4 * count, 3.6), squeeze=False)
         for ax, h, surface in zip(axes[0], landscape.horizons, landscape.losses):

@@ -189,15 +189,14 @@ class Problem:
             raise ValueError("action sequences have non-finite entries")
         return np.clip(actions, -1.0, 1.0)
 
-    def evaluate(self, actions: np.ndarray, *, state: dict[str, np.ndarray] | None = None) -> Evaluation:
-        """Replay sequences (P, T, action_dim) in the reported setting, ``eval_batch`` worlds at a time.
+    def evaluate(self, actions: np.ndarray) -> Evaluation:
+        """Replay sequences (P, horizon, action_dim) from the initial state in the reported
+        setting, ``eval_batch`` worlds at a time; counted as evaluation steps.
 
-        ``T`` is the problem's horizon unless ``state`` is given (then any length, from that
-        state: receding-horizon control). Counted as evaluation steps.
+        Raises:
+            ValueError: a wrong shape or non-finite entries.
         """
-        actions = np.asarray(actions, dtype=np.float64)
-        if state is None:
-            actions = self.check_actions(actions)
+        actions = self.check_actions(actions)
         count, steps = actions.shape[0], actions.shape[1]
         batch = min(self.config.eval_batch, count)
         env = self.vector_env(batch, differentiable=False)
@@ -207,7 +206,7 @@ class Problem:
             used = chunk.shape[0]
             if used < batch:  # pad with copies of the last sequence
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - used, axis=0)])
-            evaluation = self._run(env, chunk, self.tiled_state(batch, state), differentiable=False)[1]
+            evaluation = self._run(env, chunk, self.tiled_state(batch), differentiable=False)[1]
             losses.append(evaluation.loss[:used])
             metrics.append(evaluation.metric[:used])
             diverged.append(evaluation.diverged[:used])

@@ -61,6 +61,8 @@ class GradientConfig:
         contact_weight_final: Its value after annealing (linear); ``None``: constant.
         softness: Tool softness (influence radius) while optimizing; ``None``: the env's own.
         softness_final: Its value after annealing (linear, soft to hard); ``None``: constant.
+        contact_focus: Draw the tools to the dough outside the target rather than to any dough
+            (dough tasks); ``None``: the env's own.
         anneal: Fraction of the iterations over which the remedies reach their final values.
         eval_every: Replay the iterates in the reported setting every this many iterations (and
             at the last), when the optimizer's dynamics differ from it (soft tools). The best
@@ -81,6 +83,7 @@ class GradientConfig:
     contact_weight_final: float | None = None
     softness: float | None = None
     softness_final: float | None = None
+    contact_focus: bool | None = None
     anneal: float = 1.0
     eval_every: int = 1
 
@@ -116,6 +119,8 @@ class GradientConfig:
             start, final = getattr(self, name), getattr(self, f"{name}_final")
             if start is not None:
                 values[name] = start if final is None else start + progress * (final - start)
+        if self.contact_focus is not None:
+            values["contact_focus"] = float(self.contact_focus)
         return values
 
 

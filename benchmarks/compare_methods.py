@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="random sequences of the baseline")
     parser.add_argument("--methods", nargs="+", default=["adam", "random", "cem"])
     parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--replot", action="store_true", help="only redo the table and plot from OUT/summary.json")
     args = parser.parse_args()
 
     import warp as wp
@@ -61,6 +62,13 @@ def main() -> None:
     wp.config.log_level = 30
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        runs = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        args.envs = list(dict.fromkeys(r["env_id"] for r in runs))
+        args.seeds = sorted({r["seed"] for r in runs})
+        args.methods = list(dict.fromkeys(r["method"] for r in runs))
+        report(runs, args, out)
+        return
     runs = []
     for env_id in args.envs:
         for seed in args.seeds:
@@ -71,6 +79,11 @@ def main() -> None:
                 print(f"{env_id} seed {seed} {method:>6}: loss {run['initial_loss']:.4g} -> {run['loss']:.4g}, "
                       f"{run['metric_name']} {run['metric']:.3f}, {b['env_steps']} steps, {b['wall_time']:.1f} s", flush=True)
                 (out / "summary.json").write_text(json.dumps(runs, indent=1), encoding="utf-8")
+    report(runs, args, out)
+
+
+def report(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
+    """Print the Markdown table of medians and plot best metric against env steps."""
 
     def med(values):
         return statistics.median(values)
@@ -93,6 +106,33 @@ def main() -> None:
             cells.append(f"{med(beat):.0f}")
         print("| " + " | ".join(cells) + " |")
     print(f"\nwrote {out / 'summary.json'}")
+    try:
+        plot(runs, args, out / "curves.png")
+        print(f"wrote {out / 'curves.png'}")
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install diffenvs[rl])")
+
+
+def plot(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.envs), figsize=(3.6 * len(args.envs), 3.2), squeeze=False)
+    colors = {"adam": "tab:blue", "random": "tab:gray", "cem": "tab:orange", "gd": "tab:green", "hybrid": "tab:red", "mpc": "tab:purple"}
+    for ax, env_id in zip(axes[0], args.envs):
+        for run in (r for r in runs if r["env_id"] == env_id):
+            steps, _, metric = zip(*run["curve"])
+            ax.plot(steps, metric, color=colors.get(run["method"], "black"), alpha=1.0 if run["seed"] == args.seeds[0] else 0.35,
+                    label=run["method"] if run["seed"] == args.seeds[0] else None)
+        ax.set_title(env_id.split("/")[1])
+        ax.set_xlabel("env steps simulated")
+        ax.set_ylabel(next(r["metric_name"] for r in runs if r["env_id"] == env_id))
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,9 @@ class DoughConfig:
         contact_weight: Weight of the contact loss (squared soft-min distance between each tool
             and the dough) in the reward.
         contact_temperature: Length scale of the soft minimum of the contact loss [domain units].
+        contact_focus: Take the contact loss's soft minimum over the dough that lies outside the
+            target (weighted by that distance, in units of ``contact_temperature``, up to 1)
+            instead of all the dough: the tools are drawn to the dough that still has to move.
         sdf_weight: Weight of the mean distance of the particles outside the target [1/unit].
         density_weight: Weight of the L1 grid-mass difference, relative to the total mass.
         density_block: The mass difference is taken over blocks of density_block^3 cells. A
@@ -98,6 +101,7 @@ class DoughConfig:
     progress_weight: float = 1.0
     contact_weight: float = 0.0
     contact_temperature: float = 0.01
+    contact_focus: bool = False
     sdf_weight: float = 10.0
     density_weight: float = 10.0
     density_block: int = 2
@@ -262,13 +266,25 @@ def accumulate_contact(
     tool_kind: wp.array(dtype=int),
     tool_size: wp.array(dtype=wp.vec3),
     temperature: float,
+    target_centre: wp.array(dtype=wp.vec3),
+    target_half: wp.array(dtype=wp.vec3),
+    carve_base: wp.array(dtype=wp.vec3),
+    carve_size: wp.array(dtype=wp.vec3),
+    focus: int,
     contact_sum: wp.array2d(dtype=float),
 ):
-    """Sum of exp(-d / temperature) over particles, d their distance to each tool (clamped to [0, 1])."""
+    """Sum of weight * exp(-d / temperature) over particles, d their distance to each tool
+    (clamped to [0, 1]); the weight is 1, or with ``focus`` the particle's distance outside the
+    target in units of ``temperature`` (at most 1, at least 1e-3)."""
     w, p, t = wp.tid()
-    local = wp.quat_rotate_inv(tool_rot[w, t], particle_x[w, p] - tool_pos[w, t])
+    x = particle_x[w, p]
+    local = wp.quat_rotate_inv(tool_rot[w, t], x - tool_pos[w, t])
     d = wp.clamp(tool_sdf(tool_kind[t], tool_size[t], local), 0.0, 1.0)
-    wp.atomic_add(contact_sum, w, t, wp.exp(-d / temperature))
+    weight = float(1.0)  # noqa: UP018  (a Warp variable reassigned below)
+    if focus != 0:
+        outside = target_sdf(x, target_centre[w], target_half[w], carve_base[w], carve_size[w])
+        weight = wp.clamp(outside / temperature, 1.0e-3, 1.0)
+    wp.atomic_add(contact_sum, w, t, weight * wp.exp(-d / temperature))
 
 
 @wp.kernel
@@ -441,6 +457,7 @@ class DoughTask(Task):
         self.solver = SolverMPM(self.model, device=self.device)
         self.tool_count = len(tools)
         self._contact_weight = cfg.contact_weight
+        self._contact_focus = cfg.contact_focus
         self._demo = None  # the one-world WorldBatch of demonstrate(), built on first use
         self._softness = cfg.tool_softness
         self.obs_dim = 6 * cfg.obs_particle_count + 7 * self.tool_count + 12
@@ -611,11 +628,13 @@ class DoughTask(Task):
         self.observe(buffers.state, buffers.obs)
 
     def get_remedies(self) -> dict[str, float]:
-        return {"contact_weight": self._contact_weight, "softness": self._softness}
+        return {"contact_weight": self._contact_weight, "softness": self._softness, "contact_focus": float(self._contact_focus)}
 
     def apply_remedy(self, name: str, value: float) -> None:
         if name == "contact_weight":
             self._contact_weight = value
+        elif name == "contact_focus":
+            self._contact_focus = value > 0.0
         else:
             self.solver.set_tool_softness([value] * self.tool_count)
             self._softness = value
@@ -665,7 +684,7 @@ class DoughTask(Task):
         wp.launch(
             accumulate_contact, dim=(n, p, self.tool_count),
             inputs=[state["particle_x"], state["tool_pos"], state["tool_rot"], self.solver.tool_kind, self.solver.tool_size,
-                    cfg.contact_temperature],
+                    cfg.contact_temperature, *(state[name] for name in TARGET_FIELDS), int(self._contact_focus)],
             outputs=[scratch.contact_sum], device=self.device,
         )
         wp.launch(
@@ -840,7 +859,10 @@ _DOUGH_DOC = """
     A box of elastoplastic dough (PlasticineLab's 0.3 x 0.1 x 0.3 block) rests on the floor of
     the unit cube and is simulated with 3-D MLS-MPM (Neo-Hookean elasticity, von Mises
     plasticity; :class:`~diffenvs.sim.mpm.SolverMPM`). Kinematic rigid tools, driven by the
-    action as velocities, shape it towards a target box drawn from the seed. A hard tool that
+    action as velocities, shape it towards a target drawn from the seed. A target is a set of
+    particles: the dough's own particles moved rigidly (``Move``) or by a scripted
+    demonstration run with the env's own steps and hard tools (``RollingPin``, ``Shape``), so
+    every target is reachable and reaching it gives zero loss. A hard tool that
     does not touch the dough has exactly zero gradient: ``contact_weight`` (a contact loss) and
     ``tool_softness`` (an influence radius) are the two remedies, each switchable.
 
@@ -848,23 +870,28 @@ _DOUGH_DOC = """
     ``Box(-inf, inf, (6 K + 7 T + 12,), float32)`` with K = ``obs_particle_count`` (64) and T
     tools: positions of K fixed particles (K x 3), their velocities (K x 3), each tool's position
     (3) and quaternion (x, y, z, w), the target box's centre (3) and half extents (3), and the
-    carved box's centre (3) and half extents (3) (zeros for targets with nothing carved).
+    pit's base (3) and size (radius, height, 0) (zeros for targets without a pit).
 
     ## Rewards
-    The target is a box, from which ``Shape`` also carves a box; ``sdf_target`` is its signed distance.
-    Task loss ``L = sdf_weight * mean_p max(sdf_target(x_p), 0) + density_weight * sum_cells
-    |m - m_target| / total mass`` (``info["loss"]``). Reward terms (``info["reward_<term>"]``):
+    ``sdf_target`` is the signed distance to the target particles' bounding box, minus (for
+    ``Shape``) the pit, a vertical capsule; ``m_target`` is the target particles' grid mass.
+    Task loss ``L = sdf_weight * mean_p max(sdf_target(x_p), 0) + density_weight * sum_blocks
+    |m - m_target| / total mass`` over blocks of ``density_block``^3 cells (``info["loss"]``). Reward terms (``info["reward_<term>"]``):
 
     - ``progress``: ``progress_weight * (L(s_t) - L(s_{t+1}))`` (the return telescopes);
     - ``contact``: ``-contact_weight * sum_tools softmin_p(dist(tool, x_p))^2``, the soft minimum
-      taken with length scale ``contact_temperature`` (default weight 0).
+      taken with length scale ``contact_temperature`` (default weight 0); with ``contact_focus``
+      over the dough outside the target only (each particle weighted by how far outside).
 
     ``info["iou"]``: IoU of the grid cells occupied by dough and target (1 = reached);
     ``info["iou_incremental"]``: ``(IoU_t - IoU_0) / (1 - IoU_0)`` clipped to [0, 1].
 
     ## Starting State
     The blob's centre is jittered by up to 0.03 horizontally; particles fill it as a randomly
-    shifted Halton sequence (the target box is filled the same way, unshifted), at rest, F = I. Tools start near the dough, not touching it.
+    shifted Halton sequence, at rest, F = I; with ``settle_steps`` (``Shape``: 30) it first rests
+    under gravity. Tools start near the dough, not touching it. A reset runs the scripted
+    demonstration of the target (``RollingPin`` about 45 one-world steps, ``Shape`` about 50
+    with its settling: 0.2-0.4 s at the default preset, a few seconds at the paper preset).
 
     ## Episode End
     Truncation after 50 steps (``gym.make``). Termination only when the simulation diverges
@@ -877,7 +904,8 @@ _DOUGH_DOC = """
     per env step (particles and tools: 96 bytes per particle plus its gradient) and recomputes
     substeps and grids, so its memory grows with the horizon only by the particle states.
     The remedies can be changed between episodes with ``env.set_remedies(contact_weight=...,
-    softness=...)`` (``softness`` is ``tool_softness``), e.g. to anneal from soft to hard tools.
+    softness=..., contact_focus=...)`` (``softness`` is ``tool_softness``; ``contact_focus`` 1 or
+    0), e.g. to anneal from soft to hard tools.
 
     ## Version History
     - v0: initial release.
@@ -920,7 +948,8 @@ class RollingPinEnv(DoughEnv):
     ``Box(-1, 1, (3,), float32)``, clipped: a[0] rolls the pin across its axis at
     ``tool_speed * a[0]`` (it spins without slipping), a[1] yaws it at ``tool_yaw_rate * a[1]``,
     a[2] moves it vertically at ``tool_speed * a[2]``.
-    The target is a sheet of the same volume, 0.5-0.7 times as high, centred on the blob.
+    The target is a demonstration from the pin's start: press down to a thickness of 0.05-0.07
+    (the blob is 0.1 high), roll forward 0.03-0.05, back twice as far, forward to the start.
 """ + _DOUGH_DOC
     task_class = RollingPinTask
 
@@ -930,7 +959,7 @@ class MoveEnv(DoughEnv):
 
     ## Action Space
     ``Box(-1, 1, (6,), float32)``, clipped: the velocity of each sphere, ``tool_speed * a[3t:3t+3]``.
-    The target is the blob's box moved 0.05-0.12 horizontally in a random direction.
+    The target is the blob moved 0.05-0.12 horizontally in a random direction.
 """ + _DOUGH_DOC
     task_class = MoveTask
 
@@ -940,9 +969,10 @@ class ShapeEnv(DoughEnv):
 
     ## Action Space
     ``Box(-1, 1, (3,), float32)``, clipped: the tip's velocity, ``tool_speed * a``.
-    The target is the blob with a pit cut out of its top: a 0.09 x 0.09 square, 0.025-0.04 deep,
-    centred 0.03-0.08 from the blob's centre in a random direction. The displaced dough has no
-    place in the target, so the density term keeps a floor.
+    The target is a demonstration: the tip, started just above a place 0.03-0.08 from the
+    blob's centre in a random direction, presses a pit 0.025-0.04 deep and lifts off again (the
+    displaced dough stays where the press put it). The tool itself starts elsewhere: it has to
+    find the place first.
 """ + _DOUGH_DOC
     task_class = ShapeTask
 

@@ -167,3 +167,24 @@ def test_loss_objective_gradient_matches_finite_differences():
     eps = 0.05
     fd = (final_loss(actions + eps * direction) - final_loss(actions - eps * direction)) / (2 * eps)
     assert np.sum(g.actions * direction) == pytest.approx(fd, rel=0.1)
+
+
+def test_contact_focus_draws_the_tool_to_dough_out_of_place():
+    """With contact_focus the contact loss is lower above the pit's place than as far above dough that is in place."""
+    env = make_unwrapped("DiffEnvs/Shape-v0", **{**TINY_DOUGH, "particle_count": 400}, contact_weight=1.0)
+    env.reset(seed=3)
+    state = env.get_state()
+    top = state["particle_x"][:, 1].max()
+    pit = state["carve_base"][[0, 2]]
+    centre = state["particle_x"].mean(axis=0)[[0, 2]]
+    elsewhere = centre - (pit - centre)  # as far from the centre, on the other side
+
+    def contact(xz, focus):
+        env.set_remedies(contact_focus=float(focus))
+        placed = {**state, "tool_pos": np.array([[xz[0], top + 0.06, xz[1]]])}
+        env.set_state(placed)
+        return env.step(np.zeros(3))[4]["reward_contact"]
+
+    assert contact(pit, True) > contact(elsewhere, True) + 1e-4
+    assert abs(contact(pit, False) - contact(elsewhere, False)) < 0.2 * abs(contact(pit, False))
+    assert env.remedies["contact_focus"] == 0.0

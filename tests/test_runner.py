@@ -29,7 +29,10 @@ def test_per_env_defaults_and_overrides():
     pusher = resolve_config(DEFAULTS)
     assert pusher.problem.env_id == "DiffEnvs/Pusher-v0" and pusher.solver.gradient.contact_weight == 0.1
     dough = resolve_config(DEFAULTS, {"problem.env_id": "DiffEnvs/Shape-v0", "solver.gradient.lr": 0.3})
-    assert dough.solver.gradient.softness == 0.02 and dough.solver.gradient.softness_final == 0.005
+    assert dough.solver.gradient.softness == 0.01 and dough.solver.gradient.softness_final == 0.0
+    assert dough.solver.gradient.contact_focus is True
+    rolling = resolve_config(DEFAULTS, {"problem.env_id": "DiffEnvs/RollingPin-v0"})
+    assert rolling.solver.gradient.softness == 0.02 and rolling.solver.gradient.lr == 0.2
     assert dough.solver.gradient.lr == 0.3 and dough.solver.iters == 30
     with pytest.raises(ConfigError, match="learning_rate"):
         resolve_config(DEFAULTS, {"solver.gradient.learning_rate": 0.1})

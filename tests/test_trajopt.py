@@ -123,7 +123,7 @@ def test_remedy_schedules_and_replays_in_the_reported_setting(dough):
     # (eval_every=2), iteration 1 is not; hard iterations are judged from their own rollout.
     assert math.isnan(result.history[1]["loss"]) and not math.isnan(result.history[0]["loss"])
     assert result.budget["eval_steps"] == dough.horizon
-    assert dough.vector_env(1, differentiable=True).remedies == {"contact_weight": 0.0, "softness": 0.0}
+    assert dough.vector_env(1, differentiable=True).remedies == {"contact_weight": 0.0, "softness": 0.0, "contact_focus": 0.0}
 
 
 def test_truncated_windows_cut_the_gradient_at_window_starts(pusher):

@@ -148,3 +148,20 @@ def test_matches_gymnasium_sync_vector_env_through_autoresets():
             mask = theirs[4]["_final_obs"]
             np.testing.assert_array_equal(ours[4]["_final_obs"], mask)
             np.testing.assert_array_equal(ours[4]["final_obs"][mask], np.stack(theirs[4]["final_obs"][mask]))
+
+
+def test_set_state_restarts_every_world_from_a_batched_snapshot():
+    vec = make_vec("DiffEnvs/Pusher-v0", 2, proximity_weight=0.2)
+    single = singles("DiffEnvs/Pusher-v0", 1, proximity_weight=0.2)[0]
+    single.reset(seed=5)
+    state = single.get_state()
+    batched = {name: np.stack([value, value]) for name, value in state.items()}
+    obs = vec.unwrapped.set_state(batched)
+    np.testing.assert_array_equal(obs[0], obs[1])
+    actions = np.random.default_rng(2).uniform(-1, 1, size=(4, 2))
+    for a in actions:
+        _, reward, _, _, _ = vec.step(np.stack([a, a]).astype(np.float32))
+        assert reward[0] == reward[1] == single.step(a.astype(np.float32))[1]
+    np.testing.assert_allclose(vec.unwrapped.grad().actions[1], single.grad().actions, rtol=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        vec.unwrapped.set_state(state)  # a single world's snapshot
