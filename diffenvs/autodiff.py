@@ -32,6 +32,22 @@ class GradientError(RuntimeError):
     """Raised when a gradient is requested that the recorded trajectory cannot provide."""
 
 
+def record_adjoint(backward: Callable[[], None], arrays: Sequence[wp.array]) -> bool:
+    """Record a hand-written adjoint on the tape that is recording now; return whether one was.
+
+    For kernels launched with ``record_tape=False`` whose adjoint is written by hand (faster
+    than Warp's generated one): ``backward`` runs in the backward pass in place of the generated
+    adjoint and must *add* to the gradients of the kernel's inputs. ``arrays`` are the arrays it
+    reads or writes, whose gradients the tape zeroes in ``Tape.zero()``.
+    """
+    runtime = wp._src.context.runtime
+    tape = None if runtime is None else runtime.tape
+    if tape is None:
+        return False
+    tape.record_func(backward, list(arrays))
+    return True
+
+
 @wp.kernel
 def select_worlds(mask: wp.array(dtype=wp.int32), fresh: wp.array(dtype=Any), current: wp.array(dtype=Any), out: wp.array(dtype=Any)):
     """out = fresh where mask else current, per world (one value per world)."""

@@ -310,6 +310,61 @@ def g2p_gather(
     particle_x_out[w, p] = particle_x[w, p] + dt * v
 
 
+@wp.func
+def bspline_slope(fx: float, i: int) -> float:
+    """Derivative of :func:`bspline_weight` with respect to ``fx``."""
+    if i == 0:
+        return fx - 1.5
+    if i == 1:
+        return 2.0 - 2.0 * fx
+    return fx - 0.5
+
+
+@wp.kernel(enable_backward=False)
+def g2p_gather_adjoint(
+    particle_x: wp.array2d(dtype=wp.vec3),
+    grid_v: wp.array4d(dtype=wp.vec3),
+    params: MPMParams,
+    dt: float,
+    adj_particle_x_out: wp.array2d(dtype=wp.vec3),
+    adj_particle_v_out: wp.array2d(dtype=wp.vec3),
+    adj_particle_C_out: wp.array2d(dtype=wp.mat33),
+    adj_particle_x: wp.array2d(dtype=wp.vec3),
+    adj_grid_v: wp.array4d(dtype=wp.vec3),
+):
+    """Hand-written adjoint of :func:`g2p_gather`: adds to the gradients of ``particle_x`` and ``grid_v``.
+
+    One pass over the stencil: the grid gradient is scattered (atomics), the particle's own
+    gradient is accumulated through the B-spline weights and the APIC offsets. About 2x the
+    forward's cost where Warp's generated adjoint takes about 5x (it replays the forward and
+    keeps every intermediate of the 27-node loop).
+    """
+    w, p = wp.tid()
+    xg = particle_x[w, p] * params.inv_dx
+    base = stencil_base(xg, params.grid_res)
+    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
+    adj_x_out = adj_particle_x_out[w, p]
+    adj_v = adj_particle_v_out[w, p] + dt * adj_x_out  # x_out = x + dt * v
+    adj_C = adj_particle_C_out[w, p]
+    scale = 4.0 * params.inv_dx
+    adj_fx = wp.vec3(0.0)
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                bx = bspline_weight(fx[0], i)
+                by = bspline_weight(fx[1], j)
+                bz = bspline_weight(fx[2], k)
+                weight = bx * by * bz
+                gv = grid_v[w, base[0] + i, base[1] + j, base[2] + k]
+                offset = wp.vec3(float(i), float(j), float(k)) - fx
+                adj_C_offset = adj_C * offset
+                wp.atomic_add(adj_grid_v, w, base[0] + i, base[1] + j, base[2] + k, weight * adj_v + (scale * weight) * adj_C_offset)
+                adj_weight = wp.dot(gv, adj_v) + scale * wp.dot(gv, adj_C_offset)
+                slope = wp.vec3(bspline_slope(fx[0], i) * by * bz, bx * bspline_slope(fx[1], j) * bz, bx * by * bspline_slope(fx[2], k))
+                adj_fx = adj_fx + adj_weight * slope - (scale * weight) * (wp.transpose(adj_C) * gv)
+    adj_particle_x[w, p] = adj_particle_x[w, p] + adj_x_out + params.inv_dx * adj_fx
+
+
 @wp.kernel
 def advance_tools(
     tool_pos: wp.array2d(dtype=wp.vec3),

@@ -7,7 +7,16 @@ import dataclasses
 import numpy as np
 import warp as wp
 
-from diffenvs.sim.mpm.kernels import MPMParams, advance_tools, g2p_gather, make_grid_update, p2g_mass, p2g_scatter
+from diffenvs.autodiff import record_adjoint
+from diffenvs.sim.mpm.kernels import (
+    MPMParams,
+    advance_tools,
+    g2p_gather,
+    g2p_gather_adjoint,
+    make_grid_update,
+    p2g_mass,
+    p2g_scatter,
+)
 from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
 
@@ -111,6 +120,26 @@ class SolverMPM:
         hi = np.clip(np.ceil(x.max(axis=0) / self.model.dx + margin), 0, res - 1).astype(int)
         return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo + 1)
 
+    def _gather(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float) -> None:
+        """Grid-to-particle transfer, differentiated by the hand-written :func:`g2p_gather_adjoint`."""
+        worlds, particles = state_in.particle_x.shape
+        outputs = [state_out.particle_x, state_out.particle_v, state_out.particle_C]
+        wp.launch(
+            g2p_gather, dim=(worlds, particles), inputs=[state_in.particle_x, grid.v, self.params, dt],
+            outputs=outputs, device=self.device, record_tape=False,
+        )
+        if not (state_in.particle_x.requires_grad and grid.v.requires_grad):
+            return
+
+        def backward() -> None:
+            wp.launch(
+                g2p_gather_adjoint, dim=(worlds, particles),
+                inputs=[state_in.particle_x, grid.v, self.params, dt, *(a.grad for a in outputs)],
+                outputs=[state_in.particle_x.grad, grid.v.grad], device=self.device,
+            )
+
+        record_adjoint(backward, [state_in.particle_x, grid.v, *outputs])
+
     def step(
         self, state_in: MPMState, state_out: MPMState, control: MPMControl, dt: float, grid: MPMGrid,
         region: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
@@ -140,10 +169,7 @@ class SolverMPM:
                     wp.vec3i(*origin)],
             outputs=[grid.v], device=self.device,
         )
-        wp.launch(
-            g2p_gather, dim=(worlds, particles), inputs=[state_in.particle_x, grid.v, self.params, dt],
-            outputs=[state_out.particle_x, state_out.particle_v, state_out.particle_C], device=self.device,
-        )
+        self._gather(state_in, state_out, grid, dt)
         wp.launch(
             advance_tools, dim=state_in.tool_pos.shape,
             inputs=[state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega, dt],
