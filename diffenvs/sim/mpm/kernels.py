@@ -43,6 +43,16 @@ def bspline_weight(fx: float, i: int) -> float:
 
 
 @wp.func
+def bspline_slope(fx: float, i: int) -> float:
+    """Derivative of :func:`bspline_weight` with respect to ``fx``."""
+    if i == 0:
+        return fx - 1.5
+    if i == 1:
+        return 2.0 - 2.0 * fx
+    return fx - 0.5
+
+
+@wp.func
 def stencil_base(xg: wp.vec3, grid_res: int) -> wp.vec3i:
     """Lowest node of a particle's 3x3x3 stencil, clamped to the grid (escaping particles are flagged elsewhere)."""
     hi = grid_res - 3
@@ -125,6 +135,19 @@ def kirchhoff_neo_hookean(F: wp.mat33, mu: float, lam: float) -> wp.mat33:
     return mu * (F * wp.transpose(F) - wp.identity(n=3, dtype=float)) + lam * wp.log(J) * wp.identity(n=3, dtype=float)
 
 
+@wp.func
+def updated_deformation(C: wp.mat33, F: wp.mat33, params: MPMParams, dt: float) -> wp.mat33:
+    """Elastic trial F = (I + dt C) F, then the plastic projection."""
+    return von_mises_project((wp.identity(n=3, dtype=float) + dt * C) * F, params.mu, params.yield_stress)
+
+
+@wp.func
+def apic_affine(F: wp.mat33, C: wp.mat33, params: MPMParams, dt: float) -> wp.mat33:
+    """MLS-MPM affine momentum term: stress impulse plus the APIC matrix times the mass."""
+    tau = kirchhoff_neo_hookean(F, params.mu, params.lam)
+    return (-dt * params.particle_volume * 4.0 * params.inv_dx * params.inv_dx) * tau + params.particle_mass * C
+
+
 @wp.kernel
 def p2g_scatter(
     particle_x: wp.array2d(dtype=wp.vec3),
@@ -143,10 +166,9 @@ def p2g_scatter(
     base = stencil_base(xg, params.grid_res)
     fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
     C = particle_C[w, p]
-    F = von_mises_project((wp.identity(n=3, dtype=float) + dt * C) * particle_F[w, p], params.mu, params.yield_stress)
+    F = updated_deformation(C, particle_F[w, p], params, dt)
     particle_F_out[w, p] = F
-    tau = kirchhoff_neo_hookean(F, params.mu, params.lam)
-    affine = (-dt * params.particle_volume * 4.0 * params.inv_dx * params.inv_dx) * tau + params.particle_mass * C
+    affine = apic_affine(F, C, params, dt)
     mv = params.particle_mass * particle_v[w, p]
     for i in range(3):
         for j in range(3):
@@ -155,6 +177,76 @@ def p2g_scatter(
                 dpos = (wp.vec3(float(i), float(j), float(k)) - fx) * params.dx
                 wp.atomic_add(grid_mv, w, base[0] + i, base[1] + j, base[2] + k, weight * (mv + affine * dpos))
                 wp.atomic_add(grid_m, w, base[0] + i, base[1] + j, base[2] + k, weight * params.particle_mass)
+
+
+@wp.kernel
+def p2g_particle_terms(
+    particle_v: wp.array2d(dtype=wp.vec3),
+    particle_C: wp.array2d(dtype=wp.mat33),
+    particle_F: wp.array2d(dtype=wp.mat33),
+    params: MPMParams,
+    dt: float,
+    particle_F_out: wp.array2d(dtype=wp.mat33),
+    affine_out: wp.array2d(dtype=wp.mat33),
+    momentum_out: wp.array2d(dtype=wp.vec3),
+):
+    """The per-particle part of :func:`p2g_scatter` (new F, affine term, momentum), for its adjoint.
+
+    The backward pass of p2g runs this kernel's Warp-generated adjoint (stress and plastic
+    projection, no stencil loop) after :func:`p2g_scatter_adjoint` has gathered the stencil.
+    """
+    w, p = wp.tid()
+    C = particle_C[w, p]
+    F = updated_deformation(C, particle_F[w, p], params, dt)
+    particle_F_out[w, p] = F
+    affine_out[w, p] = apic_affine(F, C, params, dt)
+    momentum_out[w, p] = params.particle_mass * particle_v[w, p]
+
+
+@wp.kernel(enable_backward=False)
+def p2g_scatter_adjoint(
+    particle_x: wp.array2d(dtype=wp.vec3),
+    affine: wp.array2d(dtype=wp.mat33),
+    momentum: wp.array2d(dtype=wp.vec3),
+    params: MPMParams,
+    adj_grid_mv: wp.array4d(dtype=wp.vec3),
+    adj_grid_m: wp.array4d(dtype=float),
+    adj_particle_x: wp.array2d(dtype=wp.vec3),
+    adj_affine: wp.array2d(dtype=wp.mat33),
+    adj_momentum: wp.array2d(dtype=wp.vec3),
+):
+    """Hand-written adjoint of the stencil part of :func:`p2g_scatter`.
+
+    Gathers the grid's momentum and mass gradients over the particle's 27 nodes into the
+    gradients of its affine term and momentum (written) and of its position (added to).
+    """
+    w, p = wp.tid()
+    xg = particle_x[w, p] * params.inv_dx
+    base = stencil_base(xg, params.grid_res)
+    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
+    A = affine[w, p]
+    mv = momentum[w, p]
+    adj_A = wp.mat33(0.0)
+    adj_mv = wp.vec3(0.0)
+    adj_fx = wp.vec3(0.0)
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                bx = bspline_weight(fx[0], i)
+                by = bspline_weight(fx[1], j)
+                bz = bspline_weight(fx[2], k)
+                weight = bx * by * bz
+                dpos = (wp.vec3(float(i), float(j), float(k)) - fx) * params.dx
+                g = adj_grid_mv[w, base[0] + i, base[1] + j, base[2] + k]
+                h = adj_grid_m[w, base[0] + i, base[1] + j, base[2] + k]
+                adj_mv = adj_mv + weight * g
+                adj_A = adj_A + weight * wp.outer(g, dpos)
+                adj_weight = wp.dot(g, mv + A * dpos) + h * params.particle_mass
+                slope = wp.vec3(bspline_slope(fx[0], i) * by * bz, bx * bspline_slope(fx[1], j) * bz, bx * by * bspline_slope(fx[2], k))
+                adj_fx = adj_fx + adj_weight * slope - (params.dx * weight) * (wp.transpose(A) * g)
+    adj_affine[w, p] = adj_A
+    adj_momentum[w, p] = adj_mv
+    adj_particle_x[w, p] = adj_particle_x[w, p] + params.inv_dx * adj_fx
 
 
 @wp.func
@@ -308,16 +400,6 @@ def g2p_gather(
     particle_v_out[w, p] = v
     particle_C_out[w, p] = C
     particle_x_out[w, p] = particle_x[w, p] + dt * v
-
-
-@wp.func
-def bspline_slope(fx: float, i: int) -> float:
-    """Derivative of :func:`bspline_weight` with respect to ``fx``."""
-    if i == 0:
-        return fx - 1.5
-    if i == 1:
-        return 2.0 - 2.0 * fx
-    return fx - 0.5
 
 
 @wp.kernel(enable_backward=False)

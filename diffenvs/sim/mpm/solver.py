@@ -15,7 +15,9 @@ from diffenvs.sim.mpm.kernels import (
     g2p_gather_adjoint,
     make_grid_update,
     p2g_mass,
+    p2g_particle_terms,
     p2g_scatter,
+    p2g_scatter_adjoint,
 )
 from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
@@ -78,6 +80,8 @@ class SolverMPM:
         assert self.tool_kind.shape[0] == n
         self._grid_update = make_grid_update(self.tool_count)
         self._unit_weights: wp.array | None = None
+        self._scratch: dict[str, wp.array] = {}
+        self._scratch_key: tuple[int, int] | None = None
 
     def set_tool_softness(self, softness: list[float] | np.ndarray) -> None:
         """Change the tools' influence radii (e.g. to anneal from soft to hard)."""
@@ -120,6 +124,49 @@ class SolverMPM:
         hi = np.clip(np.ceil(x.max(axis=0) / self.model.dx + margin), 0, res - 1).astype(int)
         return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo + 1)
 
+    def _scatter(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float) -> None:
+        """Particle-to-grid transfer, differentiated by :func:`p2g_scatter_adjoint` (the stencil, by
+        hand) and the generated adjoint of :func:`p2g_particle_terms` (stress, projection)."""
+        worlds, particles = state_in.particle_x.shape
+        inputs = [state_in.particle_v, state_in.particle_C, state_in.particle_F]
+        wp.launch(
+            p2g_scatter, dim=(worlds, particles), inputs=[state_in.particle_x, *inputs, self.params, dt],
+            outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device, record_tape=False,
+        )
+        if not (state_in.particle_x.requires_grad and grid.mv.requires_grad):
+            return
+
+        def backward() -> None:
+            scratch = self._particle_scratch(worlds, particles)
+            terms = [scratch["F"], scratch["affine"], scratch["momentum"]]
+            wp.launch(p2g_particle_terms, dim=(worlds, particles), inputs=[*inputs, self.params, dt], outputs=terms,
+                      device=self.device)
+            wp.launch(
+                p2g_scatter_adjoint, dim=(worlds, particles),
+                inputs=[state_in.particle_x, scratch["affine"], scratch["momentum"], self.params, grid.mv.grad, grid.m.grad],
+                outputs=[state_in.particle_x.grad, scratch["adj_affine"], scratch["adj_momentum"]], device=self.device,
+            )
+            wp.launch(
+                p2g_particle_terms, dim=(worlds, particles), inputs=[*inputs, self.params, dt], outputs=terms,
+                adj_inputs=[*(a.grad for a in inputs), MPMParams(), 0.0],
+                adj_outputs=[state_out.particle_F.grad, scratch["adj_affine"], scratch["adj_momentum"]],
+                adjoint=True, device=self.device,
+            )
+
+        record_adjoint(backward, [state_in.particle_x, *inputs, state_out.particle_F, grid.mv, grid.m])
+
+    def _particle_scratch(self, worlds: int, particles: int) -> dict[str, wp.array]:
+        """Per-particle arrays of the p2g backward pass, reused by every substep (they run one at a time)."""
+        key = (worlds, particles)
+        if self._scratch_key != key:
+            def zeros(dtype):
+                return wp.zeros((worlds, particles), dtype=dtype, device=self.device)
+
+            self._scratch = {"F": zeros(wp.mat33), "affine": zeros(wp.mat33), "momentum": zeros(wp.vec3),
+                             "adj_affine": zeros(wp.mat33), "adj_momentum": zeros(wp.vec3)}
+            self._scratch_key = key
+        return self._scratch
+
     def _gather(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float) -> None:
         """Grid-to-particle transfer, differentiated by the hand-written :func:`g2p_gather_adjoint`."""
         worlds, particles = state_in.particle_x.shape
@@ -150,18 +197,14 @@ class SolverMPM:
         stencil (see :meth:`active_region`); default: the whole grid. Nodes outside it get
         zero velocity.
         """
-        worlds, particles = state_in.particle_x.shape
+        worlds = state_in.particle_x.shape[0]
         res = self.model.grid_res
         origin, shape = region if region is not None else ((0, 0, 0), (res, res, res))
         grid.mv.zero_()
         grid.m.zero_()
         if region is not None:
             grid.v.zero_()
-        wp.launch(
-            p2g_scatter, dim=(worlds, particles),
-            inputs=[state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F, self.params, dt],
-            outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device,
-        )
+        self._scatter(state_in, state_out, grid, dt)
         wp.launch(
             self._grid_update, dim=(worlds, *shape),
             inputs=[grid.mv, grid.m, state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega,

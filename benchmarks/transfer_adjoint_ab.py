@@ -1,10 +1,10 @@
-"""A/B of the grid-to-particle adjoint: the hand-written ``g2p_gather_adjoint`` against Warp's generated one.
+"""A/B of the transfer adjoints: hand-written (``p2g_scatter_adjoint``, ``g2p_gather_adjoint``) against Warp's generated ones.
 
 Times ``grad()`` (the backward pass: checkpointed re-forward plus adjoints) after ``--steps`` env
 steps of a dough task at the paper preset, in one process per variant, median of ``--repeats``,
 and checks that both give the same gradient::
 
-    python benchmarks/g2p_adjoint_ab.py            # Move, 15 steps, 3 repeats
+    python benchmarks/transfer_adjoint_ab.py       # Move, 15 steps, 3 repeats
 """
 
 from __future__ import annotations
@@ -25,9 +25,16 @@ def measure(variant: str, env_id: str, steps: int, repeats: int) -> dict:
     wp.config.log_level = 30
     import diffenvs  # noqa: F401
     from diffenvs.sim.mpm import solver as mpm_solver
-    from diffenvs.sim.mpm.kernels import g2p_gather
+    from diffenvs.sim.mpm.kernels import g2p_gather, p2g_scatter
 
-    if variant == "generated":  # the launch recorded on the tape, differentiated by Warp
+    if variant == "generated":  # the launches recorded on the tape, differentiated by Warp
+
+        def scatter(self, state_in, state_out, grid, dt):
+            wp.launch(
+                p2g_scatter, dim=state_in.particle_x.shape,
+                inputs=[state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F, self.params, dt],
+                outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device,
+            )
 
         def gather(self, state_in, state_out, grid, dt):
             wp.launch(
@@ -35,6 +42,7 @@ def measure(variant: str, env_id: str, steps: int, repeats: int) -> dict:
                 outputs=[state_out.particle_x, state_out.particle_v, state_out.particle_C], device=self.device,
             )
 
+        mpm_solver.SolverMPM._scatter = scatter
         mpm_solver.SolverMPM._gather = gather
     env = gym.make(env_id, preset="paper").unwrapped
     actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, *env.action_space.shape))
