@@ -53,6 +53,15 @@ def bspline_slope(fx: float, i: int) -> float:
 
 
 @wp.func
+def bspline_weight_gradient(fx: wp.vec3, i: int, j: int, k: int) -> wp.vec3:
+    """Gradient with respect to ``fx`` of the weight of node (i, j, k): the product of the three 1-D weights."""
+    bx = bspline_weight(fx[0], i)
+    by = bspline_weight(fx[1], j)
+    bz = bspline_weight(fx[2], k)
+    return wp.vec3(bspline_slope(fx[0], i) * by * bz, bx * bspline_slope(fx[1], j) * bz, bx * by * bspline_slope(fx[2], k))
+
+
+@wp.func
 def stencil_base(xg: wp.vec3, grid_res: int) -> wp.vec3i:
     """Lowest node of a particle's 3x3x3 stencil, clamped to the grid (escaping particles are flagged elsewhere)."""
     hi = grid_res - 3
@@ -232,17 +241,14 @@ def p2g_scatter_adjoint(
     for i in range(3):
         for j in range(3):
             for k in range(3):
-                bx = bspline_weight(fx[0], i)
-                by = bspline_weight(fx[1], j)
-                bz = bspline_weight(fx[2], k)
-                weight = bx * by * bz
+                weight = bspline_weight(fx[0], i) * bspline_weight(fx[1], j) * bspline_weight(fx[2], k)
                 dpos = (wp.vec3(float(i), float(j), float(k)) - fx) * params.dx
                 g = adj_grid_mv[w, base[0] + i, base[1] + j, base[2] + k]
                 h = adj_grid_m[w, base[0] + i, base[1] + j, base[2] + k]
                 adj_mv = adj_mv + weight * g
                 adj_A = adj_A + weight * wp.outer(g, dpos)
                 adj_weight = wp.dot(g, mv + A * dpos) + h * params.particle_mass
-                slope = wp.vec3(bspline_slope(fx[0], i) * by * bz, bx * bspline_slope(fx[1], j) * bz, bx * by * bspline_slope(fx[2], k))
+                slope = bspline_weight_gradient(fx, i, j, k)
                 adj_fx = adj_fx + adj_weight * slope - (params.dx * weight) * (wp.transpose(A) * g)
     adj_affine[w, p] = adj_A
     adj_momentum[w, p] = adj_mv
@@ -433,16 +439,13 @@ def g2p_gather_adjoint(
     for i in range(3):
         for j in range(3):
             for k in range(3):
-                bx = bspline_weight(fx[0], i)
-                by = bspline_weight(fx[1], j)
-                bz = bspline_weight(fx[2], k)
-                weight = bx * by * bz
+                weight = bspline_weight(fx[0], i) * bspline_weight(fx[1], j) * bspline_weight(fx[2], k)
                 gv = grid_v[w, base[0] + i, base[1] + j, base[2] + k]
                 offset = wp.vec3(float(i), float(j), float(k)) - fx
                 adj_C_offset = adj_C * offset
                 wp.atomic_add(adj_grid_v, w, base[0] + i, base[1] + j, base[2] + k, weight * adj_v + (scale * weight) * adj_C_offset)
                 adj_weight = wp.dot(gv, adj_v) + scale * wp.dot(gv, adj_C_offset)
-                slope = wp.vec3(bspline_slope(fx[0], i) * by * bz, bx * bspline_slope(fx[1], j) * bz, bx * by * bspline_slope(fx[2], k))
+                slope = bspline_weight_gradient(fx, i, j, k)
                 adj_fx = adj_fx + adj_weight * slope - (scale * weight) * (wp.transpose(adj_C) * gv)
     adj_particle_x[w, p] = adj_particle_x[w, p] + adj_x_out + params.inv_dx * adj_fx
 
