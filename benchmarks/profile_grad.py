@@ -1,0 +1,71 @@
+"""Where ``grad()`` spends its time: every Warp launch of the backward pass timed by kernel.
+
+On Warp's CPU backend launches are synchronous, so the wall time of each launch is its cost
+(on CUDA this script would time launch overhead only; use Nsight there). Prints the kernels of
+the backward pass by total time, and the forward's launch time for comparison::
+
+    python benchmarks/profile_grad.py                          # Move, paper preset, 3 steps
+    python benchmarks/profile_grad.py --env DiffEnvs/RollingPin-v0 --preset default --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="DiffEnvs/Move-v0")
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=14)
+    args = parser.parse_args()
+
+    import gymnasium as gym
+    import numpy as np
+    import warp as wp
+
+    wp.config.log_level = 30
+    import diffenvs  # noqa: F401
+
+    env = gym.make(args.env, preset=args.preset).unwrapped
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(args.steps, *env.action_space.shape))
+
+    def rollout() -> None:
+        env.reset(seed=0)
+        for action in actions:
+            env.step(action)
+
+    rollout()
+    env.grad()  # compile and allocate everything first
+    stats: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    launch = wp.launch
+
+    def timed(kernel, *launch_args, **kwargs):
+        start = time.perf_counter()
+        result = launch(kernel, *launch_args, **kwargs)
+        entry = stats[kernel.key + (" [adjoint]" if kwargs.get("adjoint") else "")]
+        entry[0] += 1
+        entry[1] += time.perf_counter() - start
+        return result
+
+    wp.launch = timed  # every module calls wp.launch through the warp namespace
+    try:
+        rollout()
+        forward = sum(total for _, total in stats.values())
+        stats.clear()
+        start = time.perf_counter()
+        env.grad()
+        backward = time.perf_counter() - start
+    finally:
+        wp.launch = launch
+    print(f"{args.env}, preset {args.preset}, {args.steps} steps: forward launches {forward * 1e3:.0f} ms, "
+          f"grad() {backward * 1e3:.0f} ms ({backward / forward:.1f}x)")
+    for key, (count, total) in sorted(stats.items(), key=lambda item: -item[1][1])[: args.top]:
+        print(f"  {key:<50} {count:>5} launches {total * 1e3:9.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
