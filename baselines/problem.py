@@ -189,9 +189,10 @@ class Problem:
             raise ValueError("action sequences have non-finite entries")
         return np.clip(actions, -1.0, 1.0)
 
-    def evaluate(self, actions: np.ndarray) -> Evaluation:
+    def evaluate(self, actions: np.ndarray, *, as_cost: bool = False) -> Evaluation:
         """Replay sequences (P, horizon, action_dim) from the initial state in the reported
-        setting, ``eval_batch`` worlds at a time; counted as evaluation steps.
+        setting, ``eval_batch`` worlds at a time; counted as evaluation steps, or with
+        ``as_cost`` as the optimizer's forward steps (a sampling method's objective).
 
         Raises:
             ValueError: a wrong shape or non-finite entries.
@@ -210,17 +211,12 @@ class Problem:
             losses.append(evaluation.loss[:used])
             metrics.append(evaluation.metric[:used])
             diverged.append(evaluation.diverged[:used])
-            self.budget.eval_steps += used * steps
+            if as_cost:
+                self.budget.forward_steps += used * steps
+            else:
+                self.budget.eval_steps += used * steps
             self.budget.rollouts += used
         return Evaluation(np.concatenate(losses), np.concatenate(metrics), np.concatenate(diverged))
-
-    def cost(self, actions: np.ndarray) -> Evaluation:
-        """Like :meth:`evaluate`, but counted as the optimizer's forward steps (sampling methods' objective)."""
-        before = self.budget.eval_steps
-        evaluation = self.evaluate(actions)
-        self.budget.forward_steps += self.budget.eval_steps - before
-        self.budget.eval_steps = before
-        return evaluation
 
     def value_and_grad(
         self,

@@ -412,7 +412,7 @@ def _cem(problem: Problem, cfg: CEMConfig, iters: int, tracker: _Tracker, rng: n
     for generation in range(iters):
         noise = rng.standard_normal((cfg.population - 1, *problem.action_shape))
         samples = np.clip(np.concatenate([mean[None], mean + std * noise]), -1.0, 1.0)
-        evaluation = problem.cost(samples)
+        evaluation = problem.evaluate(samples, as_cost=True)
         best = tracker.offer(samples, evaluation)
         elites = samples[np.argsort(evaluation.loss, kind="stable")[: cfg.elites]]
         mean = cfg.smoothing * mean + (1 - cfg.smoothing) * elites.mean(axis=0)
@@ -424,7 +424,7 @@ def _random(problem: Problem, cfg: RandomConfig, tracker: _Tracker, rng: np.rand
     batch = problem.config.eval_batch
     for index, first in enumerate(range(0, cfg.samples, batch)):
         samples = rng.uniform(-1.0, 1.0, size=(min(batch, cfg.samples - first), *problem.action_shape))
-        evaluation = problem.cost(samples)
+        evaluation = problem.evaluate(samples, as_cost=True)
         best = tracker.offer(samples, evaluation)
         tracker.record("random", index, float(evaluation.loss[best]), float(evaluation.metric[best]))
 

@@ -63,6 +63,23 @@ class StepResult:
     metrics: dict[str, np.ndarray]
 
 
+def checked_actions(action: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """``action`` as float64 of ``shape``, clipped to [-1, 1] (every action space is that box).
+
+    Raises:
+        ValueError: non-numeric, a wrong shape, or non-finite entries.
+    """
+    try:
+        array = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric with shape {shape}: {exc}") from None
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} with non-finite entries: {array}")
+    return np.clip(array, -1.0, 1.0)
+
+
 class WorldBatch:
     """Steps all worlds of a task together and differentiates their rollouts.
 
@@ -314,15 +331,7 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         Raises:
             ValueError: wrong shape, non-numeric or non-finite entries.
         """
-        try:
-            array = np.asarray(action, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"action must be numeric with shape {self.action_space.shape}: {exc}") from None
-        if array.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {array.shape}")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"action has non-finite entries: {array}")
-        return np.clip(array, self.action_space.low, self.action_space.high)
+        return checked_actions(action, self.action_space.shape, "action")
 
     def grad(self, objective: str = "return") -> Gradients:
         """Gradients of the episode since the last ``reset()`` (or ``set_state()``).
@@ -500,15 +509,7 @@ class DiffVectorEnv(gym.vector.VectorEnv):
     def step(self, actions):
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
-        try:
-            array = np.asarray(actions, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"actions must be numeric with shape {self.action_space.shape}: {exc}") from None
-        if array.shape != self.action_space.shape:
-            raise ValueError(f"actions must have shape {self.action_space.shape}, got {array.shape}")
-        if not np.all(np.isfinite(array)):
-            raise ValueError("actions have non-finite entries")
-        result = self.batch.step(np.clip(array, -1.0, 1.0))
+        result = self.batch.step(checked_actions(actions, self.action_space.shape, "actions"))
         self._elapsed += 1
         diverged = result.diverged
         terminated = diverged.copy()
