@@ -210,16 +210,23 @@ class Trajectory:
         t = self.length
         state_in = self.state(t)
         buffers = self.buffers(t)
+        previous = self._previous(t)
         if self.differentiable and not self.checkpoint:
             tape = self._tapes[t]
             if not self._has_entry(t):  # else the tape already holds the reset selection
                 tape.reset()
             with tape:
-                self.task.step(state_in, buffers)
+                self.task.step(state_in, buffers, previous)
         else:
-            self.task.step(state_in, buffers)
+            self.task.step(state_in, buffers, previous)
         self.length = t + 1
         return buffers
+
+    def _previous(self, t: int) -> StepBuffers | None:
+        """Buffers of the step whose output step ``t`` starts from in every world (None at a start or reset)."""
+        if t == 0 or self._has_entry(t):
+            return None
+        return self.buffers(t - 1)
 
     def _has_entry(self, t: int) -> bool:
         entry = self._entries.get(self._slot(t))
@@ -261,7 +268,7 @@ class Trajectory:
                         array.grad.zero_()
                 tape = wp.Tape()
                 with tape:
-                    self.task.step(self.state(t), self._buffers[t])
+                    self.task.step(self.state(t), self._buffers[t], self._previous(t))
                 tape.backward()
                 if self._has_entry(t):
                     self._tapes[t].backward()  # the reset selection feeding this step

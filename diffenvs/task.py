@@ -124,12 +124,15 @@ class Task(abc.ABC):
         """Draw one world's initial state (numpy arrays, shapes of :meth:`state_layout`)."""
 
     @abc.abstractmethod
-    def step(self, state_in: State, buffers: StepBuffers) -> None:
+    def step(self, state_in: State, buffers: StepBuffers, previous: StepBuffers | None = None) -> None:
         """Launch one environment step of all worlds from ``state_in`` with ``buffers.action``.
 
         Writes every differentiable field of ``buffers`` (all but ``diverged`` and diagnostics);
         reads ``state_in`` and never writes it. Runs on a tape, and again inside ``grad()``
-        when checkpointing.
+        when checkpointing. ``previous`` holds the buffers of the step that produced ``state_in``
+        in every world (None at an episode's start or after a reset): a task may read its
+        outputs, e.g. ``previous.loss`` as the loss of ``state_in``, instead of recomputing them
+        (the tape then carries the gradient back through ``previous``).
         """
 
     @abc.abstractmethod

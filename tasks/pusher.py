@@ -269,7 +269,7 @@ class PusherTask(Task):
             "target_pose": np.array([target_xy[0], target_xy[1], rng.uniform(-math.pi, math.pi)]),
         }
 
-    def step(self, state_in: State, buffers: PusherStepBuffers) -> None:
+    def step(self, state_in: State, buffers: PusherStepBuffers, previous: PusherStepBuffers | None = None) -> None:
         n = self.world_count
         wp.launch(
             prepare_step_pusher, dim=n, inputs=[buffers.action, state_in["target_pose"], wp.float64(self.config.max_speed)],

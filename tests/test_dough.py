@@ -188,3 +188,18 @@ def test_contact_focus_draws_the_tool_to_dough_out_of_place():
     assert contact(pit, True) > contact(elsewhere, True) + 1e-4
     assert abs(contact(pit, False) - contact(elsewhere, False)) < 0.2 * abs(contact(pit, False))
     assert env.remedies["contact_focus"] == 0.0
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_progress_reward_reads_the_previous_steps_loss(checkpoint):
+    """A step reuses the loss its predecessor computed for its start state: the progress term must
+    equal the loss decrease, at the first step (computed afresh), later steps and after a reset."""
+    env = make_unwrapped("DiffEnvs/Move-v0", **TINY_DOUGH, checkpoint=checkpoint)
+    weight = env.task.config.progress_weight
+    for seed in (3, 4):  # the second reset starts a new episode from a new state
+        _, info = env.reset(seed=seed)
+        before = info["loss"]
+        for action in pressing_actions(env, 3):
+            _, _, _, _, info = env.step(action)
+            assert info["reward_progress"] == pytest.approx(weight * (before - info["loss"]), rel=1e-6, abs=1e-12)
+            before = info["loss"]

@@ -14,10 +14,10 @@ from diffenvs.sim.mpm.kernels import (
     g2p_gather,
     g2p_gather_adjoint,
     make_grid_update,
+    p2g_adjoint,
     p2g_mass,
-    p2g_particle_terms,
     p2g_scatter,
-    p2g_scatter_adjoint,
+    plastic_projection,
 )
 from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
@@ -125,12 +125,12 @@ class SolverMPM:
         return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo + 1)
 
     def _scatter(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float) -> None:
-        """Particle-to-grid transfer, differentiated by :func:`p2g_scatter_adjoint` (the stencil, by
-        hand) and the generated adjoint of :func:`p2g_particle_terms` (stress, projection)."""
+        """Particle-to-grid transfer, differentiated by the hand-written :func:`p2g_adjoint` (stencil, stress,
+        elastic trial) and, for yielding particles only, the generated adjoint of :func:`plastic_projection`."""
         worlds, particles = state_in.particle_x.shape
-        inputs = [state_in.particle_v, state_in.particle_C, state_in.particle_F]
+        inputs = [state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F]
         wp.launch(
-            p2g_scatter, dim=(worlds, particles), inputs=[state_in.particle_x, *inputs, self.params, dt],
+            p2g_scatter, dim=(worlds, particles), inputs=[*inputs, self.params, dt],
             outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device, record_tape=False,
         )
         if not (state_in.particle_x.requires_grad and grid.mv.requires_grad):
@@ -138,22 +138,19 @@ class SolverMPM:
 
         def backward() -> None:
             scratch = self._particle_scratch(worlds, particles)
-            terms = [scratch["F"], scratch["affine"], scratch["momentum"]]
-            wp.launch(p2g_particle_terms, dim=(worlds, particles), inputs=[*inputs, self.params, dt], outputs=terms,
-                      device=self.device)
             wp.launch(
-                p2g_scatter_adjoint, dim=(worlds, particles),
-                inputs=[state_in.particle_x, scratch["affine"], scratch["momentum"], self.params, grid.mv.grad, grid.m.grad],
-                outputs=[state_in.particle_x.grad, scratch["adj_affine"], scratch["adj_momentum"]], device=self.device,
+                p2g_adjoint, dim=(worlds, particles),
+                inputs=[*inputs, state_out.particle_F, self.params, dt, grid.mv.grad, grid.m.grad, state_out.particle_F.grad],
+                outputs=[*(a.grad for a in inputs), scratch["yielding"], scratch["adj_projected"]], device=self.device,
             )
+            projection_inputs = [scratch["yielding"], state_in.particle_C, state_in.particle_F, self.params, dt]
             wp.launch(
-                p2g_particle_terms, dim=(worlds, particles), inputs=[*inputs, self.params, dt], outputs=terms,
-                adj_inputs=[*(a.grad for a in inputs), MPMParams(), 0.0],
-                adj_outputs=[state_out.particle_F.grad, scratch["adj_affine"], scratch["adj_momentum"]],
-                adjoint=True, device=self.device,
+                plastic_projection, dim=(worlds, particles), inputs=projection_inputs, outputs=[scratch["projected"]],
+                adj_inputs=[None, state_in.particle_C.grad, state_in.particle_F.grad, MPMParams(), 0.0],
+                adj_outputs=[scratch["adj_projected"]], adjoint=True, device=self.device,
             )
 
-        record_adjoint(backward, [state_in.particle_x, *inputs, state_out.particle_F, grid.mv, grid.m])
+        record_adjoint(backward, [*inputs, state_out.particle_F, grid.mv, grid.m])
 
     def _particle_scratch(self, worlds: int, particles: int) -> dict[str, wp.array]:
         """Per-particle arrays of the p2g backward pass, reused by every substep (they run one at a time)."""
@@ -162,8 +159,7 @@ class SolverMPM:
             def zeros(dtype):
                 return wp.zeros((worlds, particles), dtype=dtype, device=self.device)
 
-            self._scratch = {"F": zeros(wp.mat33), "affine": zeros(wp.mat33), "momentum": zeros(wp.vec3),
-                             "adj_affine": zeros(wp.mat33), "adj_momentum": zeros(wp.vec3)}
+            self._scratch = {"yielding": zeros(wp.int32), "projected": zeros(wp.mat33), "adj_projected": zeros(wp.mat33)}
             self._scratch_key = key
         return self._scratch
 
