@@ -252,9 +252,14 @@ class Trajectory:
             if 0 <= entry.step < self.length:
                 for array in _walk_arrays([entry.fresh, entry.state]):
                     array.grad.zero_()
+        # Checkpointed steps share their scratch, which is zeroed before each step is re-run:
+        # zero each array's gradient here once (thousands of small zero_() calls add up).
+        seen: set[int] = set()
         for buffers in self.recorded:
+            shared = {id(a) for a in buffers.scratch_arrays()} if self.checkpoint else set()
             for array in buffers.arrays():
-                if array.grad is not None:
+                if array.grad is not None and id(array) not in seen and id(array) not in shared:
+                    seen.add(id(array))
                     array.grad.zero_()
         seed(self.recorded)
         for t in reversed(range(self.length)):
