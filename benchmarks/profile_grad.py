@@ -69,7 +69,7 @@ def main() -> None:
     for title, table in (("forward", forward_stats), ("grad()", stats)):
         print(f"{title}, by kernel:")
         for key, (count, total) in sorted(table.items(), key=lambda item: -item[1][1])[: args.top]:
-            print(f"  {key:<50} {count:>5} launches {total * 1e3:9.1f} ms")
+            print(f"  {key:<62} {count:>5} launches {total * 1e3:9.1f} ms")
 
 
 if __name__ == "__main__":

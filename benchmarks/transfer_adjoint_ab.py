@@ -1,4 +1,4 @@
-"""A/B of the transfer adjoints: hand-written (``p2g_scatter_adjoint``, ``g2p_gather_adjoint``) against Warp's generated ones.
+"""A/B of the transfer adjoints: hand-written (``p2g_adjoint``, ``g2p_gather_adjoint``) against Warp's generated ones.
 
 Times ``grad()`` (the backward pass: checkpointed re-forward plus adjoints) after ``--steps`` env
 steps of a dough task at the paper preset, in one process per variant, median of ``--repeats``,

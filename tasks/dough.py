@@ -347,21 +347,27 @@ def compute_reward_dough(
     reward[w] = progress + contact
 
 
-@wp.kernel
+@wp.kernel(enable_backward=False)
 def count_iou(
     grid_m: wp.array4d(dtype=float),
     target_m: wp.array4d(dtype=float),
     threshold: float,
     counts: wp.array2d(dtype=wp.float64),
 ):
-    """Intersection and union of the occupied cells of dough and target."""
-    w, i, j, k = wp.tid()
-    a = grid_m[w, i, j, k] > threshold
-    b = target_m[w, i, j, k] > threshold
-    if a and b:
-        wp.atomic_add(counts, w, 0, wp.float64(1.0))
-    if a or b:
-        wp.atomic_add(counts, w, 1, wp.float64(1.0))
+    """Intersection and union of the occupied cells of dough and target, one thread per column of cells."""
+    w, i, j = wp.tid()
+    both = int(0)  # noqa: UP018, RUF046  (Warp variables incremented below)
+    either = int(0)  # noqa: UP018, RUF046
+    for k in range(grid_m.shape[3]):
+        a = grid_m[w, i, j, k] > threshold
+        b = target_m[w, i, j, k] > threshold
+        if a and b:
+            both += 1
+        if a or b:
+            either += 1
+    if either > 0:
+        wp.atomic_add(counts, w, 0, wp.float64(both))
+        wp.atomic_add(counts, w, 1, wp.float64(either))
 
 
 @wp.kernel
@@ -667,7 +673,7 @@ class DoughTask(Task):
         )
         buffers.iou_counts.zero_()
         wp.launch(
-            count_iou, dim=(self.world_count, *(self.grid_res,) * 3),
+            count_iou, dim=(self.world_count, self.grid_res, self.grid_res),
             inputs=[buffers.loss_out.mass, self._target_mass, self.iou_threshold], outputs=[buffers.iou_counts],
             device=self.device,
         )
@@ -728,7 +734,7 @@ class DoughTask(Task):
         counts = self.zeros((self.world_count, 2), wp.float64, requires_grad=False)
         self.solver.scatter_mass(state["particle_x"], self._eval.mass)
         wp.launch(
-            count_iou, dim=(self.world_count, *(self.grid_res,) * 3),
+            count_iou, dim=(self.world_count, self.grid_res, self.grid_res),
             inputs=[self._eval.mass, self._target_mass, self.iou_threshold], outputs=[counts], device=self.device,
         )
         c = counts.numpy()
