@@ -256,9 +256,9 @@ class Trajectory:
         # zero each array's gradient here once (thousands of small zero_() calls add up).
         seen: set[int] = set()
         for buffers in self.recorded:
-            shared = {id(a) for a in buffers.scratch_arrays()} if self.checkpoint else set()
+            skip = {id(a) for a in (buffers.scratch_arrays() if self.checkpoint else buffers.tape_cleared_arrays())}
             for array in buffers.arrays():
-                if array.grad is not None and id(array) not in seen and id(array) not in shared:
+                if array.grad is not None and id(array) not in seen and id(array) not in skip:
                     seen.add(id(array))
                     array.grad.zero_()
         seed(self.recorded)
@@ -268,8 +268,9 @@ class Trajectory:
                 # values and refills the shared scratch, whose adjoints must start from zero.
                 # (Tape.reset() would zero every gradient the tape touched, the adjoints just
                 # propagated into this step's inputs included, so the tape is dropped instead.)
+                cleared = {id(a) for a in self._buffers[t].tape_cleared_arrays()}
                 for array in self._buffers[t].scratch_arrays():
-                    if array.grad is not None:
+                    if array.grad is not None and id(array) not in cleared:
                         array.grad.zero_()
                 tape = wp.Tape()
                 with tape:

@@ -50,6 +50,10 @@ class StepBuffers:
     scratch_fields: ClassVar[tuple[str, ...]] = ()
     """Fields only needed while the step runs (substep states, grids); checkpointing shares them."""
 
+    tape_cleared_fields: ClassVar[tuple[str, ...]] = ()
+    """Scratch fields whose gradients the step's own tape clears where it uses them, first thing in
+    its backward pass (e.g. grids of which a step touches a small box): not zeroed by the trajectory."""
+
     def arrays(self) -> Iterator[wp.array]:
         """Every Warp array held by these buffers, nested states included."""
         yield from _walk_arrays(self)
@@ -57,6 +61,11 @@ class StepBuffers:
     def scratch_arrays(self) -> Iterator[wp.array]:
         """The arrays of :attr:`scratch_fields`."""
         for name in self.scratch_fields:
+            yield from _walk_arrays(getattr(self, name))
+
+    def tape_cleared_arrays(self) -> Iterator[wp.array]:
+        """The arrays of :attr:`tape_cleared_fields`."""
+        for name in self.tape_cleared_fields:
             yield from _walk_arrays(getattr(self, name))
 
     def share_scratch(self, other: StepBuffers) -> None:

@@ -446,6 +446,7 @@ class DoughStepBuffers(StepBuffers):
     """Step buffers plus the tools' control, substep states, grids and loss scratch."""
 
     scratch_fields: ClassVar[tuple[str, ...]] = ("control", "substates", "grids", "loss_in", "loss_out")
+    tape_cleared_fields: ClassVar[tuple[str, ...]] = ("grids",)  # the solver clears their active region
 
     iou_counts: wp.array = None
     control: MPMControl = None

@@ -76,7 +76,7 @@ def test_p2g_gradcheck_elastic_and_yielding():
         wp.zeros((1, res, res, res), dtype=float, requires_grad=True),
     ]
     assert gradcheck(
-        p2g_scatter, dim=(1, 3), inputs=[x, v, C, F, solver.params, 1e-3], outputs=outs,
+        p2g_scatter, dim=(1, 3), inputs=[x, v, C, F, solver.params, 1e-3, *solver._stencil_bounds(None)], outputs=outs,
         eps=1e-3, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
     )
 
@@ -108,7 +108,8 @@ def test_hand_written_p2g_adjoint_equals_the_generated_one():
                 solver._scatter(state_in, state_out, grid, 1e-3)
             else:
                 wp.launch(p2g_scatter, dim=(n, count), inputs=[state_in.particle_x, state_in.particle_v, state_in.particle_C,
-                                                               state_in.particle_F, solver.params, 1e-3],
+                                                               state_in.particle_F, solver.params, 1e-3,
+                                                               *solver._stencil_bounds(None)],
                           outputs=[state_out.particle_F, grid.mv, grid.m])
         state_out.particle_F.grad.assign(seeds["F"].astype(np.float32))
         grid.mv.grad.assign(seeds["mv"].astype(np.float32))
@@ -155,7 +156,7 @@ def test_g2p_gradcheck():
     gv = wp.array(rng.standard_normal((1, 6, 6, 6, 3)).astype(np.float32), dtype=wp.vec3, requires_grad=True)
     outs = [wp.zeros((1, 3), dtype=t, requires_grad=True) for t in (wp.vec3, wp.vec3, wp.mat33)]
     assert gradcheck(
-        g2p_gather, dim=(1, 3), inputs=[x, gv, solver.params, 1e-3], outputs=outs,
+        g2p_gather, dim=(1, 3), inputs=[x, gv, solver.params, 1e-3, *solver._stencil_bounds(None)], outputs=outs,
         eps=1e-3, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
     )
 
@@ -173,13 +174,13 @@ def test_hand_written_g2p_adjoint_equals_the_generated_one():
     seeds = [rng.standard_normal(o.grad.numpy().shape).astype(np.float32) for o in outs]
     tape = wp.Tape()
     with tape:
-        wp.launch(g2p_gather, dim=(n, count), inputs=[x, gv, solver.params, 1e-2], outputs=outs)
+        wp.launch(g2p_gather, dim=(n, count), inputs=[x, gv, solver.params, 1e-2, *solver._stencil_bounds(None)], outputs=outs)
     for o, seed in zip(outs, seeds):
         o.grad.assign(seed)
     tape.backward()
     adj = [wp.array(seed, dtype=o.dtype) for o, seed in zip(outs, seeds)]
     mine_x, mine_g = wp.zeros_like(x), wp.zeros_like(gv)
-    wp.launch(g2p_gather_adjoint, dim=(n, count), inputs=[x, gv, solver.params, 1e-2, *adj], outputs=[mine_x, mine_g])
+    wp.launch(g2p_gather_adjoint, dim=(n, count), inputs=[x, gv, solver.params, 1e-2, *solver._stencil_bounds(None), *adj], outputs=[mine_x, mine_g])
     np.testing.assert_allclose(mine_x.numpy(), x.grad.numpy(), rtol=1e-4, atol=1e-3 * np.abs(x.grad.numpy()).max())
     np.testing.assert_allclose(mine_g.numpy(), gv.grad.numpy(), rtol=1e-4, atol=1e-5)
 
@@ -222,6 +223,45 @@ def test_dough_stays_put_at_rest_and_yields_under_a_press():
     mu = solver.model.material.mu
     assert deviatoric.max() <= 5.0 / (2 * mu) * 1.05  # the return mapping holds the yield surface
     assert states[-1].particle_x.numpy()[0, :, 1].min() < x0[0, :, 1].min() + 0.02
+
+
+def test_active_region_step_equals_whole_grid_step_and_its_gradient():
+    """A step over the active region (cleared, updated and read there only, gradients cleared there
+    only) on grids full of stale values and gradients gives the states and gradients of a step over
+    the whole of fresh grids."""
+    solver, x0, tool_pos = make_scene(res=24, particles=200, tool_y=0.3, softness=0.02)
+    results = []
+    for use_region in (False, True):
+        worlds, count, _ = x0.shape
+        states = [MPMState.zeros(worlds, count, 1, device="cpu", requires_grad=True) for _ in range(4)]
+        grids = [solver.alloc_grid(worlds, requires_grad=True) for _ in range(3)]
+        for grid in grids if use_region else []:  # stale values everywhere, as left by earlier steps
+            grid.mv.fill_(wp.vec3(3.0, -2.0, 1.0))
+            grid.m.fill_(5.0)
+            grid.v.fill_(wp.vec3(-4.0, 4.0, 2.0))
+            for array in (grid.mv.grad, grid.m.grad, grid.v.grad):
+                array.fill_(7.0)
+        states[0].particle_x.assign(x0)
+        states[0].particle_F.assign(np.tile(np.eye(3, dtype=np.float32), (worlds, count, 1, 1)))
+        states[0].tool_pos.assign(tool_pos)
+        states[0].tool_rot.assign(np.tile(np.array([0, 0, 0, 1], np.float32), (worlds, 1, 1)))
+        control = MPMControl.zeros(worlds, 1, device="cpu", requires_grad=True)
+        control.tool_vel.assign(np.array([[[0.3, -1.0, 0.2]]], np.float32))
+        region = solver.active_region(states[0], 3 * 2e-4, extra_speed=1.0) if use_region else None
+        if use_region:
+            assert np.prod(region[1]) < 0.5 * 24**3  # a real sub-box
+        tape = wp.Tape()
+        with tape:
+            for i in range(3):
+                solver.step(states[i], states[i + 1], control, 2e-4, grids[i], region)
+        states[-1].particle_x.grad.fill_(1.0)
+        tape.backward()
+        results.append((states[-1].particle_x.numpy(), states[0].particle_x.grad.numpy(), control.tool_vel.grad.numpy()))
+    for whole, boxed in zip(*results):
+        np.testing.assert_allclose(boxed, whole, rtol=1e-5, atol=1e-6)
+    assert np.abs(results[0][2]).max() > 0  # the tool touches the dough
+    with pytest.raises(ValueError, match="region"):
+        solver.step(states[0], states[1], control, 2e-4, grids[0], ((0, 0, 0), (2, 24, 24)))
 
 
 def test_worlds_are_independent():

@@ -56,14 +56,26 @@ def column(A: wp.mat33, j: int) -> wp.vec3:
 
 
 @wp.func
-def stencil_base(xg: wp.vec3, grid_res: int) -> wp.vec3i:
-    """Lowest node of a particle's 3x3x3 stencil, clamped to the grid (escaping particles are flagged elsewhere)."""
-    hi = grid_res - 3
+def stencil_base(xg: wp.vec3, lo: wp.vec3i, hi: wp.vec3i) -> wp.vec3i:
+    """Lowest node of a particle's 3x3x3 stencil, clamped to [lo, hi] per axis.
+
+    The transfers clamp to the solver step's active region (hi = origin + shape - 3): only that
+    box is cleared and updated, so a particle that outran it (a diverging state; the region's
+    margin covers any particle moving at its current speed plus the tools') still reads and
+    writes cleared nodes, as a particle at the domain's edge does. :func:`p2g_mass` clamps to the
+    whole grid.
+    """
     return wp.vec3i(
-        wp.clamp(int(wp.floor(xg[0] - 0.5)), 0, hi),
-        wp.clamp(int(wp.floor(xg[1] - 0.5)), 0, hi),
-        wp.clamp(int(wp.floor(xg[2] - 0.5)), 0, hi),
+        wp.clamp(int(wp.floor(xg[0] - 0.5)), lo[0], hi[0]),
+        wp.clamp(int(wp.floor(xg[1] - 0.5)), lo[1], hi[1]),
+        wp.clamp(int(wp.floor(xg[2] - 0.5)), lo[2], hi[2]),
     )
+
+
+@wp.func
+def whole_grid_top(grid_res: int) -> wp.vec3i:
+    """The highest stencil base of the whole grid (see :func:`stencil_base`)."""
+    return wp.vec3i(grid_res - 3, grid_res - 3, grid_res - 3)
 
 
 @wp.func
@@ -165,6 +177,8 @@ def p2g_scatter(
     particle_F: wp.array2d(dtype=wp.mat33),
     params: MPMParams,
     dt: float,
+    lo: wp.vec3i,
+    hi: wp.vec3i,
     particle_F_out: wp.array2d(dtype=wp.mat33),
     grid_mv: wp.array4d(dtype=wp.vec3),
     grid_m: wp.array4d(dtype=float),
@@ -176,7 +190,7 @@ def p2g_scatter(
     """
     w, p = wp.tid()
     xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, params.grid_res)
+    base = stencil_base(xg, lo, hi)
     fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
     C = particle_C[w, p]
     F = updated_deformation(C, particle_F[w, p], params, dt)
@@ -226,6 +240,8 @@ def p2g_adjoint(
     particle_F_out: wp.array2d(dtype=wp.mat33),
     params: MPMParams,
     dt: float,
+    lo: wp.vec3i,
+    hi: wp.vec3i,
     adj_grid_mv: wp.array4d(dtype=wp.vec3),
     adj_grid_m: wp.array4d(dtype=float),
     adj_particle_F_out: wp.array2d(dtype=wp.mat33),
@@ -246,7 +262,7 @@ def p2g_adjoint(
     """
     w, p = wp.tid()
     xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, params.grid_res)
+    base = stencil_base(xg, lo, hi)
     fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
     C = particle_C[w, p]
     F_in = particle_F[w, p]
@@ -491,6 +507,8 @@ def g2p_gather(
     grid_v: wp.array4d(dtype=wp.vec3),
     params: MPMParams,
     dt: float,
+    lo: wp.vec3i,
+    hi: wp.vec3i,
     particle_x_out: wp.array2d(dtype=wp.vec3),
     particle_v_out: wp.array2d(dtype=wp.vec3),
     particle_C_out: wp.array2d(dtype=wp.mat33),
@@ -502,7 +520,7 @@ def g2p_gather(
     """
     w, p = wp.tid()
     xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, params.grid_res)
+    base = stencil_base(xg, lo, hi)
     fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
     wx = bspline_weights(fx[0])
     wy = bspline_weights(fx[1])
@@ -535,6 +553,8 @@ def g2p_gather_adjoint(
     grid_v: wp.array4d(dtype=wp.vec3),
     params: MPMParams,
     dt: float,
+    lo: wp.vec3i,
+    hi: wp.vec3i,
     adj_particle_x_out: wp.array2d(dtype=wp.vec3),
     adj_particle_v_out: wp.array2d(dtype=wp.vec3),
     adj_particle_C_out: wp.array2d(dtype=wp.mat33),
@@ -550,7 +570,7 @@ def g2p_gather_adjoint(
     """
     w, p = wp.tid()
     xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, params.grid_res)
+    base = stencil_base(xg, lo, hi)
     fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
     adj_x_out = adj_particle_x_out[w, p]
     adj_v = adj_particle_v_out[w, p] + dt * adj_x_out  # x_out = x + dt * v
@@ -595,6 +615,25 @@ def g2p_gather_adjoint(
     adj_particle_x[w, p] = adj_particle_x[w, p] + adj_x_out + params.inv_dx * grad_fx
 
 
+@wp.kernel(enable_backward=False)
+def clear_grid_region(
+    origin: wp.vec3i,
+    depth: int,
+    grid_mv: wp.array4d(dtype=wp.vec3),
+    grid_m: wp.array4d(dtype=float),
+    grid_v: wp.array4d(dtype=wp.vec3),
+):
+    """Zero a box of the grid, the only nodes a step touches: launched over (world, shape[0], shape[1]),
+    each thread clears a row of ``depth`` nodes from ``origin``."""
+    w, ri, rj = wp.tid()
+    i = origin[0] + ri
+    j = origin[1] + rj
+    for k in range(origin[2], origin[2] + depth):
+        grid_mv[w, i, j, k] = wp.vec3(0.0)
+        grid_m[w, i, j, k] = 0.0
+        grid_v[w, i, j, k] = wp.vec3(0.0)
+
+
 @wp.kernel
 def advance_tools(
     tool_pos: wp.array2d(dtype=wp.vec3),
@@ -624,7 +663,7 @@ def p2g_mass(
     """Scatter particle mass (times a per-particle weight) to the grid with the solver's B-spline weights."""
     w, p = wp.tid()
     xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, params.grid_res)
+    base = stencil_base(xg, wp.vec3i(0, 0, 0), whole_grid_top(params.grid_res))
     fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
     wx = bspline_weights(fx[0])
     wy = bspline_weights(fx[1])

@@ -11,6 +11,7 @@ from diffenvs.autodiff import record_adjoint
 from diffenvs.sim.mpm.kernels import (
     MPMParams,
     advance_tools,
+    clear_grid_region,
     g2p_gather,
     g2p_gather_adjoint,
     make_grid_update,
@@ -124,13 +125,15 @@ class SolverMPM:
         hi = np.clip(np.ceil(x.max(axis=0) / self.model.dx + margin), 0, res - 1).astype(int)
         return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo + 1)
 
-    def _scatter(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float) -> None:
+    def _scatter(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float,
+                 bounds: tuple[wp.vec3i, wp.vec3i] | None = None) -> None:
         """Particle-to-grid transfer, differentiated by the hand-written :func:`p2g_adjoint` (stencil, stress,
         elastic trial) and, for yielding particles only, the generated adjoint of :func:`plastic_projection`."""
         worlds, particles = state_in.particle_x.shape
+        lo, hi = bounds or self._stencil_bounds(None)
         inputs = [state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F]
         wp.launch(
-            p2g_scatter, dim=(worlds, particles), inputs=[*inputs, self.params, dt],
+            p2g_scatter, dim=(worlds, particles), inputs=[*inputs, self.params, dt, lo, hi],
             outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device, record_tape=False,
         )
         if not (state_in.particle_x.requires_grad and grid.mv.requires_grad):
@@ -140,7 +143,8 @@ class SolverMPM:
             scratch = self._particle_scratch(worlds, particles)
             wp.launch(
                 p2g_adjoint, dim=(worlds, particles),
-                inputs=[*inputs, state_out.particle_F, self.params, dt, grid.mv.grad, grid.m.grad, state_out.particle_F.grad],
+                inputs=[*inputs, state_out.particle_F, self.params, dt, lo, hi, grid.mv.grad, grid.m.grad,
+                        state_out.particle_F.grad],
                 outputs=[*(a.grad for a in inputs), scratch["yielding"], scratch["adj_projected"]], device=self.device,
             )
             projection_inputs = [scratch["yielding"], state_in.particle_C, state_in.particle_F, self.params, dt]
@@ -163,12 +167,14 @@ class SolverMPM:
             self._scratch_key = key
         return self._scratch
 
-    def _gather(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float) -> None:
+    def _gather(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float,
+                bounds: tuple[wp.vec3i, wp.vec3i] | None = None) -> None:
         """Grid-to-particle transfer, differentiated by the hand-written :func:`g2p_gather_adjoint`."""
         worlds, particles = state_in.particle_x.shape
+        lo, hi = bounds or self._stencil_bounds(None)
         outputs = [state_out.particle_x, state_out.particle_v, state_out.particle_C]
         wp.launch(
-            g2p_gather, dim=(worlds, particles), inputs=[state_in.particle_x, grid.v, self.params, dt],
+            g2p_gather, dim=(worlds, particles), inputs=[state_in.particle_x, grid.v, self.params, dt, lo, hi],
             outputs=outputs, device=self.device, record_tape=False,
         )
         if not (state_in.particle_x.requires_grad and grid.v.requires_grad):
@@ -177,7 +183,7 @@ class SolverMPM:
         def backward() -> None:
             wp.launch(
                 g2p_gather_adjoint, dim=(worlds, particles),
-                inputs=[state_in.particle_x, grid.v, self.params, dt, *(a.grad for a in outputs)],
+                inputs=[state_in.particle_x, grid.v, self.params, dt, lo, hi, *(a.grad for a in outputs)],
                 outputs=[state_in.particle_x.grad, grid.v.grad], device=self.device,
             )
 
@@ -189,28 +195,47 @@ class SolverMPM:
     ) -> None:
         """Advance all worlds by ``dt`` [s] from ``state_in`` into ``state_out`` using ``grid`` as scratch.
 
-        ``region`` (origin, shape) limits the grid update to a box that holds every particle's
-        stencil (see :meth:`active_region`); default: the whole grid. Nodes outside it get
-        zero velocity.
+        ``region`` (origin, shape) limits the step to a box of grid nodes that holds every
+        particle's stencil (see :meth:`active_region`); default: the whole grid. Only that box is
+        cleared, updated and read (stencils are clamped to it), and in the backward pass only its
+        gradients are cleared: a step at the paper preset touches about 4% of a 64^3 grid.
         """
         worlds = state_in.particle_x.shape[0]
         res = self.model.grid_res
-        origin, shape = region if region is not None else ((0, 0, 0), (res, res, res))
-        grid.mv.zero_()
-        grid.m.zero_()
-        if region is not None:
-            grid.v.zero_()
-        self._scatter(state_in, state_out, grid, dt)
+        shape = region[1] if region is not None else (res, res, res)
+        bounds = self._stencil_bounds(region)  # raises for a bad region
+        rows = (worlds, shape[0], shape[1])
+        wp.launch(clear_grid_region, dim=rows, inputs=[bounds[0], shape[2]], outputs=[grid.mv, grid.m, grid.v],
+                  device=self.device, record_tape=False)
+        self._scatter(state_in, state_out, grid, dt, bounds)
         wp.launch(
             self._grid_update, dim=(worlds, *shape),
             inputs=[grid.mv, grid.m, state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega,
                     self.tool_kind, self.tool_size, self.tool_friction, self.tool_softness, self.params, dt,
-                    wp.vec3i(*origin)],
+                    bounds[0]],
             outputs=[grid.v], device=self.device,
         )
-        self._gather(state_in, state_out, grid, dt)
+        self._gather(state_in, state_out, grid, dt, bounds)
         wp.launch(
             advance_tools, dim=state_in.tool_pos.shape,
             inputs=[state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega, dt],
             outputs=[state_out.tool_pos, state_out.tool_rot], device=self.device,
         )
+        if grid.v.requires_grad:
+            # Recorded last, so it runs first in the backward pass: the grid's gradients start from
+            # zero in the box, the only nodes this step's adjoints read or write.
+            def clear_adjoints() -> None:
+                wp.launch(clear_grid_region, dim=rows, inputs=[bounds[0], shape[2]],
+                          outputs=[grid.mv.grad, grid.m.grad, grid.v.grad], device=self.device)
+
+            record_adjoint(clear_adjoints, [grid.mv, grid.m, grid.v])
+
+    def _stencil_bounds(self, region: tuple[tuple[int, int, int], tuple[int, int, int]] | None) -> tuple[wp.vec3i, wp.vec3i]:
+        """Lowest and highest stencil base inside ``region`` (origin, shape); None: the whole grid."""
+        res = self.model.grid_res
+        if region is None:
+            return wp.vec3i(0, 0, 0), wp.vec3i(res - 3, res - 3, res - 3)
+        origin, shape = region
+        if any(o < 0 or s < 3 or o + s > res for o, s in zip(origin, shape)):
+            raise ValueError(f"region {region} must lie inside the {res}^3 grid and span at least 3 nodes per axis")
+        return wp.vec3i(*origin), wp.vec3i(*(o + s - 3 for o, s in zip(origin, shape)))
