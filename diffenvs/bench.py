@@ -6,7 +6,7 @@ new one), medians over the repeats. Figures:
 * dough tasks, per preset: forward env steps/s (``differentiable=False``), time of a 50-step
   episode recorded with ``checkpoint=True`` plus ``grad()`` and its ratio to the forward time,
   peak resident memory of that process, and the same without checkpointing (at the paper
-  preset over 10 steps: 50 do not fit in memory);
+  preset over 10 steps: 50 take about 9 GiB);
 * Pusher: world-steps/s of the native vector env at N = 1, 16, 256 worlds and of Gymnasium's
   ``SyncVectorEnv`` over the largest N, measured in the same run;
 * start-up: time from process start to the first env step with the kernel cache warm, and to the

@@ -102,6 +102,8 @@ def test_hand_written_p2g_adjoint_equals_the_generated_one():
         for name, value in values.items():
             getattr(state_in, name).assign(value.astype(np.float32))
         grid = solver.alloc_grid(n, requires_grad=True)
+        grid.mv.zero_()
+        grid.m.zero_()
         tape = wp.Tape()
         with tape:
             if custom:
@@ -228,7 +230,7 @@ def test_dough_stays_put_at_rest_and_yields_under_a_press():
 def test_active_region_step_equals_whole_grid_step_and_its_gradient():
     """A step over the active region (cleared, updated and read there only, gradients cleared there
     only) on grids full of stale values and gradients gives the states and gradients of a step over
-    the whole of fresh grids."""
+    the whole of uninitialised ones."""
     solver, x0, tool_pos = make_scene(res=24, particles=200, tool_y=0.3, softness=0.02)
     results = []
     for use_region in (False, True):

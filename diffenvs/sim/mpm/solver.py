@@ -92,8 +92,9 @@ class SolverMPM:
         self.tool_softness.assign(values)
 
     def alloc_grid(self, world_count: int, *, requires_grad: bool) -> MPMGrid:
-        """Scratch grid of one substep."""
-        return MPMGrid.zeros(world_count, self.model.grid_res, device=self.device, requires_grad=requires_grad)
+        """Scratch grid of one substep, uninitialised: :meth:`step` clears the box it uses (and the
+        box's gradients in the backward pass)."""
+        return MPMGrid.empty(world_count, self.model.grid_res, device=self.device, requires_grad=requires_grad)
 
     def scatter_mass(self, particle_x: wp.array, grid_m: wp.array, weights: wp.array | None = None) -> None:
         """Write the grid mass of the particle set ``particle_x`` (world_count, count) into ``grid_m``.

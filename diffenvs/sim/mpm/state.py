@@ -78,10 +78,20 @@ class MPMGrid:
     v: wp.array
 
     @classmethod
-    def zeros(cls, world_count: int, grid_res: int, *, device, requires_grad: bool) -> MPMGrid:
+    def empty(cls, world_count: int, grid_res: int, *, device, requires_grad: bool) -> MPMGrid:
+        """A grid whose values (and gradients) are undefined until a solver step clears the box it uses.
+
+        A step touches only its active region (see ``SolverMPM.step``), so on the CPU most of an
+        uninitialised grid's pages are never touched and cost no resident memory: at the paper
+        preset a step uses about 4% of the 64^3 nodes.
+        """
         shape = (world_count, grid_res, grid_res, grid_res)
-        return cls(
-            mv=wp.zeros(shape, dtype=wp.vec3, device=device, requires_grad=requires_grad),
-            m=wp.zeros(shape, dtype=wp.float32, device=device, requires_grad=requires_grad),
-            v=wp.zeros(shape, dtype=wp.vec3, device=device, requires_grad=requires_grad),
-        )
+
+        def empty(dtype) -> wp.array:
+            array = wp.empty(shape, dtype=dtype, device=device)
+            if requires_grad:  # wp.empty(requires_grad=True) would zero-fill, and so touch, the gradient
+                array.grad = wp.empty(shape, dtype=dtype, device=device)
+                array.requires_grad = True
+            return array
+
+        return cls(mv=empty(wp.vec3), m=empty(wp.float32), v=empty(wp.vec3))
