@@ -150,8 +150,7 @@ class Trajectory:
         entry.mask.assign(entry.mask_host.astype(np.int32))
         for name, array in entry.fresh.items():
             array.assign(np.asarray(fresh[name], dtype=array.numpy().dtype).reshape(array.numpy().shape))
-        tape = self._tapes_for(t)
-        tape.reset()
+        tape = self._fresh_tape(t)
         with tape if self.differentiable else _no_tape():
             for name, out in entry.state.items():
                 kernel = select_worlds if out.ndim == 1 else select_worlds_2d
@@ -159,8 +158,15 @@ class Trajectory:
                           device=self.task.device)
         entry.step = t
 
-    def _tapes_for(self, t: int) -> wp.Tape:
+    def _fresh_tape(self, t: int) -> wp.Tape:
+        """An empty tape for step ``t`` in place of its old one.
+
+        Not ``Tape.reset()``: that zeroes the gradient of every array the old tape touched,
+        whole grids included (milliseconds per step, and it makes untouched memory resident);
+        :meth:`backward` zeroes what it needs.
+        """
         self.buffers(t)  # allocates the step's buffers and tape
+        self._tapes[self._slot(t)] = wp.Tape()
         return self._tapes[self._slot(t)]
 
     def reset_step(self, world: int) -> int:
@@ -196,8 +202,8 @@ class Trajectory:
 
     def clear(self) -> None:
         """Forget the recorded steps and resets (their buffers are kept for reuse)."""
-        for tape in self._tapes[: self.length + 1]:
-            tape.reset()
+        for t in range(min(self.length + 1, len(self._tapes))):
+            self._tapes[t] = wp.Tape()
         for entry in self._entries.values():
             entry.step = -1
         self.length = 0
@@ -212,9 +218,8 @@ class Trajectory:
         buffers = self.buffers(t)
         previous = self._previous(t)
         if self.differentiable and not self.checkpoint:
-            tape = self._tapes[t]
-            if not self._has_entry(t):  # else the tape already holds the reset selection
-                tape.reset()
+            # A reset entry's tape already holds the selection of this step's start state.
+            tape = self._tapes[t] if self._has_entry(t) else self._fresh_tape(t)
             with tape:
                 self.task.step(state_in, buffers, previous)
         else:
@@ -238,7 +243,7 @@ class Trajectory:
             raise IndexError("no step to drop")
         self.length -= 1
         if self.differentiable:
-            self._tapes[self.length].reset()
+            self._tapes[self.length] = wp.Tape()
 
     def backward(self, seed: Callable[[Sequence[StepBuffers]], None]) -> None:
         """Zero all gradients, let ``seed`` write the adjoints of the objective, run every tape backwards."""
