@@ -44,7 +44,7 @@ def record_adjoint(backward: Callable[[], None], arrays: Sequence[wp.array]) -> 
     tape = None if runtime is None else runtime.tape
     if tape is None:
         return False
-    tape.record_func(backward, list(arrays))
+    tape.record_func(backward, [a for a in arrays if a.grad is not None])  # (the others have no gradient to zero)
     return True
 
 

@@ -253,6 +253,7 @@ def make_density_loss(block: int) -> wp.Kernel:
 
     One thread per block sums its cells (the loop unrolled, so Warp's adjoint of it is exact):
     no atomics per cell, and an eighth of the threads of a per-cell launch at ``block`` = 2.
+    Launched over a box of blocks from ``origin``: blocks where both masses are zero add nothing.
     """
 
     @wp.kernel(module="unique")
@@ -260,9 +261,13 @@ def make_density_loss(block: int) -> wp.Kernel:
         grid_m: wp.array4d(dtype=float),
         target_m: wp.array4d(dtype=float),
         inv_total_mass: float,
+        origin: wp.vec3i,
         density_sum: wp.array(dtype=float),
     ):
-        w, bi, bj, bk = wp.tid()
+        w, ri, rj, rk = wp.tid()
+        bi = origin[0] + ri
+        bj = origin[1] + rj
+        bk = origin[2] + rk
         diff = float(0.0)  # noqa: UP018  (a Warp variable reassigned below)
         for i in range(wp.static(block)):
             for j in range(wp.static(block)):
@@ -489,6 +494,7 @@ class DoughTask(Task):
         )
         self._total_mass = self.model.particle_mass * self.particle_count
         self._target_mass = self.zeros((world_count, *(self.grid_res,) * 3), wp.float32, requires_grad=False)
+        self._target_nodes: tuple[np.ndarray, np.ndarray] | None = None
         self._eval = self._alloc_loss_scratch(requires_grad=False)
 
     # Layout and allocation ------------------------------------------------------------------
@@ -619,8 +625,26 @@ class DoughTask(Task):
         return {name: final[name][0].astype(np.float64) for name in particles}
 
     def prepare(self, state: State) -> None:
-        """Rebuild the target's grid mass from each world's target particles (outside the tape)."""
+        """Rebuild the target's grid mass from each world's target particles (outside the tape), and
+        the box of nodes it occupies in any world (inclusive, host side)."""
         self.solver.scatter_mass(state["target_x"], self._target_mass)
+        cells = np.floor(state["target_x"].numpy().reshape(-1, 3) / self.model.dx)
+        if np.isfinite(cells).all():  # a stencil reaches from one cell below to two above
+            self._target_nodes = (np.clip(cells.min(axis=0) - 1, 0, self.grid_res - 1).astype(int),
+                                  np.clip(cells.max(axis=0) + 2, 0, self.grid_res - 1).astype(int))
+        else:
+            self._target_nodes = None
+
+    def _density_blocks(self, region: tuple[tuple[int, int, int], tuple[int, int, int]] | None) -> tuple[wp.vec3i, tuple]:
+        """Origin and shape of the box of density blocks that holds the target's mass and the dough's
+        mass within the solver's active ``region`` (None, or no target box: every block)."""
+        block = self.config.density_block
+        if region is None or self._target_nodes is None:
+            return wp.vec3i(0, 0, 0), (self.grid_res // block,) * 3
+        origin, shape = np.asarray(region[0]), np.asarray(region[1])
+        lo = np.minimum(origin, self._target_nodes[0]) // block
+        hi = np.maximum(origin + shape - 1, self._target_nodes[1]) // block
+        return wp.vec3i(*(int(v) for v in lo)), tuple(int(v) for v in hi - lo + 1)
 
     # One step -------------------------------------------------------------------------------
 
@@ -640,11 +664,11 @@ class DoughTask(Task):
         for current, following, grid in zip(chain[:-1], chain[1:], buffers.grids):
             self.solver.step(current, following, buffers.control, self.sim_dt, grid, region)
         if previous is None:
-            self._evaluate(state_in, buffers.loss_in, buffers.loss_in.loss)
+            self._evaluate(state_in, buffers.loss_in, buffers.loss_in.loss, region)
             loss_in = buffers.loss_in.loss
         else:
             loss_in = previous.loss  # the same value; the loss is half of a step's cost outside the solver
-        self._evaluate(buffers.state, buffers.loss_out, buffers.loss)
+        self._evaluate(buffers.state, buffers.loss_out, buffers.loss, region)
         cfg = self.config
         wp.launch(
             compute_reward_dough, dim=self.world_count,
@@ -688,16 +712,20 @@ class DoughTask(Task):
         """Grid mass above which a cell counts as occupied: a tenth of a cell full of dough [kg]."""
         return 0.1 * self.model.material.density * self.model.dx**3
 
-    def _evaluate(self, state: State, scratch: LossScratch, loss_out: wp.array) -> None:
-        """Launch the loss of ``state`` into ``loss_out`` (its terms into ``scratch``)."""
+    def _evaluate(self, state: State, scratch: LossScratch, loss_out: wp.array,
+                  region: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None) -> None:
+        """Launch the loss of ``state`` into ``loss_out`` (its terms into ``scratch``); ``region``: a box of
+        grid nodes that holds the dough's mass (the solver's active region), or None."""
         cfg = self.config
         n, p = self.world_count, self.particle_count
         for array in (scratch.sdf_sum, scratch.density_sum, scratch.contact_sum, scratch.contact_penalty):
             array.zero_()
         self.solver.scatter_mass(state["particle_x"], scratch.mass)
+        origin, blocks = self._density_blocks(region)
         wp.launch(
-            make_density_loss(cfg.density_block), dim=(n, *(self.grid_res // cfg.density_block,) * 3),
-            inputs=[scratch.mass, self._target_mass, 1.0 / self._total_mass], outputs=[scratch.density_sum], device=self.device,
+            make_density_loss(cfg.density_block), dim=(n, *blocks),
+            inputs=[scratch.mass, self._target_mass, 1.0 / self._total_mass, origin], outputs=[scratch.density_sum],
+            device=self.device,
         )
         wp.launch(
             accumulate_loss_sdf, dim=(n, p), inputs=[state["particle_x"], *(state[name] for name in TARGET_FIELDS), 1.0 / p],

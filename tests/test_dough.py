@@ -203,3 +203,20 @@ def test_progress_reward_reads_the_previous_steps_loss(checkpoint):
             _, _, _, _, info = env.step(action)
             assert info["reward_progress"] == pytest.approx(weight * (before - info["loss"]), rel=1e-6, abs=1e-12)
             before = info["loss"]
+
+
+@pytest.mark.parametrize("env_id", DOUGH_IDS)
+def test_step_loss_over_the_active_box_equals_the_whole_grid_loss(env_id):
+    """A step takes the density loss over the blocks of its active region and the target's box only."""
+    import warp as wp
+
+    env = make_unwrapped(env_id, **TINY_DOUGH)
+    env.reset(seed=5)
+    for action in pressing_actions(env, 3):
+        _, _, _, _, info = env.step(action)
+    whole = wp.zeros(1, dtype=wp.float64)
+    env.task.loss_of(env.batch.trajectory.state(), whole)  # every block
+    state = env.task._mpm_state(env.batch.trajectory.state())
+    _, blocks = env.task._density_blocks(env.task.solver.active_region(state, 0.0))
+    assert np.prod(blocks) < (env.task.grid_res // env.task.config.density_block) ** 3  # a real sub-box
+    assert info["loss"] == pytest.approx(whole.numpy()[0], rel=1e-6)

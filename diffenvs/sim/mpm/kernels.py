@@ -249,7 +249,8 @@ def p2g_adjoint(
     adj_particle_v: wp.array2d(dtype=wp.vec3),
     adj_particle_C: wp.array2d(dtype=wp.mat33),
     adj_particle_F: wp.array2d(dtype=wp.mat33),
-    yielding: wp.array2d(dtype=wp.int32),
+    yield_count: wp.array(dtype=wp.int32),
+    yield_index: wp.array(dtype=wp.int32),
     adj_projected: wp.array2d(dtype=wp.mat33),
 ):
     """Hand-written adjoint of :func:`p2g_scatter`: adds to the gradients of x, v, C and F.
@@ -257,8 +258,9 @@ def p2g_adjoint(
     One pass over the stencil gathers the grid's momentum and mass gradients; the stress
     (Neo-Hookean, from the updated F) and the elastic trial are differentiated in closed form.
     Where the particle yields, the plastic projection's adjoint is left to
-    :func:`plastic_projection`'s generated adjoint: this kernel flags the particle in
-    ``yielding`` and writes the gradient of its projected F into ``adj_projected``.
+    :func:`plastic_projection`'s generated adjoint: this kernel appends the particle's flat index
+    (world * particles + particle) to ``yield_index`` (``yield_count`` counts them; zero it
+    first) and writes the gradient of its projected F into ``adj_projected``.
     """
     w, p = wp.tid()
     xg = particle_x[w, p] * params.inv_dx
@@ -330,11 +332,10 @@ def p2g_adjoint(
     # differ for a particle that did not yield, it merely takes the generated adjoint, which is
     # exact for it as well.)
     if differs(F_new, trial_deformation(C, F_in, dt)):
-        yielding[w, p] = 1
+        slot = wp.atomic_add(yield_count, 0, 1)
+        yield_index[slot] = w * particle_x.shape[1] + p
         adj_projected[w, p] = adj_F_new
     else:
-        yielding[w, p] = 0
-        adj_projected[w, p] = wp.mat33(0.0)
         adj_particle_F[w, p] = adj_particle_F[w, p] + wp.transpose(wp.identity(n=3, dtype=float) + dt * C) * adj_F_new
         adj_C = adj_C + dt * adj_F_new * wp.transpose(F_in)
     adj_particle_C[w, p] = adj_particle_C[w, p] + adj_C
@@ -342,20 +343,26 @@ def p2g_adjoint(
 
 @wp.kernel
 def plastic_projection(
-    yielding: wp.array2d(dtype=wp.int32),
+    yield_count: wp.array(dtype=wp.int32),
+    yield_index: wp.array(dtype=wp.int32),
     particle_C: wp.array2d(dtype=wp.mat33),
     particle_F: wp.array2d(dtype=wp.mat33),
     params: MPMParams,
     dt: float,
     projected: wp.array2d(dtype=wp.mat33),
 ):
-    """Updated F of the particles flagged in ``yielding``; run for its generated adjoint only.
+    """Updated F of the particles listed by :func:`p2g_adjoint`; run for its generated adjoint only.
 
-    :func:`p2g_adjoint` differentiates everything else; Warp's adjoint of this kernel takes
-    the gradient of the projected F of yielding particles back to their C and F.
+    :func:`p2g_adjoint` differentiates everything else; Warp's adjoint of this kernel takes the
+    gradient of the projected F of yielding particles back to their C and F. Thread ``i`` handles
+    the ``i``-th listed particle (threads past ``yield_count`` do nothing), so a launch over just
+    the yielding particles spares the others the generated adjoint's per-thread cost.
     """
-    w, p = wp.tid()
-    if yielding[w, p] != 0:
+    i = wp.tid()
+    if i < yield_count[0]:
+        index = yield_index[i]
+        w = index // particle_C.shape[1]
+        p = index - w * particle_C.shape[1]
         projected[w, p] = updated_deformation(particle_C[w, p], particle_F[w, p], params, dt)
 
 
@@ -674,3 +681,49 @@ def p2g_mass(
             wij = (mass * wx[i]) * wy[j]
             for k in range(3):
                 wp.atomic_add(grid_m, w, base[0] + i, base[1] + j, base[2] + k, wij * wz[k])
+
+
+@wp.kernel(enable_backward=False)
+def p2g_mass_adjoint(
+    particle_x: wp.array2d(dtype=wp.vec3),
+    particle_weight: wp.array2d(dtype=float),
+    params: MPMParams,
+    adj_grid_m: wp.array4d(dtype=float),
+    with_weight_grad: int,
+    adj_particle_x: wp.array2d(dtype=wp.vec3),
+    adj_particle_weight: wp.array2d(dtype=float),
+):
+    """Hand-written adjoint of :func:`p2g_mass`: adds to the gradients of the positions (and, with
+    ``with_weight_grad``, of the weights), gathering the grid's mass gradient over the stencil."""
+    w, p = wp.tid()
+    xg = particle_x[w, p] * params.inv_dx
+    base = stencil_base(xg, wp.vec3i(0, 0, 0), whole_grid_top(params.grid_res))
+    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
+    wx = bspline_weights(fx[0])
+    wy = bspline_weights(fx[1])
+    wz = bspline_weights(fx[2])
+    sx = bspline_slopes(fx[0])
+    sy = bspline_slopes(fx[1])
+    sz = bspline_slopes(fx[2])
+    total = float(0.0)  # noqa: UP018  (Warp variables reassigned below)
+    grad_fx = wp.vec3(0.0)
+    for i in range(3):
+        s_w = float(0.0)  # noqa: UP018
+        s_sy = float(0.0)  # noqa: UP018
+        s_sz = float(0.0)  # noqa: UP018
+        for j in range(3):
+            t_w = float(0.0)  # noqa: UP018
+            t_s = float(0.0)  # noqa: UP018
+            for k in range(3):
+                a = adj_grid_m[w, base[0] + i, base[1] + j, base[2] + k]
+                t_w += wz[k] * a
+                t_s += sz[k] * a
+            s_w += wy[j] * t_w
+            s_sy += sy[j] * t_w
+            s_sz += wy[j] * t_s
+        grad_fx += wp.vec3(sx[i] * s_w, wx[i] * s_sy, wx[i] * s_sz)
+        total += wx[i] * s_w
+    mass = params.particle_mass * particle_weight[w, p]
+    adj_particle_x[w, p] = adj_particle_x[w, p] + (mass * params.inv_dx) * grad_fx
+    if with_weight_grad != 0:
+        adj_particle_weight[w, p] = adj_particle_weight[w, p] + params.particle_mass * total

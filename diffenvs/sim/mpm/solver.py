@@ -17,6 +17,7 @@ from diffenvs.sim.mpm.kernels import (
     make_grid_update,
     p2g_adjoint,
     p2g_mass,
+    p2g_mass_adjoint,
     p2g_scatter,
     plastic_projection,
 )
@@ -106,7 +107,19 @@ class SolverMPM:
                 self._unit_weights = wp.ones(particle_x.shape, dtype=float, device=self.device)
             weights = self._unit_weights
         grid_m.zero_()
-        wp.launch(p2g_mass, dim=particle_x.shape, inputs=[particle_x, weights, self.params], outputs=[grid_m], device=self.device)
+        wp.launch(p2g_mass, dim=particle_x.shape, inputs=[particle_x, weights, self.params], outputs=[grid_m],
+                  device=self.device, record_tape=False)
+        if not (particle_x.requires_grad and grid_m.requires_grad):
+            return
+
+        def backward() -> None:  # the hand-written adjoint: a gather, where Warp's is a replayed scatter
+            with_weight_grad = int(weights.grad is not None)
+            wp.launch(
+                p2g_mass_adjoint, dim=particle_x.shape, inputs=[particle_x, weights, self.params, grid_m.grad, with_weight_grad],
+                outputs=[particle_x.grad, weights.grad if with_weight_grad else weights], device=self.device,
+            )
+
+        record_adjoint(backward, [particle_x, weights, grid_m])
 
     def active_region(self, state: MPMState, duration: float, extra_speed: float = 0.0) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         """Grid box (origin, shape) that every particle's stencil stays inside for ``duration`` [s].
@@ -142,18 +155,25 @@ class SolverMPM:
 
         def backward() -> None:
             scratch = self._particle_scratch(worlds, particles)
+            count, index = scratch["yield_count"], scratch["yield_index"]
+            count.zero_()
             wp.launch(
                 p2g_adjoint, dim=(worlds, particles),
                 inputs=[*inputs, state_out.particle_F, self.params, dt, lo, hi, grid.mv.grad, grid.m.grad,
                         state_out.particle_F.grad],
-                outputs=[*(a.grad for a in inputs), scratch["yielding"], scratch["adj_projected"]], device=self.device,
+                outputs=[*(a.grad for a in inputs), count, index, scratch["adj_projected"]], device=self.device,
             )
-            projection_inputs = [scratch["yielding"], state_in.particle_C, state_in.particle_F, self.params, dt]
-            wp.launch(
-                plastic_projection, dim=(worlds, particles), inputs=projection_inputs, outputs=[scratch["projected"]],
-                adj_inputs=[None, state_in.particle_C.grad, state_in.particle_F.grad, MPMParams(), 0.0],
-                adj_outputs=[scratch["adj_projected"]], adjoint=True, device=self.device,
-            )
+            # On the CPU a launch is synchronous, so the count is known for free: launch over the
+            # yielding particles only (often none or a few percent). On a GPU, over all of them.
+            threads = int(count.numpy()[0]) if self.device.is_cpu else worlds * particles
+            if threads:
+                wp.launch(
+                    plastic_projection, dim=threads,
+                    inputs=[count, index, state_in.particle_C, state_in.particle_F, self.params, dt],
+                    outputs=[scratch["projected"]],
+                    adj_inputs=[None, None, state_in.particle_C.grad, state_in.particle_F.grad, MPMParams(), 0.0],
+                    adj_outputs=[scratch["adj_projected"]], adjoint=True, device=self.device,
+                )
 
         record_adjoint(backward, [*inputs, state_out.particle_F, grid.mv, grid.m])
 
@@ -164,7 +184,9 @@ class SolverMPM:
             def zeros(dtype):
                 return wp.zeros((worlds, particles), dtype=dtype, device=self.device)
 
-            self._scratch = {"yielding": zeros(wp.int32), "projected": zeros(wp.mat33), "adj_projected": zeros(wp.mat33)}
+            self._scratch = {"yield_count": wp.zeros(1, dtype=wp.int32, device=self.device),
+                             "yield_index": wp.zeros(worlds * particles, dtype=wp.int32, device=self.device),
+                             "projected": zeros(wp.mat33), "adj_projected": zeros(wp.mat33)}
             self._scratch_key = key
         return self._scratch
 
