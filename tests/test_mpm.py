@@ -20,6 +20,11 @@ def displacement_dot(
     wp.atomic_add(out, 0, wp.dot(x[w, p] - x0[w, p], weights[w, p]))
 
 
+def unlisted():
+    """The grid-update kernel's node-list arguments for a launch over a box (the list unused)."""
+    return [wp.zeros(1, dtype=wp.int32), wp.zeros(1, dtype=wp.int32), 0]
+
+
 def make_scene(*, softness=0.0, tool_y=0.34, res=16, particles=300, seed=0, yield_stress=50.0, kind="sphere",
                boundary_cells=3):
     from diffenvs.sim.mpm.model import MPMMaterial
@@ -145,7 +150,7 @@ def test_grid_update_gradcheck_with_tool_contact(softness):
     assert gradcheck(
         kernel, dim=shape,
         inputs=[mv, m, pos, rot, vel, omega, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0)],
+                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), *unlisted()],
         outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("tool_pos", "grid_v"), ("tool_vel", "grid_v")],
     )
@@ -179,6 +184,57 @@ def test_hand_written_mass_scatter_adjoint_equals_the_generated_one(weighted):
     for mine, reference in zip(*results):
         np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5 * max(np.abs(reference).max(), 1e-12))
     assert np.abs(results[1][1]).max() > 0
+
+
+@pytest.mark.parametrize("softness", [0.0, 0.1])
+def test_hand_written_grid_update_adjoint_equals_the_generated_one(softness):
+    """The solver differentiates the grid update by hand where no tool or wall acts and by Warp over a
+    list of the other nodes: together equal to Warp's adjoint of the whole kernel (nodes in the tool,
+    in its soft band, at the walls, empty and untouched; a sub-box of the grid as the active region)."""
+    solver, _, _ = make_scene(res=12, boundary_cells=2, softness=softness)
+    rng = np.random.default_rng(7)
+    n, res = 2, 12
+    origin, box = (1, 0, 2), (10, 11, 9)
+    m_np = rng.uniform(0.5, 1.0, size=(n, res, res, res)).astype(np.float32) * 0.01
+    m_np[rng.uniform(size=m_np.shape) < 0.2] = 0.0  # empty nodes
+    v_np = np.array([0.1, -1.0, 0.05], np.float32) + 0.5 * rng.standard_normal((n, res, res, res, 3)).astype(np.float32)
+    seed = rng.standard_normal((n, res, res, res, 3)).astype(np.float32)
+
+    def gradients(custom: bool) -> dict[str, np.ndarray]:
+        grid = solver.alloc_grid(n, requires_grad=True)
+        grid.mv.assign(v_np * m_np[..., None])
+        grid.m.assign(m_np)
+        grid.v.zero_()
+        for array in (grid.mv.grad, grid.m.grad):
+            array.zero_()
+        state = MPMState.zeros(n, 1, 1, device="cpu", requires_grad=True)
+        state.tool_pos.assign(np.array([[[0.5, 0.45, 0.5]], [[0.4, 0.3, 0.55]]], np.float32))
+        state.tool_rot.assign(np.tile(np.array([0.0, 0.0, 0.0, 1.0], np.float32), (n, 1, 1)))
+        control = MPMControl.zeros(n, 1, device="cpu", requires_grad=True)
+        control.tool_vel.assign(np.array([[[0.2, -0.5, 0.1]], [[-0.3, 0.2, 0.0]]], np.float32))
+        control.tool_omega.assign(np.array([[[0.0, 0.3, 0.0]], [[0.1, 0.0, -0.2]]], np.float32))
+        tape = wp.Tape()
+        with tape:
+            if custom:
+                solver._update_grid(state, control, grid, 1e-3, wp.vec3i(*origin), (n, *box))
+            else:
+                wp.launch(solver._grid_update, dim=(n, *box),
+                          inputs=[grid.mv, grid.m, state.tool_pos, state.tool_rot, control.tool_vel, control.tool_omega,
+                                  solver.tool_kind, solver.tool_size, solver.tool_friction, solver.tool_softness,
+                                  solver.params, 1e-3, wp.vec3i(*origin), *unlisted()], outputs=[grid.v])
+        grid.v.grad.assign(seed)
+        tape.backward()
+        return {"v": grid.v.numpy(), "mv": grid.mv.grad.numpy(), "m": grid.m.grad.numpy(),
+                "tool_pos": state.tool_pos.grad.numpy(), "tool_vel": control.tool_vel.grad.numpy(),
+                "tool_omega": control.tool_omega.grad.numpy()}
+
+    mine, reference = gradients(True), gradients(False)
+    listed = int(solver._node_list(solver.alloc_grid(n, requires_grad=False))[0].numpy()[0])
+    assert 0 < listed < 0.5 * n * np.prod(box)  # both paths were taken
+    for name in reference:
+        scale = np.abs(reference[name]).max()
+        assert scale > 0, name
+        np.testing.assert_allclose(mine[name], reference[name], rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
 def test_g2p_gradcheck():
@@ -341,7 +397,7 @@ def test_grid_update_gradcheck_walls_and_floor():
     assert gradcheck(
         kernel, dim=shape,
         inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0)],
+                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), *unlisted()],
         outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("grid_m", "grid_v")],
     )
@@ -388,7 +444,7 @@ def test_grid_update_adjoint_stays_finite_for_nearly_empty_nodes():
     tape = wp.Tape()
     with tape:
         wp.launch(kernel, dim=shape, inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                                             solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0)], outputs=[out])
+                                             solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), *unlisted()], outputs=[out])
     out.grad.fill_(1.0)
     tape.backward()
     assert np.all(np.isfinite(m.grad.numpy())) and np.all(np.isfinite(mv.grad.numpy()))

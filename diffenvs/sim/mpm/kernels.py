@@ -411,6 +411,13 @@ def tool_normal(kind: int, size: wp.vec3, p: wp.vec3) -> wp.vec3:
 
 
 @wp.func
+def beyond_reach(offset: wp.vec3, kind: int, size: wp.vec3, softness: float) -> bool:
+    """Whether a point at ``offset`` from a tool's centre lies outside its bounding sphere grown by ``softness``."""
+    reach = tool_reach(kind, size) + softness
+    return wp.dot(offset, offset) > reach * reach
+
+
+@wp.func
 def collide_tool(
     v: wp.vec3, x: wp.vec3, tool_pos: wp.vec3, tool_rot: wp.quat, tool_vel: wp.vec3, tool_omega: wp.vec3,
     kind: int, size: wp.vec3, friction: float, softness: float,
@@ -421,8 +428,7 @@ def collide_tool(
     touch no tool, and the generated adjoint then skips the SDF's adjoint as well.
     """
     offset = x - tool_pos
-    reach = tool_reach(kind, size) + softness
-    if wp.dot(offset, offset) > reach * reach:
+    if beyond_reach(offset, kind, size, softness):
         return v
     local = wp.quat_rotate_inv(tool_rot, offset)
     d = tool_sdf(kind, size, local)
@@ -469,7 +475,13 @@ def apply_walls(v: wp.vec3, i: int, j: int, k: int, params: MPMParams) -> wp.vec
 
 @functools.cache
 def make_grid_update(tool_count: int) -> wp.Kernel:
-    """The grid-update kernel for ``tool_count`` tools (the tool loop is unrolled for autodiff)."""
+    """The grid-update kernel for ``tool_count`` tools (the tool loop is unrolled for autodiff).
+
+    With ``listed`` = 0 thread (w, ri, rj, rk) updates node ``origin`` + (ri, rj, rk) of world w.
+    With ``listed`` = 1, launched over (1, n, 1, 1), thread ri updates the node whose flat index is
+    ``node_index[ri]`` if ri < ``node_count[0]``: the solver runs Warp's adjoint of it that way for
+    the nodes :func:`grid_update_adjoint_plain` leaves to it (touched by a tool or a wall).
+    """
 
     @wp.kernel(module="unique")
     def grid_update(
@@ -486,26 +498,99 @@ def make_grid_update(tool_count: int) -> wp.Kernel:
         params: MPMParams,
         dt: float,
         origin: wp.vec3i,
+        node_count: wp.array(dtype=wp.int32),
+        node_index: wp.array(dtype=wp.int32),
+        listed: int,
         grid_v: wp.array4d(dtype=wp.vec3),
     ):
         w, ri, rj, rk = wp.tid()
         i = origin[0] + ri
         j = origin[1] + rj
         k = origin[2] + rk
-        m = grid_m[w, i, j, k]
-        v = wp.vec3(0.0)
-        if m > params.min_node_mass:
-            v = grid_mv[w, i, j, k] / m + dt * params.gravity
-            x = wp.vec3(float(i), float(j), float(k)) * params.dx
-            for t in range(wp.static(tool_count)):
-                v = collide_tool(
-                    v, x, tool_pos[w, t], tool_rot[w, t], tool_vel[w, t], tool_omega[w, t],
-                    tool_kind[t], tool_size[t], tool_friction[t], tool_softness[t],
-                )
-            v = apply_walls(v, i, j, k, params)
-        grid_v[w, i, j, k] = v
+        run = True
+        if listed != 0:
+            run = ri < node_count[0]
+            if run:
+                node = node_index[ri]
+                k = node % grid_m.shape[3]
+                node = node // grid_m.shape[3]
+                j = node % grid_m.shape[2]
+                node = node // grid_m.shape[2]
+                i = node % grid_m.shape[1]
+                w = node // grid_m.shape[1]
+        if run:
+            m = grid_m[w, i, j, k]
+            v = wp.vec3(0.0)
+            if m > params.min_node_mass:
+                v = grid_mv[w, i, j, k] / m + dt * params.gravity
+                x = wp.vec3(float(i), float(j), float(k)) * params.dx
+                for t in range(wp.static(tool_count)):
+                    v = collide_tool(
+                        v, x, tool_pos[w, t], tool_rot[w, t], tool_vel[w, t], tool_omega[w, t],
+                        tool_kind[t], tool_size[t], tool_friction[t], tool_softness[t],
+                    )
+                v = apply_walls(v, i, j, k, params)
+            grid_v[w, i, j, k] = v
 
     return grid_update
+
+
+@wp.func
+def near_wall(i: int, j: int, k: int, params: MPMParams) -> bool:
+    """Whether :func:`apply_walls` may change a velocity at node (i, j, k)."""
+    lo = params.boundary_cells
+    hi = params.grid_res - params.boundary_cells
+    return i < lo or i > hi or j < lo or j > hi or k < lo or k > hi
+
+
+@wp.kernel(enable_backward=False)
+def grid_update_adjoint_plain(
+    grid_mv: wp.array4d(dtype=wp.vec3),
+    grid_m: wp.array4d(dtype=float),
+    tool_pos: wp.array2d(dtype=wp.vec3),
+    tool_rot: wp.array2d(dtype=wp.quat),
+    tool_kind: wp.array(dtype=int),
+    tool_size: wp.array(dtype=wp.vec3),
+    tool_softness: wp.array(dtype=float),
+    tool_count: int,
+    params: MPMParams,
+    origin: wp.vec3i,
+    adj_grid_v: wp.array4d(dtype=wp.vec3),
+    adj_grid_mv: wp.array4d(dtype=wp.vec3),
+    adj_grid_m: wp.array4d(dtype=float),
+    node_count: wp.array(dtype=wp.int32),
+    node_index: wp.array(dtype=wp.int32),
+):
+    """Hand-written adjoint of the grid update at the nodes that no tool and no wall touches.
+
+    There v = mv / m + dt g, so the gradients of mv and m are adj_v / m and -adj_v . mv / m^2
+    (added to). A node that a tool's influence reaches (inside it or within its softness) or next
+    to a wall is appended to ``node_index`` (flat index; ``node_count`` counts them, zero it
+    first) for the generated adjoint of the grid-update kernel, which is exact everywhere but
+    costs several times more per node, even per node it skips.
+    """
+    w, ri, rj, rk = wp.tid()
+    i = origin[0] + ri
+    j = origin[1] + rj
+    k = origin[2] + rk
+    m = grid_m[w, i, j, k]
+    if m > params.min_node_mass:
+        touched = near_wall(i, j, k, params)
+        x = wp.vec3(float(i), float(j), float(k)) * params.dx
+        for t in range(tool_count):
+            offset = x - tool_pos[w, t]
+            if not beyond_reach(offset, tool_kind[t], tool_size[t], tool_softness[t]):
+                d = tool_sdf(tool_kind[t], tool_size[t], wp.quat_rotate_inv(tool_rot[w, t], offset))
+                if d <= 0.0 or d < tool_softness[t]:  # the tool's influence reaches the node
+                    touched = True
+        if touched:
+            slot = wp.atomic_add(node_count, 0, 1)
+            node_index[slot] = ((w * grid_m.shape[1] + i) * grid_m.shape[2] + j) * grid_m.shape[3] + k
+        else:
+            adj_v = adj_grid_v[w, i, j, k]
+            inv_m = 1.0 / m
+            adj_grid_mv[w, i, j, k] = adj_grid_mv[w, i, j, k] + inv_m * adj_v
+            adj_grid_m[w, i, j, k] = adj_grid_m[w, i, j, k] - wp.dot(adj_v, grid_mv[w, i, j, k]) * inv_m * inv_m
 
 
 @wp.kernel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import warp as wp
@@ -14,6 +15,7 @@ from diffenvs.sim.mpm.kernels import (
     clear_grid_region,
     g2p_gather,
     g2p_gather_adjoint,
+    grid_update_adjoint_plain,
     make_grid_update,
     p2g_adjoint,
     p2g_mass,
@@ -84,6 +86,7 @@ class SolverMPM:
         self._unit_weights: wp.array | None = None
         self._scratch: dict[str, wp.array] = {}
         self._scratch_key: tuple[int, int] | None = None
+        self._nodes: tuple[wp.array, wp.array] | None = None
 
     def set_tool_softness(self, softness: list[float] | np.ndarray) -> None:
         """Change the tools' influence radii (e.g. to anneal from soft to hard)."""
@@ -190,6 +193,44 @@ class SolverMPM:
             self._scratch_key = key
         return self._scratch
 
+    def _update_grid(self, state_in: MPMState, control: MPMControl, grid: MPMGrid, dt: float, origin: wp.vec3i,
+                     dim: tuple[int, ...]) -> None:
+        """Grid update (gravity, tools, walls) of the box ``dim`` = (worlds, *shape) at ``origin``, differentiated
+        by the hand-written :func:`grid_update_adjoint_plain` where no tool or wall acts and by Warp's adjoint,
+        over a list of the other nodes, where one does."""
+        tools = [state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega]
+        count, index = self._node_list(grid)
+        inputs = [grid.mv, grid.m, *tools, self.tool_kind, self.tool_size, self.tool_friction, self.tool_softness,
+                  self.params, dt, origin, count, index]
+        wp.launch(self._grid_update, dim=dim, inputs=[*inputs, 0], outputs=[grid.v], device=self.device, record_tape=False)
+        if not grid.v.requires_grad:
+            return
+
+        def backward() -> None:
+            count.zero_()
+            wp.launch(
+                grid_update_adjoint_plain, dim=dim,
+                inputs=[grid.mv, grid.m, state_in.tool_pos, state_in.tool_rot, self.tool_kind, self.tool_size,
+                        self.tool_softness, self.tool_count, self.params, origin, grid.v.grad],
+                outputs=[grid.mv.grad, grid.m.grad, count, index], device=self.device,
+            )
+            # As for the plastic projection: on the CPU only the listed nodes, on a GPU all of them.
+            threads = int(count.numpy()[0]) if self.device.is_cpu else math.prod(dim)
+            if threads:
+                adj_inputs = [grid.mv.grad, grid.m.grad, *(a.grad for a in tools), None, None, None, None, MPMParams(),
+                              0.0, wp.vec3i(0, 0, 0), None, None, 0]
+                wp.launch(self._grid_update, dim=(1, threads, 1, 1), inputs=[*inputs, 1], outputs=[grid.v],
+                          adj_inputs=adj_inputs, adj_outputs=[grid.v.grad], adjoint=True, device=self.device)
+
+        record_adjoint(backward, [grid.mv, grid.m, *tools, grid.v])
+
+    def _node_list(self, grid: MPMGrid) -> tuple[wp.array, wp.array]:
+        """Count and flat indices of the grid nodes left to the grid update's generated adjoint (shared scratch)."""
+        if self._nodes is None or self._nodes[1].shape[0] != grid.m.size:
+            self._nodes = (wp.zeros(1, dtype=wp.int32, device=self.device),
+                           wp.zeros(grid.m.size, dtype=wp.int32, device=self.device))
+        return self._nodes
+
     def _gather(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float,
                 bounds: tuple[wp.vec3i, wp.vec3i] | None = None) -> None:
         """Grid-to-particle transfer, differentiated by the hand-written :func:`g2p_gather_adjoint`."""
@@ -231,13 +272,7 @@ class SolverMPM:
         wp.launch(clear_grid_region, dim=rows, inputs=[bounds[0], shape[2]], outputs=[grid.mv, grid.m, grid.v],
                   device=self.device, record_tape=False)
         self._scatter(state_in, state_out, grid, dt, bounds)
-        wp.launch(
-            self._grid_update, dim=(worlds, *shape),
-            inputs=[grid.mv, grid.m, state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega,
-                    self.tool_kind, self.tool_size, self.tool_friction, self.tool_softness, self.params, dt,
-                    bounds[0]],
-            outputs=[grid.v], device=self.device,
-        )
+        self._update_grid(state_in, control, grid, dt, bounds[0], (worlds, *shape))
         self._gather(state_in, state_out, grid, dt, bounds)
         wp.launch(
             advance_tools, dim=state_in.tool_pos.shape,
