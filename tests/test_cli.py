@@ -54,5 +54,6 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert {row["task"] for row in report["dough"]} == {"RollingPin", "Move", "Shape"}
     for row in report["dough"]:
         assert row["forward_steps_per_s"] > 0 and row["grad_over_forward"] > 1 and row["peak_rss_checkpoint_gib"] > 0
+        assert row["grad_over_forward_no_checkpoint"] > 1 and row["peak_rss_no_checkpoint_gib"] > 0
     assert [row["worlds"] for row in report["pusher"]["rows"]] == [1, 16] and report["pusher"]["sync"] > 0
     assert "native / sync" in result.stdout
