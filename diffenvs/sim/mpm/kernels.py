@@ -50,6 +50,18 @@ def bspline_slopes(fx: float) -> wp.vec3:
 
 
 @wp.func
+def bspline_weights3(fx: wp.vec3):
+    """:func:`bspline_weights` along each axis (x, y, z)."""
+    return bspline_weights(fx[0]), bspline_weights(fx[1]), bspline_weights(fx[2])
+
+
+@wp.func
+def bspline_slopes3(fx: wp.vec3):
+    """:func:`bspline_slopes` along each axis (x, y, z)."""
+    return bspline_slopes(fx[0]), bspline_slopes(fx[1]), bspline_slopes(fx[2])
+
+
+@wp.func
 def column(A: wp.mat33, j: int) -> wp.vec3:
     """Column ``j`` of ``A``."""
     return wp.vec3(A[0, j], A[1, j], A[2, j])
@@ -70,6 +82,15 @@ def stencil_base(xg: wp.vec3, lo: wp.vec3i, hi: wp.vec3i) -> wp.vec3i:
         wp.clamp(int(wp.floor(xg[1] - 0.5)), lo[1], hi[1]),
         wp.clamp(int(wp.floor(xg[2] - 0.5)), lo[2], hi[2]),
     )
+
+
+@wp.func
+def stencil(x: wp.vec3, inv_dx: float, lo: wp.vec3i, hi: wp.vec3i):
+    """A particle's stencil at position ``x``: its lowest node (see :func:`stencil_base`) and its
+    position relative to that node in cells, fx (the B-spline weights' argument)."""
+    xg = x * inv_dx
+    base = stencil_base(xg, lo, hi)
+    return base, xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
 
 
 @wp.func
@@ -189,9 +210,7 @@ def p2g_scatter(
     w_n (q0 + dx (i a0 + j a1 + k a2)) with q0 = m v - A (x_p - x_base), a the columns of A.
     """
     w, p = wp.tid()
-    xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, lo, hi)
-    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
+    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
     C = particle_C[w, p]
     F = updated_deformation(C, particle_F[w, p], params, dt)
     particle_F_out[w, p] = F
@@ -200,9 +219,7 @@ def p2g_scatter(
     a0 = params.dx * column(A, 0)
     a1 = params.dx * column(A, 1)
     a2 = params.dx * column(A, 2)
-    wx = bspline_weights(fx[0])
-    wy = bspline_weights(fx[1])
-    wz = bspline_weights(fx[2])
+    wx, wy, wz = bspline_weights3(fx)
     for i in range(3):
         qi = q0 + float(i) * a0
         for j in range(3):
@@ -263,9 +280,7 @@ def p2g_adjoint(
     first) and writes the gradient of its projected F into ``adj_projected``.
     """
     w, p = wp.tid()
-    xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, lo, hi)
-    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
+    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
     C = particle_C[w, p]
     F_in = particle_F[w, p]
     F_new = particle_F_out[w, p]
@@ -275,12 +290,8 @@ def p2g_adjoint(
     a0 = params.dx * column(A, 0)
     a1 = params.dx * column(A, 1)
     a2 = params.dx * column(A, 2)
-    wx = bspline_weights(fx[0])
-    wy = bspline_weights(fx[1])
-    wz = bspline_weights(fx[2])
-    sx = bspline_slopes(fx[0])
-    sy = bspline_slopes(fx[1])
-    sz = bspline_slopes(fx[2])
+    wx, wy, wz = bspline_weights3(fx)
+    sx, sy, sz = bspline_slopes3(fx)
     # g_n, h_n: the grid gradients; s_n = g_n . (m v + A (x_n - x_p)) + h_n m is the gradient of
     # node n's weight. Sums: G = sum w g, P_d = sum w g n_d, grad_fx = sum s_n grad(w_n).
     G = wp.vec3(0.0)
@@ -611,12 +622,8 @@ def g2p_gather(
     offsets (i, j, k) and corrected by v (x_p - x_base)^T once.
     """
     w, p = wp.tid()
-    xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, lo, hi)
-    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
-    wx = bspline_weights(fx[0])
-    wy = bspline_weights(fx[1])
-    wz = bspline_weights(fx[2])
+    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
+    wx, wy, wz = bspline_weights3(fx)
     v = wp.vec3(0.0)
     P0 = wp.vec3(0.0)
     P1 = wp.vec3(0.0)
@@ -661,9 +668,7 @@ def g2p_gather_adjoint(
     intermediate of the 27-node loop).
     """
     w, p = wp.tid()
-    xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, lo, hi)
-    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
+    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
     adj_x_out = adj_particle_x_out[w, p]
     adj_v = adj_particle_v_out[w, p] + dt * adj_x_out  # x_out = x + dt * v
     scale = 4.0 * params.inv_dx
@@ -672,12 +677,8 @@ def g2p_gather_adjoint(
     c0 = column(adj_C, 0)
     c1 = column(adj_C, 1)
     c2 = column(adj_C, 2)
-    wx = bspline_weights(fx[0])
-    wy = bspline_weights(fx[1])
-    wz = bspline_weights(fx[2])
-    sx = bspline_slopes(fx[0])
-    sy = bspline_slopes(fx[1])
-    sz = bspline_slopes(fx[2])
+    wx, wy, wz = bspline_weights3(fx)
+    sx, sy, sz = bspline_slopes3(fx)
     v = wp.vec3(0.0)
     grad_fx = wp.vec3(0.0)
     for i in range(3):
@@ -754,12 +755,8 @@ def p2g_mass(
 ):
     """Scatter particle mass (times a per-particle weight) to the grid with the solver's B-spline weights."""
     w, p = wp.tid()
-    xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, wp.vec3i(0, 0, 0), whole_grid_top(params.grid_res))
-    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
-    wx = bspline_weights(fx[0])
-    wy = bspline_weights(fx[1])
-    wz = bspline_weights(fx[2])
+    base, fx = stencil(particle_x[w, p], params.inv_dx, wp.vec3i(0, 0, 0), whole_grid_top(params.grid_res))
+    wx, wy, wz = bspline_weights3(fx)
     mass = params.particle_mass * particle_weight[w, p]
     for i in range(3):
         for j in range(3):
@@ -781,15 +778,9 @@ def p2g_mass_adjoint(
     """Hand-written adjoint of :func:`p2g_mass`: adds to the gradients of the positions (and, with
     ``with_weight_grad``, of the weights), gathering the grid's mass gradient over the stencil."""
     w, p = wp.tid()
-    xg = particle_x[w, p] * params.inv_dx
-    base = stencil_base(xg, wp.vec3i(0, 0, 0), whole_grid_top(params.grid_res))
-    fx = xg - wp.vec3(float(base[0]), float(base[1]), float(base[2]))
-    wx = bspline_weights(fx[0])
-    wy = bspline_weights(fx[1])
-    wz = bspline_weights(fx[2])
-    sx = bspline_slopes(fx[0])
-    sy = bspline_slopes(fx[1])
-    sz = bspline_slopes(fx[2])
+    base, fx = stencil(particle_x[w, p], params.inv_dx, wp.vec3i(0, 0, 0), whole_grid_top(params.grid_res))
+    wx, wy, wz = bspline_weights3(fx)
+    sx, sy, sz = bspline_slopes3(fx)
     total = float(0.0)  # noqa: UP018  (Warp variables reassigned below)
     grad_fx = wp.vec3(0.0)
     for i in range(3):
