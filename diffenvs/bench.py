@@ -40,12 +40,13 @@ def _quiet_import():
     return wp, gym
 
 
-def measure_dough(task: str, preset: str, mode: str, repeats: int, horizon: int) -> dict[str, float]:
-    """In a child process: seconds per episode of ``mode`` (forward | grad | grad_nockpt), peak RSS."""
+def measure_dough(task: str, preset: str, mode: str, repeats: int, horizon: int, device: str = "cpu") -> dict[str, float]:
+    """In a child process: seconds per episode of ``mode`` (forward | grad | grad_nockpt), peak RSS
+    (and on a GPU the peak of Warp's memory pool)."""
     import numpy as np
 
     wp, gym = _quiet_import()
-    kwargs: dict[str, Any] = {"preset": preset}
+    kwargs: dict[str, Any] = {"preset": preset, "device": device}
     if mode == "forward":
         kwargs["differentiable"] = False
     else:
@@ -63,15 +64,18 @@ def measure_dough(task: str, preset: str, mode: str, repeats: int, horizon: int)
         wp.synchronize()
         if repeat:
             times.append(time.perf_counter() - start)
-    return {"seconds": float(np.median(times)), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    result = {"seconds": float(np.median(times)), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if wp.get_device(device).is_cuda and hasattr(wp, "get_mempool_used_mem_high"):
+        result["peak_device_bytes"] = int(wp.get_mempool_used_mem_high(device))
+    return result
 
 
-def startup_child(env_id: str, with_grad: bool) -> dict[str, float]:
+def startup_child(env_id: str, with_grad: bool, device: str = "cpu") -> dict[str, float]:
     """In a child process: reach the first env step (and gradient) of ``env_id``."""
     import numpy as np
 
     _, gym = _quiet_import()
-    env = gym.make(env_id).unwrapped
+    env = gym.make(env_id, device=device).unwrapped
     env.reset(seed=0)
     env.step(np.zeros(env.action_space.shape))
     if with_grad:
@@ -79,7 +83,7 @@ def startup_child(env_id: str, with_grad: bool) -> dict[str, float]:
     return {}
 
 
-def measure_pusher(worlds: list[int], steps: int, repeats: int) -> dict[str, Any]:
+def measure_pusher(worlds: list[int], steps: int, repeats: int, device: str = "cpu") -> dict[str, Any]:
     """World-steps/s of the native Pusher vector env at each N, and of SyncVectorEnv at the largest."""
     import numpy as np
 
@@ -99,7 +103,7 @@ def measure_pusher(worlds: list[int], steps: int, repeats: int) -> dict[str, Any
 
     rows = []
     for n in worlds:
-        kwargs = {"num_envs": n, "vectorization_mode": "vector_entry_point", "max_episode_steps": None}
+        kwargs = {"num_envs": n, "vectorization_mode": "vector_entry_point", "max_episode_steps": None, "device": device}
         rows.append({
             "worlds": n,
             "native": rate(gym.make_vec("DiffEnvs/Pusher-v0", differentiable=False, **kwargs), n),
@@ -107,7 +111,7 @@ def measure_pusher(worlds: list[int], steps: int, repeats: int) -> dict[str, Any
         })
     n = max(worlds)
     sync = gym.vector.SyncVectorEnv(
-        [lambda: gym.make("DiffEnvs/Pusher-v0", differentiable=False, max_episode_steps=None) for _ in range(n)]
+        [lambda: gym.make("DiffEnvs/Pusher-v0", differentiable=False, max_episode_steps=None, device=device) for _ in range(n)]
     )
     return {"rows": rows, "sync_worlds": n, "sync": rate(sync, n)}
 
@@ -123,31 +127,38 @@ def _child(kind: str, *args: str, env: dict[str, str] | None = None) -> tuple[di
     return json.loads(out.stdout.strip().splitlines()[-1]), wall
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str = "cpu") -> dict[str, Any]:
     """A description of this machine and software."""
     import numpy as np
     import warp as wp
 
+    wp.config.log_level = 30
+    warp_device = wp.get_device(device)
     return {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "warp": wp.__version__, "numpy": np.__version__,
-        "device": "cpu (Warp: one thread per launch)",
+        "device": f"{warp_device.alias}: {warp_device.name}" if warp_device.is_cuda else "cpu (Warp: one thread per launch)",
     }
 
 
-def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffenvs_bench.json") -> dict[str, Any]:
-    """Measure everything, print the tables, write JSON; return the figures."""
+def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffenvs_bench.json", device: str = "cpu",
+        worlds: list[int] | None = None) -> dict[str, Any]:
+    """Measure everything on ``device``, print the tables, write JSON; return the figures.
+
+    ``worlds``: the Pusher's world counts (default 1, 16, 256; 1, 16 with ``quick``).
+    """
     presets = ["default"] if quick else ["default", "paper"]
     repeats = 1 if quick else repeats
-    report: dict[str, Any] = {"machine": machine(), "repeats": repeats, "horizon": HORIZON}
+    report: dict[str, Any] = {"machine": machine(device), "repeats": repeats, "horizon": HORIZON}
     print(f"machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs, Python "
-          f"{report['machine']['python']}, warp {report['machine']['warp']}; medians of {repeats}")
+          f"{report['machine']['python']}, warp {report['machine']['warp']}, device {report['machine']['device']}; "
+          f"medians of {repeats}")
 
     print("\nstart-up (new process to first step; cold: empty kernel cache, to first gradient)")
-    _child("startup", "DiffEnvs/RollingPin-v0", "0")  # make sure the cache is warm
-    _, warm = _child("startup", "DiffEnvs/RollingPin-v0", "0")
+    _child("startup", "DiffEnvs/RollingPin-v0", "0", device)  # make sure the cache is warm
+    _, warm = _child("startup", "DiffEnvs/RollingPin-v0", "0", device)
     with tempfile.TemporaryDirectory() as cache:
-        _, cold = _child("startup", "DiffEnvs/RollingPin-v0", "1", env={"WARP_CACHE_PATH": cache})
+        _, cold = _child("startup", "DiffEnvs/RollingPin-v0", "1", device, env={"WARP_CACHE_PATH": cache})
     report["startup"] = {"warm_first_step_s": warm, "cold_first_gradient_s": cold}
     print(f"  warm: {warm:.1f} s   cold: {cold:.1f} s")
 
@@ -158,9 +169,9 @@ def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffe
     rows = []
     for preset in presets:
         for task in DOUGH_TASKS:
-            fwd, _ = _child("dough", task, preset, "forward", str(repeats), str(HORIZON))
-            grad, _ = _child("dough", task, preset, "grad", str(repeats), str(HORIZON))
-            nockpt, _ = _child("dough", task, preset, "grad_nockpt", str(repeats), str(HORIZON))
+            fwd, _ = _child("dough", task, preset, "forward", str(repeats), str(HORIZON), device)
+            grad, _ = _child("dough", task, preset, "grad", str(repeats), str(HORIZON), device)
+            nockpt, _ = _child("dough", task, preset, "grad_nockpt", str(repeats), str(HORIZON), device)
             row = {
                 "task": task, "preset": preset, "forward_steps_per_s": HORIZON / fwd["seconds"],
                 "grad_50_s": grad["seconds"], "grad_over_forward": grad["seconds"] / fwd["seconds"],
@@ -169,15 +180,21 @@ def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffe
                 "grad_over_forward_no_checkpoint": nockpt["seconds"] / fwd["seconds"],
                 "peak_rss_no_checkpoint_gib": nockpt["peak_rss"] / 2**30,
             }
+            for name, figures in (("checkpoint", grad), ("no_checkpoint", nockpt)):
+                if "peak_device_bytes" in figures:
+                    row[f"peak_device_{name}_gib"] = figures["peak_device_bytes"] / 2**30
             rows.append(row)
             print(f"  {task:<11}{preset:<9}{row['forward_steps_per_s']:>12.1f}{row['grad_50_s']:>12.2f}"
                   f"{row['grad_over_forward']:>10.2f}{row['peak_rss_checkpoint_gib']:>11.2f}G"
                   f"{row['grad_50_no_checkpoint_s']:>12.2f}{row['grad_over_forward_no_checkpoint']:>10.2f}"
                   f"{row['peak_rss_no_checkpoint_gib']:>11.2f}G", flush=True)
+            if "peak_device_checkpoint_gib" in row:
+                print(f"  {'':<20}device memory, peak of Warp's pool: {row['peak_device_checkpoint_gib']:.2f}G checkpointed, "
+                      f"{row.get('peak_device_no_checkpoint_gib', float('nan')):.2f}G not", flush=True)
     report["dough"] = rows
 
-    worlds = [1, 16] if quick else [1, 16, 256]
-    pusher, _ = _child("pusher", ",".join(map(str, worlds)), "100", str(repeats))
+    worlds = worlds or ([1, 16] if quick else [1, 16, 256])
+    pusher, _ = _child("pusher", ",".join(map(str, worlds)), "100", str(repeats), device)
     report["pusher"] = pusher
     print("\nPusher world-steps/s, 100-step episodes")
     print(f"  {'worlds':>7}{'native':>12}{'recording':>12}")
@@ -195,13 +212,13 @@ def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffe
 def _main_child(argv: list[str]) -> None:
     kind, *args = argv
     if kind == "dough":
-        task, preset, mode, repeats, horizon = args
-        result = measure_dough(task, preset, mode, int(repeats), int(horizon))
+        task, preset, mode, repeats, horizon, device = args
+        result = measure_dough(task, preset, mode, int(repeats), int(horizon), device)
     elif kind == "startup":
-        result = startup_child(args[0], args[1] == "1")
+        result = startup_child(args[0], args[1] == "1", args[2])
     elif kind == "pusher":
-        worlds, steps, repeats = args
-        result = measure_pusher([int(w) for w in worlds.split(",")], int(steps), int(repeats))
+        worlds, steps, repeats, device = args
+        result = measure_pusher([int(w) for w in worlds.split(",")], int(steps), int(repeats), device)
     else:
         raise SystemExit(f"unknown benchmark child {kind!r}")
     print(json.dumps(result))

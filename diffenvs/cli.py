@@ -127,7 +127,15 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from diffenvs.bench import run
 
-    run(quick=args.quick, repeats=args.repeats, json_path=args.json or None)
+    worlds = None
+    if args.worlds:
+        try:
+            worlds = [int(w) for w in args.worlds.split(",")]
+        except ValueError:
+            worlds = []
+        if not worlds or min(worlds) < 1:
+            raise ValueError(f"--worlds needs comma-separated positive integers, got {args.worlds!r}")
+    run(quick=args.quick, repeats=args.repeats, json_path=args.json or None, device=args.device, worlds=worlds)
     return 0
 
 
@@ -175,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")
     bench.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")
     bench.add_argument("--json", default="diffenvs_bench.json", help="JSON output path ('' for none)")
+    bench.add_argument("--device", default="cpu", help="Warp device of every figure (cpu, cuda)")
+    bench.add_argument("--worlds", help="the Pusher's world counts, comma-separated (default 1,16,256)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
