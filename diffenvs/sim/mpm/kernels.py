@@ -184,10 +184,16 @@ def updated_deformation(C: wp.mat33, F: wp.mat33, params: MPMParams, dt: float) 
 
 
 @wp.func
+def stress_scale(params: MPMParams, dt: float) -> float:
+    """Factor of the Kirchhoff stress in the MLS-MPM affine term: -dt V_p 4 / dx^2."""
+    return -dt * params.particle_volume * 4.0 * params.inv_dx * params.inv_dx
+
+
+@wp.func
 def apic_affine(F: wp.mat33, C: wp.mat33, params: MPMParams, dt: float) -> wp.mat33:
     """MLS-MPM affine momentum term: stress impulse plus the APIC matrix times the mass."""
     tau = kirchhoff_neo_hookean(F, params.mu, params.lam)
-    return (-dt * params.particle_volume * 4.0 * params.inv_dx * params.inv_dx) * tau + params.particle_mass * C
+    return stress_scale(params, dt) * tau + params.particle_mass * C
 
 
 @wp.kernel
@@ -335,8 +341,7 @@ def p2g_adjoint(
     adj_particle_x[w, p] = adj_particle_x[w, p] + params.inv_dx * grad_fx
     adj_particle_v[w, p] = adj_particle_v[w, p] + mass * G
     # A = -dt V 4 / dx^2 tau(F_new) + m C
-    stress_scale = -dt * params.particle_volume * 4.0 * params.inv_dx * params.inv_dx
-    adj_F_new = adj_particle_F_out[w, p] + neo_hookean_adjoint(F_new, stress_scale * adj_A, params.mu, params.lam)
+    adj_F_new = adj_particle_F_out[w, p] + neo_hookean_adjoint(F_new, stress_scale(params, dt) * adj_A, params.mu, params.lam)
     adj_C = mass * adj_A
     # The projection returns the trial F itself where the particle does not yield, so a changed
     # F marks a yielding one without repeating the yield test. (Should rounding ever make the two
