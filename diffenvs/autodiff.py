@@ -7,13 +7,14 @@ tape has read (Warp's tape does not version arrays). One tape per step lets a di
 dropped without re-recording the episode, and lets the backward pass be seeded per step.
 
 Memory: with ``differentiable=True`` a trajectory keeps, for every step of the longest episode
-seen, the task's step buffers and their gradients (2x the buffer size). With
-``checkpoint=True`` it keeps per step only the step's outputs (state, reward, loss, observation,
-action) and shares one set of scratch arrays (substep states, grids) between all steps: the
-forward pass records no tape, and the backward pass re-runs each step on a tape, newest first,
-before differentiating it. Memory is then ``T * (outputs) + 1 * (scratch)``, each with its
-gradient, for about one extra forward pass of compute. With ``differentiable=False`` it keeps two
-step buffers (ping-pong) and no gradients.
+seen, the task's step buffers: the step's outputs (state, reward, loss, observation, action) with
+their gradients, and its scratch (substep states, grids) without: the backward pass
+differentiates one step at a time, so all steps share one set of scratch gradients, zeroed
+before each step's backward pass. Memory is ``T * (2 * outputs + scratch) + 1 * scratch``. With
+``checkpoint=True`` all steps also share one set of scratch values: the forward pass records no
+tape, and the backward pass re-runs each step on a tape, newest first, before differentiating
+it. Memory is then ``T * (2 * outputs) + 2 * scratch``, for about one extra forward pass of
+compute. With ``differentiable=False`` it keeps two step buffers (ping-pong) and no gradients.
 """
 
 from __future__ import annotations
@@ -186,9 +187,14 @@ class Trajectory:
         """Buffers of step ``t`` (allocated on first use)."""
         slot = t if self.differentiable else t % 2
         while len(self._buffers) <= slot:
-            buffers = self.task.alloc_step(requires_grad=self.differentiable)
-            if self.checkpoint and self._buffers:
-                buffers.share_scratch(self._buffers[0])
+            if self.differentiable and not self.checkpoint and self._buffers:
+                # The scratch's gradients are shared by all steps: allocate none for it.
+                buffers = self.task.alloc_step(requires_grad=False)
+                buffers.attach_grads(self._buffers[0])
+            else:
+                buffers = self.task.alloc_step(requires_grad=self.differentiable)
+                if self.checkpoint and self._buffers:
+                    buffers.share_scratch(self._buffers[0])
             self._buffers.append(buffers)
             self._tapes.append(wp.Tape())
         return self._buffers[slot]
@@ -257,29 +263,30 @@ class Trajectory:
             if 0 <= entry.step < self.length:
                 for array in _walk_arrays([entry.fresh, entry.state]):
                     array.grad.zero_()
-        # Checkpointed steps share their scratch, which is zeroed before each step is re-run:
-        # zero each array's gradient here once (thousands of small zero_() calls add up).
+        # Every step shares one set of scratch gradients, zeroed before each step's backward pass
+        # below; zero the other gradients here, each once (thousands of small zero_() calls add up).
         seen: set[int] = set()
         for buffers in self.recorded:
-            skip = {id(a) for a in (buffers.scratch_arrays() if self.checkpoint else buffers.tape_cleared_arrays())}
+            skip = {id(a) for a in buffers.scratch_arrays()}
             for array in buffers.arrays():
                 if array.grad is not None and id(array) not in seen and id(array) not in skip:
                     seen.add(id(array))
                     array.grad.zero_()
         seed(self.recorded)
         for t in reversed(range(self.length)):
+            buffers = self._buffers[t]
+            cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # the step's tape clears what it uses
+            for array in buffers.scratch_arrays():
+                if array.grad is not None and id(array) not in cleared:
+                    array.grad.zero_()
             if self.checkpoint:
                 # Re-run the step on a fresh tape: it rewrites the step's outputs with the same
-                # values and refills the shared scratch, whose adjoints must start from zero.
-                # (Tape.reset() would zero every gradient the tape touched, the adjoints just
-                # propagated into this step's inputs included, so the tape is dropped instead.)
-                cleared = {id(a) for a in self._buffers[t].tape_cleared_arrays()}
-                for array in self._buffers[t].scratch_arrays():
-                    if array.grad is not None and id(array) not in cleared:
-                        array.grad.zero_()
+                # values and refills the shared scratch. (Tape.reset() would zero every gradient
+                # the tape touched, the adjoints just propagated into this step's inputs included,
+                # so the tape is dropped instead.)
                 tape = wp.Tape()
                 with tape:
-                    self.task.step(self.state(t), self._buffers[t], self._previous(t))
+                    self.task.step(self.state(t), buffers, self._previous(t))
                 tape.backward()
                 if self._has_entry(t):
                     self._tapes[t].backward()  # the reset selection feeding this step

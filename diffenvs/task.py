@@ -73,6 +73,24 @@ class StepBuffers:
         for name in self.scratch_fields:
             setattr(self, name, getattr(other, name))
 
+    def attach_grads(self, template: StepBuffers) -> None:
+        """Give these buffers (allocated without gradients) the gradients ``template`` has: their own
+        zeroed ones for the step's outputs, ``template``'s own ones for the scratch fields.
+
+        A backward pass differentiates one step at a time, and a step's scratch gradients are
+        read only while its own tape runs backwards, so one set serves every step (the trajectory
+        zeroes it before each step's backward pass).
+        """
+        scratch = {id(a) for a in template.scratch_arrays()}
+        mine, theirs = list(self.arrays()), list(template.arrays())
+        if len(mine) != len(theirs):
+            raise ValueError(f"buffer layouts differ: {len(mine)} arrays against {len(theirs)}")
+        for array, source in zip(mine, theirs):
+            if array.shape != source.shape or array.dtype != source.dtype:
+                raise ValueError(f"buffer arrays differ: {array.shape} {array.dtype} against {source.shape} {source.dtype}")
+            if source.grad is not None:
+                array.grad = source.grad if id(source) in scratch else wp.zeros_like(source.grad)
+
 
 def _walk_arrays(value: Any) -> Iterator[wp.array]:
     if isinstance(value, wp.array):

@@ -530,8 +530,13 @@ class DoughTask(Task):
 
     def _alloc_loss_scratch(self, *, requires_grad: bool) -> LossScratch:
         n = self.world_count
+        # The mass grid is zeroed by every evaluation: allocated uninitialised, a recorded step's
+        # loss_in (used at an episode's start only) costs no resident memory.
+        mass = wp.empty((n, *(self.grid_res,) * 3), dtype=wp.float32, device=self.device)
+        if requires_grad:
+            mass.grad = self.zeros(mass.shape, wp.float32, requires_grad=False)
         return LossScratch(
-            mass=self.zeros((n, *(self.grid_res,) * 3), wp.float32, requires_grad=requires_grad),
+            mass=mass,
             sdf_sum=self.zeros(n, wp.float32, requires_grad=requires_grad),
             density_sum=self.zeros(n, wp.float32, requires_grad=requires_grad),
             contact_sum=self.zeros((n, self.tool_count), wp.float32, requires_grad=requires_grad),

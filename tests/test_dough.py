@@ -61,6 +61,22 @@ def test_checkpointed_and_recorded_gradients_agree(env_id):
         np.testing.assert_allclose(results[0].initial_state[name], results[1].initial_state[name], rtol=1e-5, atol=1e-9)
 
 
+def test_recorded_steps_share_one_set_of_scratch_gradients():
+    """Memory of a recorded (not checkpointed) episode: each step keeps its outputs' gradients and
+    its scratch values, but all steps share one set of scratch gradients."""
+    env = make_unwrapped("DiffEnvs/Move-v0", **TINY_DOUGH, checkpoint=False)
+    env.reset(seed=0)
+    for a in pressing_actions(env, 3):
+        env.step(a)
+    steps = env.batch.trajectory.recorded
+    scratch = [[a.grad.ptr for a in b.scratch_arrays() if a.grad is not None] for b in steps]
+    values = [[a.ptr for a in b.scratch_arrays()] for b in steps]
+    outputs = [[a.grad.ptr for a in b.state.values()] for b in steps]
+    assert scratch[0] and scratch[0] == scratch[1] == scratch[2]
+    assert len({p for v in values for p in v}) == 3 * len(values[0])  # each step's own values
+    assert len({p for v in outputs for p in v}) == 3 * len(outputs[0])  # each step's own output gradients
+
+
 @pytest.mark.parametrize("env_id", DOUGH_IDS)
 def test_no_contact_zero_gradient_and_both_remedies(env_id):
     def action_grad(**kwargs):

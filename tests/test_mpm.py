@@ -316,8 +316,11 @@ def test_dough_stays_put_at_rest_and_yields_under_a_press():
 def test_active_region_step_equals_whole_grid_step_and_its_gradient():
     """A step over the active region (cleared, updated and read there only, gradients cleared there
     only) on grids full of stale values and gradients gives the states and gradients of a step over
-    the whole of uninitialised ones."""
+    the whole of uninitialised ones, in every world; the box is stored compactly (the rest of the
+    grid's memory is never touched)."""
     solver, x0, tool_pos = make_scene(res=24, particles=200, tool_y=0.3, softness=0.02)
+    x0 = np.concatenate([x0, x0[:, ::-1] + np.float32(0.02)])  # two worlds, particles in another order
+    tool_pos = np.concatenate([tool_pos, tool_pos + np.float32(0.01)])
     results = []
     for use_region in (False, True):
         worlds, count, _ = x0.shape
@@ -334,7 +337,7 @@ def test_active_region_step_equals_whole_grid_step_and_its_gradient():
         states[0].tool_pos.assign(tool_pos)
         states[0].tool_rot.assign(np.tile(np.array([0, 0, 0, 1], np.float32), (worlds, 1, 1)))
         control = MPMControl.zeros(worlds, 1, device="cpu", requires_grad=True)
-        control.tool_vel.assign(np.array([[[0.3, -1.0, 0.2]]], np.float32))
+        control.tool_vel.assign(np.array([[[0.3, -1.0, 0.2]], [[-0.2, -1.0, 0.1]]], np.float32))
         region = solver.active_region(states[0], 3 * 2e-4, extra_speed=1.0) if use_region else None
         if use_region:
             assert np.prod(region[1]) < 0.5 * 24**3  # a real sub-box
@@ -345,6 +348,14 @@ def test_active_region_step_equals_whole_grid_step_and_its_gradient():
         states[-1].particle_x.grad.fill_(1.0)
         tape.backward()
         results.append((states[-1].particle_x.numpy(), states[0].particle_x.grad.numpy(), control.tool_vel.grad.numpy()))
+        if use_region:
+            box = int(np.prod(region[1]))
+            m = grids[0].m.numpy().reshape(worlds, -1)
+            assert np.all(m[:, box:] == 5.0)  # beyond the compact box: untouched
+            assert np.all(m[:, :box] != 5.0) and m[:, :box].sum() > 0  # the box: cleared, then the mass
+            np.testing.assert_allclose(m[:, :box].sum(axis=1), np.full(worlds, solver.model.particle_mass * count),
+                                       rtol=1e-4)
+            assert np.all(grids[0].v.grad.numpy().reshape(worlds, -1, 3)[:, box:] == 7.0)
     for whole, boxed in zip(*results):
         np.testing.assert_allclose(boxed, whole, rtol=1e-5, atol=1e-6)
     assert np.abs(results[0][2]).max() > 0  # the tool touches the dough

@@ -268,6 +268,8 @@ class SolverMPM:
         res = self.model.grid_res
         shape = region[1] if region is not None else (res, res, res)
         bounds = self._stencil_bounds(region)  # raises for a bad region
+        if region is not None:
+            grid = grid.region(*region)  # the box stored compactly
         rows = (worlds, shape[0], shape[1])
         wp.launch(clear_grid_region, dim=rows, inputs=[bounds[0], shape[2]], outputs=[grid.mv, grid.m, grid.v],
                   device=self.device, record_tape=False)

@@ -95,3 +95,40 @@ class MPMGrid:
             return array
 
         return cls(mv=empty(wp.vec3), m=empty(wp.float32), v=empty(wp.vec3))
+
+    def region(self, origin: tuple[int, int, int], shape: tuple[int, int, int]) -> MPMGrid:
+        """Views of this grid (and its gradients) that store the box ``origin`` + [0, ``shape``) compactly.
+
+        Node (w, i, j, k) of the box lives at element ((i - o_i) * s_j + (j - o_j)) * s_k + (k - o_k)
+        of world w's block: kernels index the views with the usual global node indices, but the
+        box occupies one contiguous run of memory per world instead of a slab of whole grid rows.
+        On the CPU only touched pages are resident, so a step's grid costs the size of its box (at
+        the paper preset about 10,000 nodes of the 262,144, a quarter of the pages a slab would
+        touch): this is what keeps a not-checkpointed episode's grids small.
+
+        Only nodes inside the box may be read or written through the views (the solver clamps
+        stencils to it). The last box's views are cached; they stay valid while this grid lives.
+        """
+        key = (tuple(int(v) for v in origin), tuple(int(v) for v in shape))
+        cached = self.__dict__.get("_region_views")  # not a field: array walks must not see the views
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        (oi, oj, ok), (si, sj, sk) = key
+        if min(oi, oj, ok) < 0 or min(si, sj, sk) < 1 or any(o + n > r for o, n, r in zip(key[0], key[1], self.m.shape[1:])):
+            raise ValueError(f"box {key} does not lie inside the grid of shape {self.m.shape[1:]}")
+
+        def view(array: wp.array) -> wp.array:
+            item = wp.types.type_size_in_bytes(array.dtype)
+            offset = ((oi * sj + oj) * sk + ok) * item  # of the box's first node's global index
+            compact = wp.array(
+                ptr=array.ptr - offset, dtype=array.dtype, shape=(array.shape[0], oi + si, oj + sj, ok + sk),
+                strides=(array.strides[0], sj * sk * item, sk * item, item), device=array.device,
+            )
+            compact._base = array  # keeps the memory alive
+            if array.grad is not None:
+                compact.grad = view(array.grad)
+            return compact
+
+        views = MPMGrid(mv=view(self.mv), m=view(self.m), v=view(self.v))
+        self.__dict__["_region_views"] = (key, views)
+        return views
