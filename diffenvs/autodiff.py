@@ -3,30 +3,43 @@
 A :class:`Trajectory` holds one :class:`~diffenvs.task.StepBuffers` per environment step and one
 tape per step. Buffers are allocated the first time a step index is reached and reused by later
 episodes, so recording never allocates in steady state and never overwrites an array that a
-tape has read (Warp's tape does not version arrays). One tape per step lets a diverged step be
+tape has read (Warp's tape does not version arrays), except where checkpointing overwrites and
+then restores one by design (below). One tape per step lets a diverged step be
 dropped without re-recording the episode, and lets the backward pass be seeded per step.
 
 Memory: with ``differentiable=True`` a trajectory keeps, for every step of the longest episode
 seen, the task's step buffers: the step's outputs (state, reward, loss, observation, action) with
 their gradients, and its scratch (substep states, grids) without: the backward pass
 differentiates one step at a time, so all steps share one set of scratch gradients, zeroed
-before each step's backward pass. Memory is ``T * (2 * outputs + scratch) + 1 * scratch``. With
-``checkpoint=True`` all steps also share one set of scratch values: the forward pass records no
-tape, and the backward pass re-runs each step on a tape, newest first, before differentiating
-it. Memory is then ``T * (2 * outputs) + 2 * scratch``, for about one extra forward pass of
-compute. With ``differentiable=False`` it keeps two step buffers (ping-pong) and no gradients.
+before each step's backward pass. Memory is ``T * (2 * outputs + scratch) + 1 * scratch``.
+
+With ``checkpoint=True`` steps use two sets of scratch values in turn (step t the set t % 2).
+Each step is still recorded on its tape in the forward pass, but later steps overwrite its
+scratch; the backward pass refills a step's set (an untaped re-run of the step, whose outputs go
+to throwaway buffers) before running its tape. The two newest steps need no refill, and on the
+CPU the refill of step t - 1 runs on a second thread while step t is differentiated: Warp
+releases the GIL while a kernel runs, and the two touch disjoint arrays. Memory is
+``T * (2 * outputs) + 3 * scratch``, for one extra forward pass of compute, mostly hidden on a
+2-core CPU. With ``differentiable=False`` a trajectory keeps two step buffers (ping-pong) and no
+gradients.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import warp as wp
 
-from diffenvs.task import State, StepBuffers, Task, _walk_arrays
+from diffenvs.task import State, StepBuffers, Task, _walk_arrays, pooled_grads
+
+SCRATCH_SETS = 2
+"""Checkpointing keeps this many sets of scratch values (substep states, grids), used by steps in
+turn: the newest steps' sets are still filled when the backward pass starts, and one set is
+refilled while the other's step is differentiated."""
 
 
 class GradientError(RuntimeError):
@@ -108,6 +121,10 @@ class Trajectory:
         self._buffers: list[StepBuffers] = []
         self._tapes: list[wp.Tape] = []
         self._entries: dict[int, Entry] = {}
+        self._holder: dict[int, int] = {}  # checkpointing: scratch set -> the step whose values it holds
+        self._refill: dict[int, StepBuffers] = {}  # checkpointing: per scratch set, throwaway outputs
+        self._output_grads: list[wp.array] = []  # per step: the buffer holding its outputs' gradients
+        self._scratch_grads: wp.array | None = None  # the scratch gradients of every step (tape-cleared ones aside)
         self.length = 0
 
     def state(self, t: int | None = None) -> State:
@@ -187,14 +204,22 @@ class Trajectory:
         """Buffers of step ``t`` (allocated on first use)."""
         slot = t if self.differentiable else t % 2
         while len(self._buffers) <= slot:
-            if self.differentiable and not self.checkpoint and self._buffers:
-                # The scratch's gradients are shared by all steps: allocate none for it.
+            if self.differentiable and self._buffers:
+                # All steps share one set of scratch gradients: allocate none for them.
                 buffers = self.task.alloc_step(requires_grad=False)
-                buffers.attach_grads(self._buffers[0])
+                self._output_grads.append(buffers.attach_grads(self._buffers[0]))
+                if self.checkpoint and len(self._buffers) >= SCRATCH_SETS:
+                    buffers.share_scratch(self._buffers[len(self._buffers) % SCRATCH_SETS])
             else:
                 buffers = self.task.alloc_step(requires_grad=self.differentiable)
-                if self.checkpoint and self._buffers:
-                    buffers.share_scratch(self._buffers[0])
+                if self.differentiable:  # the first step's: its gradients move into two buffers
+                    scratch = {id(a) for a in buffers.scratch_arrays()}
+                    cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # (not contiguous: region views)
+                    device = self.task.device
+                    self._scratch_grads = pooled_grads(
+                        [a for a in buffers.scratch_arrays() if a.grad is not None and id(a) not in cleared], device)
+                    self._output_grads.append(
+                        pooled_grads([a for a in buffers.arrays() if a.grad is not None and id(a) not in scratch], device))
             self._buffers.append(buffers)
             self._tapes.append(wp.Tape())
         return self._buffers[slot]
@@ -212,6 +237,7 @@ class Trajectory:
             self._tapes[t] = wp.Tape()
         for entry in self._entries.values():
             entry.step = -1
+        self._holder.clear()
         self.length = 0
 
     def record(self) -> StepBuffers:
@@ -223,11 +249,15 @@ class Trajectory:
         state_in = self.state(t)
         buffers = self.buffers(t)
         previous = self._previous(t)
-        if self.differentiable and not self.checkpoint:
+        if self.differentiable:
+            if self.checkpoint and t >= SCRATCH_SETS and wp.config.verify_autograd_array_access:
+                _forget_reads(self._tapes[t - SCRATCH_SETS])  # this step overwrites that one's scratch set
             # A reset entry's tape already holds the selection of this step's start state.
             tape = self._tapes[t] if self._has_entry(t) else self._fresh_tape(t)
             with tape:
                 self.task.step(state_in, buffers, previous)
+            if self.checkpoint:
+                self._holder[t % SCRATCH_SETS] = t
         else:
             self.task.step(state_in, buffers, previous)
         self.length = t + 1
@@ -250,6 +280,8 @@ class Trajectory:
         self.length -= 1
         if self.differentiable:
             self._tapes[self.length] = wp.Tape()
+        if self.checkpoint:
+            self._holder.pop(self.length % SCRATCH_SETS, None)  # it holds the dropped step's values
 
     def backward(self, seed: Callable[[Sequence[StepBuffers]], None]) -> None:
         """Zero all gradients, let ``seed`` write the adjoints of the objective, run every tape backwards."""
@@ -264,34 +296,64 @@ class Trajectory:
                 for array in _walk_arrays([entry.fresh, entry.state]):
                     array.grad.zero_()
         # Every step shares one set of scratch gradients, zeroed before each step's backward pass
-        # below; zero the other gradients here, each once (thousands of small zero_() calls add up).
-        seen: set[int] = set()
-        for buffers in self.recorded:
-            skip = {id(a) for a in buffers.scratch_arrays()}
-            for array in buffers.arrays():
-                if array.grad is not None and id(array) not in seen and id(array) not in skip:
-                    seen.add(id(array))
-                    array.grad.zero_()
+        # below (tape-cleared ones aside); each step's outputs' gradients lie in one buffer.
+        for grads in self._output_grads[: self.length]:
+            grads.zero_()
         seed(self.recorded)
-        for t in reversed(range(self.length)):
-            buffers = self._buffers[t]
-            cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # the step's tape clears what it uses
-            for array in buffers.scratch_arrays():
-                if array.grad is not None and id(array) not in cleared:
-                    array.grad.zero_()
-            if self.checkpoint:
-                # Re-run the step on a fresh tape: it rewrites the step's outputs with the same
-                # values and refills the shared scratch. (Tape.reset() would zero every gradient
-                # the tape touched, the adjoints just propagated into this step's inputs included,
-                # so the tape is dropped instead.)
-                tape = wp.Tape()
-                with tape:
-                    self.task.step(self.state(t), buffers, self._previous(t))
-                tape.backward()
-                if self._has_entry(t):
-                    self._tapes[t].backward()  # the reset selection feeding this step
-            else:
+        pending: Future | None = None
+        # Checkpointing: each step's tape was recorded in the forward pass and reads its scratch
+        # set, which later steps overwrote; it is refilled (an untaped re-run of the step) before the
+        # tape runs. The two newest steps' sets are still filled. On the CPU the refill of step
+        # t - 1 runs on a second thread while step t is differentiated (Warp releases the GIL while
+        # a kernel runs; the two touch disjoint arrays); on a GPU both would queue on one stream.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="diffenvs-refill") if self.checkpoint and self.task.device.is_cpu else None
+        try:
+            for t in reversed(range(self.length)):
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if self.checkpoint and self._holder.get(t % SCRATCH_SETS) != t:
+                    self._refill_scratch(t)
+                if pool is not None and t > 0 and self._holder.get((t - 1) % SCRATCH_SETS) != t - 1:
+                    pending = pool.submit(self._refill_scratch, t - 1)
+                self._scratch_grads.zero_()  # (the step's tape clears its tape-cleared arrays itself)
                 self._tapes[t].backward()
+        finally:
+            if pending is not None:
+                pending.result()
+            if pool is not None:
+                pool.shutdown()
+
+    def _refill_scratch(self, t: int) -> None:
+        """Checkpointing: re-run step ``t`` without a tape to refill its scratch set with the values
+        its forward pass wrote (the step's tape, recorded then, reads them). The step's outputs,
+        kept since, are not rewritten: the re-run writes them into throwaway buffers."""
+        target = t % SCRATCH_SETS
+        self._holder.pop(target, None)
+        refill = self._refill.get(target)
+        if refill is None:
+            refill = self._refill[target] = self.task.alloc_step(requires_grad=False)
+        refill.share_scratch(self._buffers[target])
+        refill.action = self._buffers[t].action  # the step's input
+        self.task.step(self.state(t), refill, self._previous(t))  # no tape records (none is active)
+        self._holder[target] = t
+
+
+def _forget_reads(tape: wp.Tape) -> None:
+    """Clear the read marks of Warp's array-access verifier on every array ``tape`` recorded.
+
+    Checkpointing overwrites a step's scratch set after its tape read it, by design: the backward
+    pass refills the set before that tape runs. (What ``Tape.backward()`` does at its end.)
+    """
+    for launch in tape.launches:
+        if not callable(launch):
+            for arrays in (launch[3], launch[4]):
+                for array in arrays:
+                    if isinstance(array, wp.array):
+                        array.mark_init()
+    for array in tape.gradients:
+        if isinstance(array, wp.array):
+            array.mark_init()
 
 
 class _no_tape:

@@ -6,7 +6,8 @@ new one), medians over the repeats. Figures:
 * dough tasks, per preset: forward env steps/s (``differentiable=False``), time of a 50-step
   episode recorded with ``checkpoint=True`` plus ``grad()`` and its ratio to the forward time,
   peak resident memory of that process, and the same without checkpointing (every substep
-  recorded: no recomputation, memory growing with the horizon);
+  recorded: no re-run, memory growing with the horizon by the substep states); a star marks
+  the preset's default;
 * Pusher: world-steps/s of the native vector env at N = 1, 16, 256 worlds and of Gymnasium's
   ``SyncVectorEnv`` over the largest N, measured in the same run;
 * start-up: time from process start to the first env step with the kernel cache warm, and to the
@@ -163,9 +164,11 @@ def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffe
     print(f"  warm: {warm:.1f} s   cold: {cold:.1f} s")
 
     print(f"\ndough, {HORIZON}-step episodes")
-    print(f"  {'':<20}{'forward':>12}{'checkpointed (default)':>34}{'not checkpointed':>34}")
+    print(f"  {'':<20}{'forward':>12}{'checkpointed':>34}{'not checkpointed':>34}   (*: the preset's default)")
     print(f"  {'task':<11}{'preset':<9}{'steps/s':>12}{'grad 50 [s]':>12}{'grad/fwd':>10}{'RSS':>12}"
           f"{'grad 50 [s]':>12}{'grad/fwd':>10}{'RSS':>12}")
+    from diffenvs.tasks.dough import PRESETS
+
     rows = []
     for preset in presets:
         for task in DOUGH_TASKS:
@@ -183,11 +186,13 @@ def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffe
             for name, figures in (("checkpoint", grad), ("no_checkpoint", nockpt)):
                 if "peak_device_bytes" in figures:
                     row[f"peak_device_{name}_gib"] = figures["peak_device_bytes"] / 2**30
+            row["default_checkpoint"] = bool(PRESETS[preset]["checkpoint"])
             rows.append(row)
+            mark = ("*", " ") if row["default_checkpoint"] else (" ", "*")
             print(f"  {task:<11}{preset:<9}{row['forward_steps_per_s']:>12.1f}{row['grad_50_s']:>12.2f}"
-                  f"{row['grad_over_forward']:>10.2f}{row['peak_rss_checkpoint_gib']:>11.2f}G"
-                  f"{row['grad_50_no_checkpoint_s']:>12.2f}{row['grad_over_forward_no_checkpoint']:>10.2f}"
-                  f"{row['peak_rss_no_checkpoint_gib']:>11.2f}G", flush=True)
+                  f"{row['grad_over_forward']:>10.2f}{row['peak_rss_checkpoint_gib']:>11.2f}G{mark[0]}"
+                  f"{row['grad_50_no_checkpoint_s']:>11.2f}{row['grad_over_forward_no_checkpoint']:>10.2f}"
+                  f"{row['peak_rss_no_checkpoint_gib']:>11.2f}G{mark[1]}", flush=True)
             if "peak_device_checkpoint_gib" in row:
                 print(f"  {'':<20}device memory, peak of Warp's pool: {row['peak_device_checkpoint_gib']:.2f}G checkpointed, "
                       f"{row.get('peak_device_no_checkpoint_gib', float('nan')):.2f}G not", flush=True)

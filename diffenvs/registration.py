@@ -29,14 +29,13 @@ class EnvInfo:
 
 
 def _dough(task: str, summary: str) -> EnvInfo:
-    """A dough task: 50-step episodes, checkpointed gradients by default."""
+    """A dough task: 50-step episodes (``checkpoint`` follows the preset: see ``tasks/dough.py``)."""
     return EnvInfo(
         id=f"DiffEnvs/{task}-v0",
         entry_point=f"diffenvs.tasks.dough:{task}Env",
         vector_entry_point=f"diffenvs.tasks.dough:{task}VectorEnv",
         max_episode_steps=50,
         summary=summary,
-        kwargs={"checkpoint": True},
     )
 
 

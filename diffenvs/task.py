@@ -73,9 +73,10 @@ class StepBuffers:
         for name in self.scratch_fields:
             setattr(self, name, getattr(other, name))
 
-    def attach_grads(self, template: StepBuffers) -> None:
-        """Give these buffers (allocated without gradients) the gradients ``template`` has: their own
-        zeroed ones for the step's outputs, ``template``'s own ones for the scratch fields.
+    def attach_grads(self, template: StepBuffers) -> wp.array:
+        """Give these buffers (allocated without gradients) the gradients ``template`` has:
+        ``template``'s own ones for the scratch fields, new zeroed ones for the step's outputs,
+        all of them inside one buffer, which is returned (zeroing it zeroes them all).
 
         A backward pass differentiates one step at a time, and a step's scratch gradients are
         read only while its own tape runs backwards, so one set serves every step (the trajectory
@@ -85,11 +86,37 @@ class StepBuffers:
         mine, theirs = list(self.arrays()), list(template.arrays())
         if len(mine) != len(theirs):
             raise ValueError(f"buffer layouts differ: {len(mine)} arrays against {len(theirs)}")
+        outputs = []
         for array, source in zip(mine, theirs):
             if array.shape != source.shape or array.dtype != source.dtype:
                 raise ValueError(f"buffer arrays differ: {array.shape} {array.dtype} against {source.shape} {source.dtype}")
             if source.grad is not None:
-                array.grad = source.grad if id(source) in scratch else wp.zeros_like(source.grad)
+                if id(source) in scratch:
+                    array.grad = source.grad
+                else:
+                    outputs.append(array)
+        return pooled_grads(outputs, self.action.device)
+
+
+def pooled_grads(arrays: list[wp.array], device: wp.context.Devicelike) -> wp.array:
+    """Give each of ``arrays`` (contiguous) a zeroed gradient inside one new buffer; return the buffer.
+
+    One ``zero_()`` of the buffer then zeroes every gradient: a step has dozens of small arrays,
+    and a ``zero_()`` call costs about as much Python time as a kernel launch.
+    """
+    align = 64
+    offsets, total = [], 0
+    for array in arrays:
+        if not array.is_contiguous:
+            raise ValueError(f"only contiguous arrays can share a gradient buffer, got strides {array.strides}")
+        offsets.append(total)
+        total += -(-array.capacity // align) * align
+    pool = wp.zeros(max(total, 1), dtype=wp.uint8, device=device)
+    for array, offset in zip(arrays, offsets):
+        grad = wp.array(ptr=pool.ptr + offset, dtype=array.dtype, shape=array.shape, device=pool.device)
+        grad._pool = pool  # keeps the memory alive
+        array.grad = grad
+    return pool
 
 
 def _walk_arrays(value: Any) -> Iterator[wp.array]:

@@ -24,10 +24,12 @@ from diffenvs.sim.mpm.kernels import tool_sdf
 from diffenvs.task import State, StepBuffers, Task
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Fast enough for CPU use and RL: a 32^3 grid and 1,000 particles.
-    "default": {"grid_res": 32, "particle_count": 1000, "sim_substeps": 10, "frame_dt": 2.0e-3},
-    # PlasticineLab's RollingPin scale: 64^3 grid, 10,000 particles, 19 substeps of 1e-4 s.
-    "paper": {"grid_res": 64, "particle_count": 10000, "sim_substeps": 19, "frame_dt": 1.9e-3},
+    # Fast enough for CPU use and RL: a 32^3 grid and 1,000 particles. A recorded step takes about
+    # 1 MB, so gradients record every substep (checkpointing would only add its re-run).
+    "default": {"grid_res": 32, "particle_count": 1000, "sim_substeps": 10, "frame_dt": 2.0e-3, "checkpoint": False},
+    # PlasticineLab's RollingPin scale: 64^3 grid, 10,000 particles, 19 substeps of 1e-4 s. A
+    # recorded step takes about 25 MB, a checkpointed one 2 MB, at the same gradient speed on 2 cores.
+    "paper": {"grid_res": 64, "particle_count": 10000, "sim_substeps": 19, "frame_dt": 1.9e-3, "checkpoint": True},
 }
 BLOB_HALF = np.array([0.15, 0.05, 0.15])  # PlasticineLab's 0.3 x 0.1 x 0.3 box of dough
 TARGET_FIELDS = ("target_centre", "target_half", "carve_base", "carve_size")  # per world, vec3 each
@@ -955,9 +957,12 @@ _DOUGH_DOC = """
     ## Arguments
     The options of :class:`DoughConfig` (``preset="default"`` or ``"paper"``, ``grid_res``,
     ``particle_count``, ``sim_substeps``, ``frame_dt``, weights, material, tool options) and of
-    :class:`~diffenvs.env.DiffEnv`. Registered with ``checkpoint=True``: ``grad()`` keeps one state
-    per env step (particles and tools: 96 bytes per particle plus its gradient) and recomputes
-    substeps and grids, so its memory grows with the horizon only by the particle states.
+    :class:`~diffenvs.env.DiffEnv`. ``checkpoint`` defaults to the preset's choice: ``False`` at the
+    default preset (every substep recorded: about 1 MB per env step and world), ``True`` at the
+    paper preset, where ``grad()`` keeps one state per env step (particles and tools: 96 bytes
+    per particle plus its gradient, about 2 MB) and re-runs each step's substeps before
+    differentiating it (on the CPU on a second thread, in parallel with the adjoints); a recorded
+    paper-scale step would take about 25 MB.
     The remedies can be changed between episodes with ``env.set_remedies(contact_weight=...,
     softness=..., contact_focus=...)`` (``softness`` is ``tool_softness``; ``contact_focus`` 1 or
     0), e.g. to anneal from soft to hard tools.
@@ -967,10 +972,22 @@ _DOUGH_DOC = """
 """
 
 
+def preset_checkpoint(checkpoint: bool | None, task_kwargs: dict[str, Any]) -> bool:
+    """``checkpoint``, or where it is None the choice of the preset in ``task_kwargs`` (see :data:`PRESETS`)."""
+    if checkpoint is not None:
+        return bool(checkpoint)
+    preset = task_kwargs.get("preset", "default")
+    return bool(PRESETS[preset]["checkpoint"]) if preset in PRESETS else False  # (a bad preset raises in the task)
+
+
 class DoughEnv(DiffEnv):
-    """Base of the dough envs: adds ``info["iou_incremental"]``."""
+    """Base of the dough envs: adds ``info["iou_incremental"]``; ``checkpoint=None`` (the default)
+    takes the preset's choice: recorded at the default preset, checkpointed at the paper preset."""
 
     task: DoughTask
+
+    def __init__(self, render_mode: str | None = None, *, checkpoint: bool | None = None, **kwargs: Any):
+        super().__init__(render_mode, checkpoint=preset_checkpoint(checkpoint, kwargs), **kwargs)
 
     def _restart(self, state):
         obs, info = super()._restart(state)
@@ -1033,9 +1050,13 @@ class ShapeEnv(DoughEnv):
 
 
 class DoughVectorEnv(DiffVectorEnv):
-    """Base of the dough vector envs: adds ``info["iou_incremental"]`` per world."""
+    """Base of the dough vector envs: adds ``info["iou_incremental"]`` per world; ``checkpoint``
+    as for :class:`DoughEnv`."""
 
     task: DoughTask
+
+    def __init__(self, num_envs: int = 1, *, checkpoint: bool | None = None, **kwargs: Any):
+        super().__init__(num_envs, checkpoint=preset_checkpoint(checkpoint, kwargs), **kwargs)
 
     def _new_episodes(self, worlds: np.ndarray) -> None:
         iou = self.task.iou_of(self.batch.trajectory.state())

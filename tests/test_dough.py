@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -59,6 +60,15 @@ def test_checkpointed_and_recorded_gradients_agree(env_id):
     np.testing.assert_allclose(results[0].actions, results[1].actions, rtol=1e-5, atol=1e-9)
     for name in results[0].initial_state:
         np.testing.assert_allclose(results[0].initial_state[name], results[1].initial_state[name], rtol=1e-5, atol=1e-9)
+
+
+def test_checkpointing_follows_the_preset_unless_given():
+    assert not make_unwrapped("DiffEnvs/Move-v0").batch.trajectory.checkpoint
+    assert make_unwrapped("DiffEnvs/Move-v0", preset="paper").batch.trajectory.checkpoint
+    assert not make_unwrapped("DiffEnvs/Move-v0", preset="paper", checkpoint=False).batch.trajectory.checkpoint
+    assert make_unwrapped("DiffEnvs/Shape-v0", checkpoint=True).batch.trajectory.checkpoint
+    vec = gym.make_vec("DiffEnvs/RollingPin-v0", num_envs=2, vectorization_mode="vector_entry_point", preset="paper")
+    assert vec.unwrapped.batch.trajectory.checkpoint
 
 
 def test_recorded_steps_share_one_set_of_scratch_gradients():

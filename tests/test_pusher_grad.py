@@ -197,6 +197,23 @@ def test_checkpointed_gradients_equal_recorded_ones(objective):
     assert np.abs(grads[1].actions).max() > 0.0
 
 
+def test_checkpointed_gradient_after_a_dropped_step_equals_the_recorded_one():
+    """A diverged step is dropped after it overwrote the checkpointing scratch set that an earlier
+    step's tape reads: the backward pass must refill that set, not trust it."""
+    grads = []
+    for checkpoint in (False, True):
+        env = make_unwrapped(ID, proximity_weight=0.4, checkpoint=checkpoint)
+        state, actions = contact_rollout(env, seed=6, steps=6)
+        replay(env, state, actions)
+        trajectory = env.batch.trajectory
+        trajectory.buffers(trajectory.length).action.assign(np.array([[0.9, -0.9]]))
+        trajectory.record()  # what a step that diverges does before it is undone
+        trajectory.drop_last()
+        grads.append(env.grad())
+    np.testing.assert_array_equal(grads[0].actions, grads[1].actions)
+    assert np.abs(grads[1].actions).max() > 0.0
+
+
 def test_checkpoint_is_ignored_without_differentiable():
     env = make_unwrapped(ID, differentiable=False, checkpoint=True)
     env.reset(seed=0)

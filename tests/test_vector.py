@@ -42,8 +42,9 @@ def test_vector_env_equals_single_envs(env_id):
     np.testing.assert_allclose(g.value, [s.value for s in single], rtol=1e-9)
 
 
-def test_autoreset_same_step_and_gradients_of_the_current_episode():
-    vec = make_vec("DiffEnvs/Pusher-v0", 2, proximity_weight=0.3, max_episode_steps=4)
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_autoreset_same_step_and_gradients_of_the_current_episode(checkpoint):
+    vec = make_vec("DiffEnvs/Pusher-v0", 2, proximity_weight=0.3, max_episode_steps=4, checkpoint=checkpoint)
     envs = singles("DiffEnvs/Pusher-v0", 2, proximity_weight=0.3)
     vec.reset(seed=3)
     for i, e in enumerate(envs):
