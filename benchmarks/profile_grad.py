@@ -42,6 +42,11 @@ def main() -> None:
 
     rollout()
     env.grad()  # compile and allocate everything first
+    start = time.perf_counter()
+    env.grad()
+    parallel_wall = time.perf_counter() - start
+    # Timing each launch needs one thread: a checkpointed grad() refills steps on a second one.
+    env.unwrapped.batch.trajectory.parallel_refill = False
     stats: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     launch = wp.launch
 
@@ -66,8 +71,9 @@ def main() -> None:
         backward = time.perf_counter() - start
     finally:
         wp.launch = launch
-    print(f"{args.env}, preset {args.preset}, {args.steps} steps: forward {forward_wall * 1e3:.0f} ms "
-          f"(launches {forward * 1e3:.0f} ms), grad() {backward * 1e3:.0f} ms ({backward / forward_wall:.1f}x the forward)")
+    print(f"{args.env}, preset {args.preset}, {args.steps} steps, checkpoint={env.batch.trajectory.checkpoint}: forward "
+          f"{forward_wall * 1e3:.0f} ms (launches {forward * 1e3:.0f} ms), grad() {backward * 1e3:.0f} ms on one thread "
+          f"({backward / forward_wall:.1f}x the forward), {parallel_wall * 1e3:.0f} ms as run (refills on a second thread)")
     for title, table in (("forward", forward_stats), ("grad()", stats)):
         print(f"{title}, by kernel:")
         for key, (count, total) in sorted(table.items(), key=lambda item: -item[1][1])[: args.top]:

@@ -121,6 +121,9 @@ class Trajectory:
         self._buffers: list[StepBuffers] = []
         self._tapes: list[wp.Tape] = []
         self._entries: dict[int, Entry] = {}
+        self.parallel_refill = True
+        """Checkpointing on the CPU: refill a step's scratch on a second thread while the step after
+        it is differentiated (set False to run everything on the calling thread, e.g. to time kernels)."""
         self._holder: dict[int, int] = {}  # checkpointing: scratch set -> the step whose values it holds
         self._refill: dict[int, StepBuffers] = {}  # checkpointing: per scratch set, throwaway outputs
         self._output_grads: list[wp.array] = []  # per step: the buffer holding its outputs' gradients
@@ -306,7 +309,8 @@ class Trajectory:
         # tape runs. The two newest steps' sets are still filled. On the CPU the refill of step
         # t - 1 runs on a second thread while step t is differentiated (Warp releases the GIL while
         # a kernel runs; the two touch disjoint arrays); on a GPU both would queue on one stream.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="diffenvs-refill") if self.checkpoint and self.task.device.is_cpu else None
+        parallel = self.checkpoint and self.parallel_refill and self.task.device.is_cpu
+        pool = ThreadPoolExecutor(1, thread_name_prefix="diffenvs-refill") if parallel else None
         try:
             for t in reversed(range(self.length)):
                 if pending is not None:

@@ -228,9 +228,9 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         device: Warp device (``"cpu"``, ``"cuda"``, ``"cuda:0"``); default: Warp's default.
         differentiable: Record the episode for :meth:`grad`. ``False`` makes stepping cheaper
             and its memory independent of the episode length.
-        checkpoint: With ``differentiable`` (ignored without), keep only each step's outputs and recompute the
-            substeps in :meth:`grad` (less memory, about one more forward pass of compute; see
-            :mod:`diffenvs.autodiff` for the memory formula).
+        checkpoint: With ``differentiable`` (ignored without), keep only each step's outputs and re-run the
+            substeps in :meth:`grad` (less memory, one more forward pass of compute, on the CPU on a
+            second thread alongside the adjoints; see :mod:`diffenvs.autodiff` for the memory formula).
         render_width: Width of rendered frames [px].
         render_height: Height of rendered frames [px].
         **task_kwargs: Options of the task.
