@@ -71,6 +71,22 @@ def test_checkpointing_follows_the_preset_unless_given():
     assert vec.unwrapped.batch.trajectory.checkpoint
 
 
+def test_pooled_gradients_are_zeroed_together_and_need_contiguous_arrays():
+    import warp as wp
+
+    from diffenvs.task import pooled_grads
+
+    arrays = [wp.zeros(5, dtype=wp.vec3), wp.zeros((2, 3), dtype=wp.mat33), wp.zeros(7, dtype=wp.float64)]
+    pool = pooled_grads(arrays, "cpu")
+    for a in arrays:
+        a.grad.fill_(2.0)
+    assert all(np.all(a.grad.numpy() == 2.0) for a in arrays)  # disjoint: no gradient overwrote another
+    pool.zero_()
+    assert all(np.all(a.grad.numpy() == 0.0) for a in arrays)
+    with pytest.raises(ValueError, match="contiguous"):
+        pooled_grads([wp.zeros((4, 4), dtype=float)[:, 1]], "cpu")
+
+
 def test_recorded_steps_share_one_set_of_scratch_gradients():
     """Memory of a recorded (not checkpointed) episode: each step keeps its outputs' gradients and
     its scratch values, but all steps share one set of scratch gradients."""

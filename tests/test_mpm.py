@@ -363,6 +363,31 @@ def test_active_region_step_equals_whole_grid_step_and_its_gradient():
         solver.step(states[0], states[1], control, 2e-4, grids[0], ((0, 0, 0), (2, 24, 24)))
 
 
+def test_grid_region_views_are_compact_cached_and_checked():
+    from diffenvs.sim.mpm import MPMGrid
+
+    grid = MPMGrid.empty(2, 8, device="cpu", requires_grad=True)
+    grid.m.fill_(-1.0)
+    box = grid.region((2, 3, 1), (3, 4, 5))
+    assert grid.region((2, 3, 1), (3, 4, 5)) is box  # cached
+    assert box.m.grad is not None and box.m.grad.strides == box.m.strides
+
+    @wp.kernel
+    def write_nodes(m: wp.array4d(dtype=float), origin: wp.vec3i):
+        w, i, j, k = wp.tid()
+        m[w, origin[0] + i, origin[1] + j, origin[2] + k] = float(1000 * w + 100 * i + 10 * j + k)
+
+    wp.launch(write_nodes, dim=(2, 3, 4, 5), inputs=[box.m, wp.vec3i(2, 3, 1)], device="cpu")
+    raw = grid.m.numpy().reshape(2, -1)
+    expected = 1000 * np.arange(2)[:, None, None, None] + (100 * np.arange(3)[:, None, None] + 10 * np.arange(4)[:, None]
+                                                           + np.arange(5))
+    np.testing.assert_array_equal(raw[:, :60], expected.reshape(2, -1))  # node (i, j, k) at ((i*4)+j)*5+k
+    assert np.all(raw[:, 60:] == -1.0)
+    for bad in [((0, 0, 0), (9, 1, 1)), ((-1, 0, 0), (2, 2, 2)), ((6, 6, 6), (3, 3, 3)), ((0, 0, 0), (0, 2, 2))]:
+        with pytest.raises(ValueError, match="box"):
+            grid.region(*bad)
+
+
 def test_worlds_are_independent():
     solver, x0, tool = make_scene(softness=0.03)
     vel = np.array([0.3, -1.0, 0.2])
