@@ -22,6 +22,10 @@ releases the GIL while a kernel runs, and the two touch disjoint arrays. Memory 
 ``T * (2 * outputs) + 3 * scratch``, for one extra forward pass of compute, mostly hidden on a
 2-core CPU. With ``differentiable=False`` a trajectory keeps two step buffers (ping-pong) and no
 gradients.
+
+Threads: Warp's tape is global to the process, so differentiable envs must not be stepped or
+differentiated from two Python threads at once (a launch in one would be recorded on the
+other's tape). Run parallel studies in processes (e.g. Ray workers), not threads.
 """
 
 from __future__ import annotations
