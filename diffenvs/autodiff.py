@@ -125,9 +125,10 @@ class Trajectory:
         self._buffers: list[StepBuffers] = []
         self._tapes: list[wp.Tape] = []
         self._entries: dict[int, Entry] = {}
-        self.parallel_refill = True
+        self.parallel_refill = task.parallel_refill
         """Checkpointing on the CPU: refill a step's scratch on a second thread while the step after
-        it is differentiated (set False to run everything on the calling thread, e.g. to time kernels)."""
+        it is differentiated (default: the task's choice; False runs everything on the calling
+        thread, e.g. to time kernels)."""
         self._holder: dict[int, int] = {}  # checkpointing: scratch set -> the step whose values it holds
         self._refill: dict[int, StepBuffers] = {}  # checkpointing: per scratch set, throwaway outputs
         self._output_grads: list[wp.array] = []  # per step: the buffer holding its outputs' gradients

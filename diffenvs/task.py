@@ -149,6 +149,10 @@ class Task(abc.ABC):
     action_dim: ClassVar[int]
     obs_dim: ClassVar[int]
     reward_terms: ClassVar[tuple[str, ...]]
+    parallel_refill: ClassVar[bool] = False
+    """Whether a checkpointed backward pass on the CPU should re-run steps on a second thread while it
+    differentiates others: worth it when kernels, which release the GIL, dominate a step (dough);
+    not for steps made of many tiny launches, whose Python work cannot overlap (the Pusher)."""
 
     def __init__(self, world_count: int, device: wp.context.Devicelike = None):
         if int(world_count) < 1:

@@ -62,6 +62,20 @@ def test_checkpointed_and_recorded_gradients_agree(env_id):
         np.testing.assert_allclose(results[0].initial_state[name], results[1].initial_state[name], rtol=1e-5, atol=1e-9)
 
 
+def test_parallel_and_sequential_refills_give_identical_gradients():
+    env = make_unwrapped("DiffEnvs/RollingPin-v0", **TINY_DOUGH, tool_softness=0.02, checkpoint=True)
+    assert env.batch.trajectory.parallel_refill  # the dough tasks' default
+    env.reset(seed=3)
+    for a in pressing_actions(env, 6):
+        env.step(a)
+    parallel = env.grad()
+    env.batch.trajectory.parallel_refill = False
+    sequential = env.grad()
+    np.testing.assert_array_equal(parallel.actions, sequential.actions)
+    np.testing.assert_array_equal(parallel.initial_state["particle_x"], sequential.initial_state["particle_x"])
+    assert not make_unwrapped("DiffEnvs/Pusher-v0", checkpoint=True).batch.trajectory.parallel_refill
+
+
 def test_checkpointing_follows_the_preset_unless_given():
     assert not make_unwrapped("DiffEnvs/Move-v0").batch.trajectory.checkpoint
     assert make_unwrapped("DiffEnvs/Move-v0", preset="paper").batch.trajectory.checkpoint
