@@ -222,7 +222,7 @@ class Trajectory:
                 buffers = self.task.alloc_step(requires_grad=self.differentiable)
                 if self.differentiable:  # the first step's: its gradients move into two buffers
                     scratch = {id(a) for a in buffers.scratch_arrays()}
-                    cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # (not contiguous: region views)
+                    cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # each step's tape clears the box it uses
                     device = self.task.device
                     self._scratch_grads = pooled_grads(
                         [a for a in buffers.scratch_arrays() if a.grad is not None and id(a) not in cleared], device)

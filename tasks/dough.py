@@ -25,7 +25,7 @@ from diffenvs.task import State, StepBuffers, Task
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Fast enough for CPU use and RL: a 32^3 grid and 1,000 particles. A recorded step takes about
-    # 1 MB, so gradients record every substep (checkpointing would only add its re-run).
+    # 2 MB, so gradients record every substep (checkpointing would only add its re-run).
     "default": {"grid_res": 32, "particle_count": 1000, "sim_substeps": 10, "frame_dt": 2.0e-3, "checkpoint": False},
     # PlasticineLab's RollingPin scale: 64^3 grid, 10,000 particles, 19 substeps of 1e-4 s. A
     # recorded step takes about 25 MB, a checkpointed one 2 MB, at the same gradient speed on 2 cores.
@@ -959,7 +959,7 @@ _DOUGH_DOC = """
     The options of :class:`DoughConfig` (``preset="default"`` or ``"paper"``, ``grid_res``,
     ``particle_count``, ``sim_substeps``, ``frame_dt``, weights, material, tool options) and of
     :class:`~diffenvs.env.DiffEnv`. ``checkpoint`` defaults to the preset's choice: ``False`` at the
-    default preset (every substep recorded: about 1 MB per env step and world), ``True`` at the
+    default preset (every substep recorded: about 2 MB per env step and world), ``True`` at the
     paper preset, where ``grad()`` keeps one state per env step (particles and tools: 96 bytes
     per particle plus its gradient, about 2 MB) and re-runs each step's substeps before
     differentiating it (on the CPU on a second thread, in parallel with the adjoints); a recorded
