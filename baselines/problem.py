@@ -119,8 +119,9 @@ class Problem:
     Attributes:
         initial_state: The single-world initial state (``get_state()`` form).
         initial_loss: Task loss of the initial state.
-        metric_name: ``"iou_incremental"`` for tasks that report it (1 = target reached), else
-            ``"loss_reduction"``: ``1 - loss / initial_loss``.
+        metric_name: The task's metric (``Task.metric``), read from the env's ``info``:
+            ``iou_incremental`` for dough (1 = target reached), ``loss_reduction``
+            (``1 - loss / initial_loss``) for the Pusher.
         budget: Shared accounting; :meth:`reset_budget` opens a new one.
         action_shape: (horizon, action_dim) of one sequence.
     """
@@ -145,7 +146,7 @@ class Problem:
         self.base_remedies = env.remedies
         self.action_dim = int(env.action_space.shape[0])
         self.action_shape = (self.horizon, self.action_dim)
-        self.metric_name = "iou_incremental" if hasattr(env, "task") and hasattr(env.task, "iou_of") else "loss_reduction"
+        self.metric_name = env.task.metric
         env.close()
         self.budget = Budget()
 
@@ -280,10 +281,7 @@ class Problem:
             _, _, terminated, _, info = env.step(actions[:, t])
             diverged |= terminated
         loss = np.asarray(info["loss"], dtype=np.float64)
-        if self.metric_name == "iou_incremental":
-            metric = np.asarray(info["iou_incremental"], dtype=np.float64)
-        else:
-            metric = 1.0 - loss / self.initial_loss if self.initial_loss > 0 else np.zeros(worlds)
+        metric = np.asarray(info[self.metric_name], dtype=np.float64)
         evaluation = Evaluation(np.where(diverged, np.inf, loss), np.where(diverged, 0.0, metric), diverged)
         gradient = env.grad("return") if differentiable else None
         return gradient, evaluation

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -37,7 +38,9 @@ from diffenvs.baselines.problem import Evaluation, Problem
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("adam", "gd", "cem", "hybrid", "random", "mpc")
+Method = Literal["adam", "gd", "cem", "hybrid", "random", "mpc"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+"""Every method of :func:`optimize` (the CLI's ``--method`` choices and the config's check read it)."""
 Callback = Callable[[dict[str, Any], np.ndarray], None]
 
 
@@ -195,7 +198,7 @@ class SolverConfig:
     """How to optimize.
 
     Attributes:
-        method: One of ``adam``, ``gd``, ``cem``, ``hybrid``, ``random``, ``mpc``.
+        method: One of :data:`METHODS`.
         iters: Gradient iterations (``adam``, ``gd``, the gradient phase of ``hybrid``) or
             generations (``cem``); ``random`` uses ``random.samples``, ``mpc`` ``mpc.iters_per_step``.
         seed: Seed of the optimizer's own randomness (initial actions, samples).
@@ -206,7 +209,7 @@ class SolverConfig:
         random: Options of random search.
     """
 
-    method: Literal["adam", "gd", "cem", "hybrid", "random", "mpc"] = "adam"
+    method: Method = "adam"
     iters: int = 50
     seed: int = 0
     gradient: GradientConfig = GradientConfig()
@@ -320,7 +323,7 @@ def optimize(problem: Problem, config: SolverConfig = SolverConfig(), *, callbac
         logger.warning("%s stopped early: %s; keeping the best sequence so far", method, stopped)
     return TrajOptResult(
         method=method, actions=tracker.best_actions, loss=tracker.best_loss, metric=tracker.best_metric,
-        metric_name=problem.metric_name,        initial_loss=problem.initial_loss, history=tracker.history, budget=problem.budget.as_dict(), stopped=stopped,
+        metric_name=problem.metric_name, initial_loss=problem.initial_loss, history=tracker.history, budget=problem.budget.as_dict(), stopped=stopped,
     )
 
 

@@ -46,7 +46,7 @@ def main() -> None:
     env.grad()
     parallel_wall = time.perf_counter() - start
     # Timing each launch needs one thread: a checkpointed grad() refills steps on a second one.
-    env.unwrapped.batch.trajectory.parallel_refill = False
+    env.unwrapped.batch.parallel_refill = False
     stats: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     launch = wp.launch
 
@@ -71,7 +71,7 @@ def main() -> None:
         backward = time.perf_counter() - start
     finally:
         wp.launch = launch
-    print(f"{args.env}, preset {args.preset}, {args.steps} steps, checkpoint={env.batch.trajectory.checkpoint}: forward "
+    print(f"{args.env}, preset {args.preset}, {args.steps} steps, checkpoint={env.checkpoint}: forward "
           f"{forward_wall * 1e3:.0f} ms (launches {forward * 1e3:.0f} ms), grad() {backward * 1e3:.0f} ms on one thread "
           f"({backward / forward_wall:.1f}x the forward), {parallel_wall * 1e3:.0f} ms as run (refills on a second thread)")
     for title, table in (("forward", forward_stats), ("grad()", stats)):

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import warp as wp
 
-from diffenvs.task import State, StepBuffers, Task, _walk_arrays, pooled_grads
+from diffenvs.task import State, StepBuffers, Task
+from diffenvs.warp_util import forget_reads, pooled_grads, walk_arrays
 
 SCRATCH_SETS = 2
 """Checkpointing keeps this many sets of scratch values (substep states, grids), used by steps in
@@ -48,22 +49,6 @@ refilled while the other's step is differentiated."""
 
 class GradientError(RuntimeError):
     """Raised when a gradient is requested that the recorded trajectory cannot provide."""
-
-
-def record_adjoint(backward: Callable[[], None], arrays: Sequence[wp.array]) -> bool:
-    """Record a hand-written adjoint on the tape that is recording now; return whether one was.
-
-    For kernels launched with ``record_tape=False`` whose adjoint is written by hand (faster
-    than Warp's generated one): ``backward`` runs in the backward pass in place of the generated
-    adjoint and must *add* to the gradients of the kernel's inputs. ``arrays`` are the arrays it
-    reads or writes, whose gradients the tape zeroes in ``Tape.zero()``.
-    """
-    runtime = wp._src.context.runtime
-    tape = None if runtime is None else runtime.tape
-    if tape is None:
-        return False
-    tape.record_func(backward, [a for a in arrays if a.grad is not None])  # (the others have no gradient to zero)
-    return True
 
 
 @wp.kernel
@@ -259,7 +244,7 @@ class Trajectory:
         previous = self._previous(t)
         if self.differentiable:
             if self.checkpoint and t >= SCRATCH_SETS and wp.config.verify_autograd_array_access:
-                _forget_reads(self._tapes[t - SCRATCH_SETS])  # this step overwrites that one's scratch set
+                forget_reads(self._tapes[t - SCRATCH_SETS])  # this step overwrites that one's scratch set
             # A reset entry's tape already holds the selection of this step's start state.
             tape = self._tapes[t] if self._has_entry(t) else self._fresh_tape(t)
             with tape:
@@ -297,11 +282,11 @@ class Trajectory:
             raise GradientError("gradients are unavailable: the env was built with differentiable=False")
         if self.length == 0:
             raise GradientError("no step recorded since the last reset: call step() before grad()")
-        for array in _walk_arrays(self.initial):
+        for array in walk_arrays(self.initial):
             array.grad.zero_()
         for entry in self._entries.values():
             if 0 <= entry.step < self.length:
-                for array in _walk_arrays([entry.fresh, entry.state]):
+                for array in walk_arrays([entry.fresh, entry.state]):
                     array.grad.zero_()
         # Every step shares one set of scratch gradients, zeroed before each step's backward pass
         # below (tape-cleared ones aside); each step's outputs' gradients lie in one buffer.
@@ -346,23 +331,6 @@ class Trajectory:
         refill.action = self._buffers[t].action  # the step's input
         self.task.step(self.state(t), refill, self._previous(t))  # no tape records (none is active)
         self._holder[target] = t
-
-
-def _forget_reads(tape: wp.Tape) -> None:
-    """Clear the read marks of Warp's array-access verifier on every array ``tape`` recorded.
-
-    Checkpointing overwrites a step's scratch set after its tape read it, by design: the backward
-    pass refills the set before that tape runs. (What ``Tape.backward()`` does at its end.)
-    """
-    for launch in tape.launches:
-        if not callable(launch):
-            for arrays in (launch[3], launch[4]):
-                for array in arrays:
-                    if isinstance(array, wp.array):
-                        array.mark_init()
-    for array in tape.gradients:
-        if isinstance(array, wp.array):
-            array.mark_init()
 
 
 class _no_tape:

@@ -1,4 +1,4 @@
-"""The ``diffenvs`` command line: ``list``, ``demo``, ``optimize``, ``landscape``, ``bench``."""
+"""The ``diffenvs`` command line: ``list``, ``demo``, ``optimize``, ``landscape``, ``gradcheck``, ``bench``."""
 
 from __future__ import annotations
 
@@ -38,14 +38,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_sets(pairs: list[str]) -> dict:
+def _parse_sets(pairs: list[str], *, sections: bool = True) -> dict:
     import yaml
 
     overrides = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects section.key=value, got {pair!r}")
+            raise ValueError(f"--set expects {'section.key' if sections else 'key'}=value, got {pair!r}")
         overrides[key.strip()] = yaml.safe_load(text)
     return overrides
 
@@ -124,6 +124,26 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gradcheck(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    import warp as wp
+
+    wp.config.log_level = 30
+    from diffenvs.baselines.gradcheck import DEFAULT_EPS, GradcheckConfig, gradcheck
+
+    config = GradcheckConfig(
+        env_id=args.env, env_kwargs=_parse_sets(args.set, sections=False), seed=args.seed, steps=args.steps,
+        directions=args.directions, eps=tuple(args.eps or DEFAULT_EPS), objective=args.objective, rtol=args.rtol,
+    )
+    report = gradcheck(config, device=args.device)
+    print(report.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(report), indent=2), encoding="utf-8")
+    return 0 if report.passed else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from diffenvs.bench import run
 
@@ -150,6 +170,8 @@ def _add_problem_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diffenvs.baselines.trajopt import METHODS
+
     parser = argparse.ArgumentParser(prog="diffenvs", description="Differentiable Gymnasium environments on NVIDIA Warp.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the registered environments").set_defaults(func=_cmd_list)
@@ -162,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     opt = sub.add_parser("optimize", help="optimize an action sequence (gradients, sampling, hybrid, MPC); write a run directory")
     _add_problem_flags(opt)
-    opt.add_argument("--method", choices=["adam", "gd", "cem", "hybrid", "random", "mpc"], help="optimizer")
+    opt.add_argument("--method", choices=METHODS, help="optimizer")
     opt.add_argument("--iters", type=int, help="gradient iterations or CEM generations")
     opt.add_argument("--out-dir", help="parent folder of the run directory")
     opt.add_argument("--run-name", help="name of the run directory")
@@ -179,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     scape.add_argument("--horizons", type=int, nargs="+", help="horizons to report (default: 1/4, 1/2, all)")
     scape.add_argument("--out", default="runs/landscape.png", help="plot path (the losses go to the same name .npz)")
     scape.set_defaults(func=_cmd_landscape)
+    check = sub.add_parser("gradcheck", help="compare grad() with finite differences along several directions")
+    check.add_argument("--env", required=True, help="env id")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="an env option, e.g. --set preset=paper --set contact_weight=0 (repeatable)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the state, actions and directions")
+    check.add_argument("--steps", type=int, default=5, help="env steps of the checked episode")
+    check.add_argument("--directions", type=int, default=3, help="directions (the gradient's own, then random)")
+    check.add_argument("--eps", type=float, nargs="+", help="finite-difference step sizes (default 0.1 ... 0.001)")
+    check.add_argument("--objective", choices=["return", "loss"], default="return")
+    check.add_argument("--rtol", type=float, help="relative difference that agrees (default: the registry's for the id)")
+    check.add_argument("--device", help="Warp device (cpu, cuda)")
+    check.add_argument("--json", help="also write the report as JSON to this path")
+    check.set_defaults(func=_cmd_gradcheck)
     bench = sub.add_parser("bench", help="measure speed, memory and start-up; print a table and write JSON")
     bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")
     bench.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")

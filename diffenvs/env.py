@@ -1,8 +1,14 @@
 """Gymnasium environments over batched Warp tasks, with analytic gradients.
 
-:class:`WorldBatch` is the batched core: it owns a :class:`~diffenvs.task.Task`, its
-:class:`~diffenvs.autodiff.Trajectory`, and every conversion between numpy and Warp.
-:class:`DiffEnv` is the single Gymnasium env: a batch of one world.
+Three layers, one code path:
+
+* :class:`WorldBatch` owns a :class:`~diffenvs.task.Task` and its
+  :class:`~diffenvs.autodiff.Trajectory` and does every conversion between numpy and Warp;
+* :class:`EnvCore` holds the episode logic of ``num_envs`` worlds: spaces, action validation,
+  seeding, ``info`` with its divergence masking, per-episode metrics, autoreset, remedies;
+* :class:`DiffVectorEnv` (Gymnasium's ``VectorEnv``) and :class:`DiffEnv` (``gym.Env``) are thin
+  adapters over the core: the single env is the core at one world without autoreset, so the two
+  cannot drift apart (``tests/test_vector.py`` checks that they agree on every registered id).
 
 Input handling (the same for every env):
 
@@ -12,14 +18,17 @@ Input handling (the same for every env):
   clipped (applied) action: for a component that was clipped the true derivative with respect
   to the raw action is zero, and the returned value is the derivative with respect to the
   bound (a straight-through estimate). Optimizers should keep their actions inside the bounds;
-* a step whose state becomes non-finite or leaves the task's bounds is undone: the episode ends
-  with ``terminated=True``, reward 0, the last valid observation and ``info["diverged"] = True``,
-  and ``grad()`` covers the steps before it.
+* a step whose state becomes non-finite or leaves the task's bounds ends that world's episode:
+  ``terminated=True``, ``info["diverged"] = True``, reward and reward terms 0, ``info["loss"]``
+  NaN, the task's metrics 0, ``is_success`` False, and the last valid observation (the vector
+  env's ``info["final_obs"]``). The single env undoes the step (``grad()`` covers the steps
+  before it; ``step()`` raises until ``reset()``); the vector env resets the world at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -61,6 +70,7 @@ class StepResult:
     loss: np.ndarray
     diverged: np.ndarray
     metrics: dict[str, np.ndarray]
+    """The task's metrics (:meth:`~diffenvs.task.Task.step_metrics`), per world."""
 
 
 def checked_actions(action: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -146,8 +156,42 @@ class WorldBatch:
         """Host copy of the current state of all worlds."""
         return {name: array.numpy().copy() for name, array in self.trajectory.state().items()}
 
-    def step(self, actions: np.ndarray) -> StepResult:
-        """Step every world with ``actions`` (world_count, action_dim), already inside [-1, 1]."""
+    @property
+    def checkpoint(self) -> bool:
+        """Whether the backward pass re-runs steps instead of keeping their scratch (see :mod:`diffenvs.autodiff`)."""
+        return self.trajectory.checkpoint
+
+    @property
+    def parallel_refill(self) -> bool:
+        """Checkpointing on the CPU: re-run steps on a second thread during the adjoints."""
+        return self.trajectory.parallel_refill
+
+    @parallel_refill.setter
+    def parallel_refill(self, value: bool) -> None:
+        self.trajectory.parallel_refill = bool(value)
+
+    def reset_worlds(self, mask: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Start new episodes in the worlds of ``mask`` from their rows of ``state`` (batched numpy,
+        every world); the others go on. Return the observations and losses of every world."""
+        state = self.check_state(state)
+        self.trajectory.reset_worlds(mask, state)
+        current = self.trajectory.state()
+        self.task.prepare(current)
+        self.task.observe(current, self._obs)
+        self.task.loss_of(current, self._loss)
+        return self._obs.numpy().copy(), self._loss.numpy().copy()
+
+    def episode_start(self) -> dict[str, np.ndarray]:
+        """The task's :meth:`~diffenvs.task.Task.episode_start` values of the current state of every world."""
+        return self.task.episode_start(self.trajectory.state())
+
+    def initial_state_arrays(self) -> dict[str, wp.array]:
+        """The Warp arrays of the trajectory's initial state (read-only use: diagnostics, tests)."""
+        return self.trajectory.initial
+
+    def step(self, actions: np.ndarray, start: dict[str, np.ndarray]) -> StepResult:
+        """Step every world with ``actions`` (world_count, action_dim), already inside [-1, 1];
+        ``start`` holds each world's episode-start values for the task's metrics."""
         self._check_remedies()
         buffers = self.trajectory.buffers(self.trajectory.length)
         buffers.action.assign(np.asarray(actions, dtype=np.float64))
@@ -159,7 +203,7 @@ class WorldBatch:
             reward_terms=buffers.reward_terms.numpy().copy(),
             loss=buffers.loss.numpy().copy(),
             diverged=buffers.diverged.numpy().astype(bool),
-            metrics=self.task.step_metrics(buffers),
+            metrics=self.task.step_metrics(buffers, start),
         )
 
     def drop_last_step(self) -> None:
@@ -217,8 +261,297 @@ class WorldBatch:
         return Gradients(objective=objective, value=value, actions=actions, initial_state=initial)
 
 
-class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
-    """Base of the single diffenvs environments: one world of a :class:`~diffenvs.task.Task`.
+
+@dataclasses.dataclass(frozen=True)
+class BatchStep:
+    """What :meth:`EnvCore.step` returns for all worlds (world axis first).
+
+    Attributes:
+        obs: Observations: of the new episode where a world was autoreset.
+        reward: Rewards (0 where diverged).
+        terminated: Diverged worlds.
+        truncated: Worlds that reached ``max_episode_steps``.
+        info: The step's info, one array per key (see :class:`EnvCore`).
+        final_obs: Last observations of the episodes that ended, zeros elsewhere (autoreset only).
+        ended: Worlds whose episode ended in this step.
+    """
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    info: dict[str, np.ndarray]
+    final_obs: np.ndarray | None
+    ended: np.ndarray
+
+
+class EnvCore:
+    """Episodes of ``num_envs`` worlds of a task: the one code path of the single and vector envs.
+
+    Info of a step (one array per key, world axis first): ``loss`` (task loss after the step),
+    ``diverged``, ``is_success``, ``reward_<term>`` for every reward term of the task, and the
+    task's metrics (:meth:`~diffenvs.task.Task.step_metrics`, e.g. ``iou`` and
+    ``iou_incremental``); in a diverged world ``loss`` is NaN, rewards and metrics are 0 and
+    ``is_success`` is False. Info of a reset: ``loss`` and the task's episode-start values.
+
+    Args:
+        task_class: The task.
+        num_envs: Worlds.
+        autoreset: Reset a world as soon as its episode ends (the vector env); without it (the
+            single env, one world only) a diverged step is undone and stepping raises until
+            :meth:`reset`.
+        device: Warp device.
+        differentiable: Record steps for :meth:`grad`.
+        checkpoint: Checkpoint the recording; ``None``: the task's default.
+        max_episode_steps: Truncate episodes after this many steps (``None``: never).
+        render_mode: ``None`` or ``"rgb_array"``.
+        render_width: Width of rendered frames [px].
+        render_height: Height of rendered frames [px].
+        task_kwargs: Options of the task.
+    """
+
+    render_modes = ("rgb_array",)
+
+    def __init__(
+        self,
+        task_class: type[Task],
+        num_envs: int,
+        *,
+        autoreset: bool,
+        device: str | None,
+        differentiable: bool,
+        checkpoint: bool | None,
+        max_episode_steps: int | None,
+        render_mode: str | None,
+        render_width: int,
+        render_height: int,
+        task_kwargs: dict[str, Any],
+    ):
+        if render_mode is not None and render_mode not in self.render_modes:
+            raise ValueError(f"render_mode must be None or one of {list(self.render_modes)}, got {render_mode!r}")
+        if max_episode_steps is not None and int(max_episode_steps) < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if int(render_width) < 1 or int(render_height) < 1:
+            raise ValueError(f"render_width and render_height must be >= 1, got {render_width} and {render_height}")
+        if not autoreset and int(num_envs) != 1:
+            raise ValueError("an env without autoreset has one world")
+        self.task = task_class(int(num_envs), device=device, **task_kwargs)
+        self.num_envs = self.task.world_count
+        self.autoreset = bool(autoreset)
+        checkpoint = self.task.default_checkpoint if checkpoint is None else bool(checkpoint)
+        self.batch = WorldBatch(self.task, differentiable=differentiable, checkpoint=checkpoint)
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self.render_mode = render_mode
+        self.render_width, self.render_height = int(render_width), int(render_height)
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.task.action_dim,), dtype=np.float32)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
+        self.render_fps = round(1.0 / self.task.frame_dt)
+        self.rngs: list[np.random.Generator] | None = None
+        self.elapsed = np.zeros(self.num_envs, dtype=np.int64)
+        self.obs: np.ndarray | None = None
+        self.loss = np.full(self.num_envs, np.nan)
+        self.start: dict[str, np.ndarray] = {}
+        self.ended = np.zeros(self.num_envs, dtype=bool)
+
+    @property
+    def dt(self) -> float:
+        """Duration of one env step [s] (``frame_dt``)."""
+        return self.task.frame_dt
+
+    def seed(self, seed: int | Sequence[int | None] | None) -> None:
+        """New generators: world ``i`` gets ``seed + i`` (a list gives one seed per world)."""
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            seeds = list(seed)
+        else:
+            seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"reset() needs {self.num_envs} seeds, got {len(seeds)}")
+        self.rngs = [gym.utils.seeding.np_random(s)[0] for s in seeds]
+
+    def _sample(self, worlds: Sequence[int], options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
+        return [self.task.sample_state(self.rngs[w], options) for w in worlds]
+
+    def reset(self, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """New episodes in every world, drawn from the worlds' generators (see :meth:`seed`)."""
+        if self.rngs is None:
+            self.seed(None)
+        states = self._sample(range(self.num_envs), options)
+        return self.restart({name: np.stack([s[name] for s in states]) for name in states[0]})
+
+    def restart(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """New episodes in every world from a batched numpy state (``set_state``); observations and info."""
+        obs, loss = self.batch.reset(state)
+        if self.rngs is None:
+            self.seed(None)
+        self.elapsed[:] = 0
+        self.ended[:] = False
+        self.obs, self.loss = obs, loss
+        self.start = self.batch.episode_start()
+        return obs.copy(), {"loss": loss.copy(), **{k: v.copy() for k, v in self.start.items()}}
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        if self.obs is None:
+            raise RuntimeError("call reset() before get_state()")
+        return self.batch.get_state()
+
+    def check_actions(self, actions: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+        """``actions`` checked against ``shape`` and clipped, as (num_envs, action_dim) float64."""
+        return checked_actions(actions, shape, name).reshape(self.num_envs, self.task.action_dim)
+
+    def step(self, actions: np.ndarray) -> BatchStep:
+        """Step every world with checked ``actions`` (num_envs, action_dim); see the class docstring."""
+        if self.obs is None:
+            raise RuntimeError("call reset() before step()")
+        if self.ended.any():
+            raise RuntimeError("the episode ended because the simulation diverged: call reset()")
+        result = self.batch.step(actions, self.start)
+        self.elapsed += 1
+        diverged = result.diverged
+        terminated = diverged.copy()
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        if self.max_episode_steps is not None:
+            truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        reward = np.where(diverged, 0.0, result.reward)
+        obs = np.where(diverged[:, None], self.obs, result.obs).astype(np.float32)
+        info: dict[str, np.ndarray] = {
+            "loss": np.where(diverged, np.nan, result.loss),
+            "diverged": diverged,
+            "is_success": self.task.success(result.loss) & ~diverged,
+        }
+        for i, name in enumerate(self.task.reward_terms):
+            info[f"reward_{name}"] = np.where(diverged, 0.0, result.reward_terms[:, i])
+        for name, value in result.metrics.items():
+            info[name] = np.where(diverged, 0.0, value)
+        self.loss = np.where(diverged, self.loss, result.loss)
+        ended = terminated | truncated
+        final_obs = None
+        if not self.autoreset:
+            if diverged.any():
+                self.batch.drop_last_step()
+                self.ended |= diverged
+        elif ended.any():
+            final_obs = np.where(ended[:, None], obs, 0.0).astype(np.float32)
+            current = self.batch.get_state()
+            worlds = np.flatnonzero(ended)
+            for w, fresh in zip(worlds, self._sample(worlds)):
+                for name, value in fresh.items():
+                    current[name][w] = value
+            new_obs, new_loss = self.batch.reset_worlds(ended, current)
+            obs = np.where(ended[:, None], new_obs, obs).astype(np.float32)
+            self.loss = np.where(ended, new_loss, self.loss)
+            start = self.batch.episode_start()
+            self.start = {name: np.where(ended, start[name], self.start[name]) for name in start}
+            self.elapsed[ended] = 0
+        self.obs = obs
+        return BatchStep(obs.copy(), reward, terminated, truncated, info, final_obs, ended)
+
+    def render(self) -> list[np.ndarray] | None:
+        """A frame of every world, or ``None`` (with a warning) without a render mode."""
+        if self.render_mode is None:
+            gym.logger.warn("render() was called with render_mode=None; make the env with render_mode='rgb_array'.")
+            return None
+        state = self.get_state()
+        return [
+            self.task.render({name: value[w] for name, value in state.items()}, width=self.render_width, height=self.render_height)
+            for w in range(self.num_envs)
+        ]
+
+    # Pickling: the constructor's arguments are kept by the adapters; this is the rest ----------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What pickling keeps besides the constructor's arguments."""
+        return {
+            "rngs": None if self.rngs is None else [rng.bit_generator.state for rng in self.rngs],
+            "state": None if self.obs is None else self.get_state(),
+            "elapsed": self.elapsed.copy(), "ended": self.ended.copy(), "start": dict(self.start), "loss": self.loss.copy(),
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Undo :meth:`snapshot` on a freshly built core (the recording starts at the restored state)."""
+        if saved["state"] is not None:
+            self.restart(saved["state"])
+            self.start, self.loss = saved["start"], saved["loss"]  # the episodes' starts, not the restored state
+            self.elapsed, self.ended = saved["elapsed"], saved["ended"]
+        if saved["rngs"] is not None:
+            self.rngs = []
+            for bit_state in saved["rngs"]:
+                rng = np.random.Generator(np.random.PCG64())
+                rng.bit_generator.state = bit_state
+                self.rngs.append(rng)
+
+
+class _CoreEnv:
+    """What the single and the vector env share verbatim: construction arguments, the core's
+    properties, remedies and pickling."""
+
+    _core: EnvCore
+    _init_kwargs: dict[str, Any]
+
+    @property
+    def task(self) -> Task:
+        """The batched task behind the env."""
+        return self._core.task
+
+    @property
+    def batch(self) -> WorldBatch:
+        """The recorded rollout (numpy <-> Warp, trajectory, gradients)."""
+        return self._core.batch
+
+    @property
+    def dt(self) -> float:
+        """Duration of one env step [s] (``frame_dt``)."""
+        return self._core.dt
+
+    @property
+    def differentiable(self) -> bool:
+        """Whether steps are recorded for ``grad()``."""
+        return self._core.batch.differentiable
+
+    @property
+    def checkpoint(self) -> bool:
+        """Whether the recording is checkpointed (the default follows the task, e.g. the dough preset)."""
+        return self._core.batch.checkpoint
+
+    @property
+    def remedies(self) -> dict[str, float]:
+        """Current gradient remedies of the task (e.g. ``contact_weight``, ``softness``)."""
+        return self._core.task.get_remedies()
+
+    def set_remedies(self, **values: float) -> None:
+        """Change the gradient remedies (the names of :attr:`remedies`) of later episodes.
+
+        They apply from the next ``reset()`` or ``set_state()``; until then ``step()`` and
+        ``grad()`` raise :class:`GradientError`. Use it to schedule a remedy across the
+        iterations of an optimizer (anneal soft tools to hard, fade out the contact loss).
+
+        Raises:
+            ValueError: an unknown remedy or an invalid value (nothing changes).
+        """
+        self._core.batch.set_remedies(**values)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"init_kwargs": self._init_kwargs, "core": self._core.snapshot(), **self._extra_state()}
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        self.__init__(**saved["init_kwargs"])
+        self._core.restore(saved["core"])
+        self._restore_extra_state(saved)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_extra_state(self, saved: dict[str, Any]) -> None:
+        pass
+
+
+def _world(value: Any, w: int = 0) -> Any:
+    """World ``w`` of a batched value, numpy scalars as Python numbers."""
+    item = np.asarray(value)[w]
+    return item.item() if np.ndim(item) == 0 else item
+
+
+class DiffEnv(_CoreEnv, gym.Env[np.ndarray, np.ndarray]):
+    """Base of the single diffenvs environments: the batched core at one world.
 
     Subclasses set ``task_class`` and document the task. Every keyword argument that is not
     one of the arguments below is passed to the task (and rejected there if unknown).
@@ -228,15 +561,16 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         device: Warp device (``"cpu"``, ``"cuda"``, ``"cuda:0"``); default: Warp's default.
         differentiable: Record the episode for :meth:`grad`. ``False`` makes stepping cheaper
             and its memory independent of the episode length.
-        checkpoint: With ``differentiable`` (ignored without), keep only each step's outputs and re-run the
-            substeps in :meth:`grad` (less memory, one more forward pass of compute, on the CPU on a
-            second thread alongside the adjoints; see :mod:`diffenvs.autodiff` for the memory formula).
+        checkpoint: With ``differentiable`` (ignored without), keep only each step's outputs and
+            re-run the substeps in :meth:`grad` (less memory, one more forward pass of compute,
+            on the CPU on a second thread alongside the adjoints; see :mod:`diffenvs.autodiff`
+            for the memory formula). ``None``: the task's default (the dough tasks: by preset).
         render_width: Width of rendered frames [px].
         render_height: Height of rendered frames [px].
         **task_kwargs: Options of the task.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": list(EnvCore.render_modes), "render_fps": 20}
     task_class: ClassVar[type[Task]]
 
     def __init__(
@@ -245,93 +579,53 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         *,
         device: str | None = None,
         differentiable: bool = True,
-        checkpoint: bool = False,
+        checkpoint: bool | None = None,
         render_width: int = 256,
         render_height: int = 256,
         **task_kwargs: Any,
     ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self._init_kwargs = dict(
             render_mode=render_mode, device=device, differentiable=differentiable, checkpoint=checkpoint,
             render_width=render_width, render_height=render_height, **task_kwargs,
         )
+        self._core = EnvCore(
+            self.task_class, 1, autoreset=False, device=device, differentiable=differentiable, checkpoint=checkpoint,
+            max_episode_steps=None, render_mode=render_mode, render_width=render_width, render_height=render_height,
+            task_kwargs=task_kwargs,
+        )
         self.render_mode = render_mode
-        self.render_width = int(render_width)
-        self.render_height = int(render_height)
-        self.task = self.task_class(1, device=device, **task_kwargs)
-        self.batch = WorldBatch(self.task, differentiable=differentiable, checkpoint=checkpoint)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.task.action_dim,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
-        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.task.frame_dt)}
-        self._obs: np.ndarray | None = None
-        self._loss = float("nan")
-        self._ended = False
-
-    @property
-    def dt(self) -> float:
-        """Duration of one env step [s] (``frame_dt``)."""
-        return self.task.frame_dt
-
-    @property
-    def differentiable(self) -> bool:
-        return self.batch.differentiable
+        self.action_space = self._core.single_action_space
+        self.observation_space = self._core.single_observation_space
+        self.metadata = {**self.metadata, "render_fps": self._core.render_fps}
 
     @property
     def loss(self) -> float:
         """Task loss of the current state (without shaping terms)."""
-        return self._loss
+        return float(self._core.loss[0])
 
     @property
     def elapsed_steps(self) -> int:
         """Steps recorded since the last reset or set_state."""
-        return self.batch.trajectory.length
+        return int(self._core.batch.trajectory.length)
 
     # Gymnasium API --------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        state = self.task.sample_state(self.np_random, options)
-        return self._restart({name: value[None] for name, value in state.items()})
+        self._core.rngs = [self.np_random]
+        obs, info = self._core.reset(options)
+        return obs[0], {key: _world(value) for key, value in info.items()}
 
     def step(self, action):
-        if self._obs is None:
-            raise RuntimeError("call reset() before step()")
-        if self._ended:
-            raise RuntimeError("the episode ended because the simulation diverged: call reset()")
-        applied = self.check_action(action)
-        result = self.batch.step(applied[None])
-        terms = {f"reward_{name}": float(v) for name, v in zip(self.task.reward_terms, result.reward_terms[0])}
-        if result.diverged[0]:
-            self.batch.drop_last_step()
-            self._ended = True
-            info = {"diverged": True, "loss": float("nan"), "is_success": False}
-            info.update({key: 0.0 for key in terms})
-            return self._obs.copy(), 0.0, True, False, info
-        self._obs = result.obs[0]
-        self._loss = float(result.loss[0])
-        info = {"diverged": False, "loss": float(result.loss[0]), **terms}
-        info.update({name: float(value[0]) for name, value in result.metrics.items()})
-        info["is_success"] = bool(self.task.success(result.loss)[0])
-        return self._obs.copy(), float(result.reward[0]), False, False, info
+        out = self._core.step(self._core.check_actions(action, self.action_space.shape, "action"))
+        info = {key: _world(value) for key, value in out.info.items()}
+        return out.obs[0], float(out.reward[0]), bool(out.terminated[0]), bool(out.truncated[0]), info
 
     def render(self):
-        if self.render_mode is None:
-            gym.logger.warn("render() was called with render_mode=None; make the env with render_mode='rgb_array'.")
-            return None
-        if self._obs is None:
-            raise RuntimeError("call reset() before render()")
-        return self.task.render(self.get_state(), width=self.render_width, height=self.render_height)
+        frames = self._core.render()
+        return None if frames is None else frames[0]
 
     # Differentiable-env contract ------------------------------------------------------------
-
-    def check_action(self, action: Any) -> np.ndarray:
-        """Validate ``action`` and return it clipped to the action space, as float64.
-
-        Raises:
-            ValueError: wrong shape, non-numeric or non-finite entries.
-        """
-        return checked_actions(action, self.action_space.shape, "action")
 
     def grad(self, objective: str = "return") -> Gradients:
         """Gradients of the episode since the last ``reset()`` (or ``set_state()``).
@@ -349,19 +643,15 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         Raises:
             GradientError: before any step, or when the env was built with ``differentiable=False``.
         """
-        g = self.batch.grad(objective)
+        g = self._core.batch.grad(objective)
         return Gradients(
-            objective=g.objective,
-            value=float(g.value[0]),
-            actions=g.actions[0],
+            objective=g.objective, value=float(g.value[0]), actions=g.actions[0],
             initial_state={name: value[0] for name, value in g.initial_state.items()},
         )
 
     def get_state(self) -> dict[str, np.ndarray]:
         """A complete snapshot of the simulation as numpy arrays (copies)."""
-        if self._obs is None:
-            raise RuntimeError("call reset() before get_state()")
-        return {name: value[0] for name, value in self.batch.get_state().items()}
+        return {name: value[0] for name, value in self._core.get_state().items()}
 
     def set_state(self, state: dict[str, np.ndarray]) -> np.ndarray:
         """Restore a snapshot from :meth:`get_state` and return its observation.
@@ -372,71 +662,36 @@ class DiffEnv(gym.Env[np.ndarray, np.ndarray]):
         Raises:
             ValueError: missing or extra fields, wrong shapes, or non-finite values.
         """
-        obs, _ = self._restart({name: np.asarray(value)[None] for name, value in dict(state).items()})
-        return obs
+        if not isinstance(state, dict):
+            raise ValueError(f"a state is a dict of arrays, got {type(state).__name__}")
+        obs, _ = self._core.restart({name: np.asarray(value)[None] for name, value in state.items()})
+        return obs[0]
 
-    @property
-    def remedies(self) -> dict[str, float]:
-        """Current gradient remedies of the task: ``contact_weight`` and ``softness``."""
-        return self.task.get_remedies()
+    def _extra_state(self) -> dict[str, Any]:
+        return {"np_random": None if self._np_random is None else self._np_random.bit_generator.state,
+                "np_random_seed": self._np_random_seed}
 
-    def set_remedies(self, **values: float) -> None:
-        """Change the gradient remedies (``contact_weight``, ``softness``) of later episodes.
-
-        They apply from the next :meth:`reset` or :meth:`set_state`; until then :meth:`step`
-        and :meth:`grad` raise :class:`GradientError`. Use it to schedule a remedy across the
-        iterations of an optimizer (anneal soft tools to hard, fade out the contact loss).
-
-        Raises:
-            ValueError: an unknown remedy or an invalid value (nothing changes).
-        """
-        self.batch.set_remedies(**values)
-
-    def _restart(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        obs, loss = self.batch.reset(state)
-        self._obs = obs[0]
-        self._loss = float(loss[0])
-        self._ended = False
-        return self._obs.copy(), {"loss": self._loss}
-
-    # Pickling: rebuild from the constructor's arguments and restore the state --------------
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {
-            "init_kwargs": self._init_kwargs,
-            "np_random": None if self._np_random is None else self._np_random.bit_generator.state,
-            "np_random_seed": self._np_random_seed,
-            "sim_state": None if self._obs is None else self.get_state(),
-            "ended": self._ended,
-        }
-
-    def __setstate__(self, saved: dict[str, Any]) -> None:
-        self.__init__(**saved["init_kwargs"])
+    def _restore_extra_state(self, saved: dict[str, Any]) -> None:
         if saved["np_random"] is not None:
-            rng = np.random.Generator(np.random.PCG64())
-            rng.bit_generator.state = saved["np_random"]
-            self._np_random = rng
+            self._np_random = self._core.rngs[0]  # the same generator, restored by the core
             self._np_random_seed = saved["np_random_seed"]
-        if saved["sim_state"] is not None:
-            self.set_state(saved["sim_state"])
-            self._ended = saved["ended"]
 
 
-
-
-class DiffVectorEnv(gym.vector.VectorEnv):
+class DiffVectorEnv(_CoreEnv, gym.vector.VectorEnv):
     """``num_envs`` worlds of a task stepped by one set of Warp launches, with per-world gradients.
 
     The native vector env behind ``gym.make_vec(id, num_envs=N, vectorization_mode=
-    "vector_entry_point")``: no Python loop over worlds and no second copy of the physics (it
-    drives the same :class:`WorldBatch` as the single env). Subclasses set ``task_class``.
+    "vector_entry_point")``: no Python loop over worlds and no second copy of the physics or of
+    the episode logic (the single env is the same :class:`EnvCore` at one world).
+    Subclasses set ``task_class``.
 
     Autoreset: ``AutoresetMode.SAME_STEP``. When a world's episode ends (diverged, or
     ``max_episode_steps`` reached) the returned observation is already that of its new episode;
     ``info["final_obs"]`` (rows masked by ``info["_final_obs"]``) holds the last observation of
-    the ended one, and the other ``info`` entries are those of the final step. World ``i`` is
-    seeded with ``seed + i`` on ``reset(seed=seed)``, as ``SyncVectorEnv`` seeds its envs, and
-    draws its later episodes from its own generator: the vector env reproduces N single envs.
+    the ended one, and the other ``info`` entries are those of the final step (every key ``k`` has
+    its mask ``_k``, Gymnasium's convention). World ``i`` is seeded with ``seed + i`` on
+    ``reset(seed=seed)``, as ``SyncVectorEnv`` seeds its envs, and draws its later episodes from
+    its own generator: the vector env reproduces N single envs.
 
     Gradients: :meth:`grad` returns, per world, the gradient of the return of its *current*
     episode (since ``reset()`` or its latest autoreset): ``actions`` has shape
@@ -447,10 +702,16 @@ class DiffVectorEnv(gym.vector.VectorEnv):
 
     Bad input: actions must have shape (num_envs, *single_action_space.shape) and be finite
     (``ValueError`` otherwise, nothing changes); values outside [-1, 1] are clipped.
+
+    Args:
+        num_envs: Worlds.
+        max_episode_steps: Truncation horizon of every world's episodes (``None``: none).
+        render_mode, device, differentiable, checkpoint, render_width, render_height, task_kwargs:
+            as for :class:`DiffEnv`.
     """
 
     metadata: ClassVar[dict[str, Any]] = {
-        "render_modes": ["rgb_array"], "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP,
+        "render_modes": list(EnvCore.render_modes), "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP,
     }
     task_class: ClassVar[type[Task]]
 
@@ -461,96 +722,67 @@ class DiffVectorEnv(gym.vector.VectorEnv):
         render_mode: str | None = None,
         device: str | None = None,
         differentiable: bool = True,
-        checkpoint: bool = False,
+        checkpoint: bool | None = None,
         max_episode_steps: int | None = None,
         render_width: int = 256,
         render_height: int = 256,
         **task_kwargs: Any,
     ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        if max_episode_steps is not None and int(max_episode_steps) < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        self.num_envs = int(num_envs)
-        self.task = self.task_class(self.num_envs, device=device, **task_kwargs)
-        self.batch = WorldBatch(self.task, differentiable=differentiable, checkpoint=checkpoint)
+        self._init_kwargs = dict(
+            num_envs=num_envs, render_mode=render_mode, device=device, differentiable=differentiable,
+            checkpoint=checkpoint, max_episode_steps=max_episode_steps, render_width=render_width,
+            render_height=render_height, **task_kwargs,
+        )
+        self._core = EnvCore(
+            self.task_class, num_envs, autoreset=True, device=device, differentiable=differentiable, checkpoint=checkpoint,
+            max_episode_steps=max_episode_steps, render_mode=render_mode, render_width=render_width,
+            render_height=render_height, task_kwargs=task_kwargs,
+        )
+        self.num_envs = self._core.num_envs
         self.render_mode = render_mode
-        self.render_width, self.render_height = int(render_width), int(render_height)
-        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
-        self.single_action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.task.action_dim,), dtype=np.float32)
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
+        self.max_episode_steps = self._core.max_episode_steps
+        self.single_action_space = self._core.single_action_space
+        self.single_observation_space = self._core.single_observation_space
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
-        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.task.frame_dt)}
-        self._rngs: list[np.random.Generator] | None = None
-        self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
-        self._obs: np.ndarray | None = None
+        self.metadata = {**self.metadata, "render_fps": self._core.render_fps}
 
     @property
-    def dt(self) -> float:
-        """Duration of one env step [s]."""
-        return self.task.frame_dt
+    def loss(self) -> np.ndarray:
+        """Task loss of the current state of every world."""
+        return self._core.loss.copy()
+
+    def _masked(self, info: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        everyone = np.ones(self.num_envs, dtype=bool)
+        out = dict(info)
+        for key in info:
+            out[f"_{key}"] = (masks or {}).get(key, everyone)
+        return out
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
-        if seed is not None or self._rngs is None:
-            seeds = list(seed) if isinstance(seed, (list, tuple)) else [
-                None if seed is None else int(seed) + i for i in range(self.num_envs)
-            ]
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"reset() needs {self.num_envs} seeds, got {len(seeds)}")
-            self._rngs = [gym.utils.seeding.np_random(s)[0] for s in seeds]
-        states = [self.task.sample_state(rng, options) for rng in self._rngs]
-        obs, loss = self.batch.reset({name: np.stack([s[name] for s in states]) for name in states[0]})
-        self._elapsed[:] = 0
-        self._obs = obs
-        self._new_episodes(np.ones(self.num_envs, dtype=bool))
-        return obs.copy(), {"loss": loss}
+        if seed is not None or self._core.rngs is None:
+            self._core.seed(seed)
+        obs, info = self._core.reset(options)
+        return obs, self._masked(info)
 
     def step(self, actions):
-        if self._obs is None:
-            raise RuntimeError("call reset() before step()")
-        result = self.batch.step(checked_actions(actions, self.action_space.shape, "actions"))
-        self._elapsed += 1
-        diverged = result.diverged
-        terminated = diverged.copy()
-        truncated = np.zeros(self.num_envs, dtype=bool)
-        if self.max_episode_steps is not None:
-            truncated = (self._elapsed >= self.max_episode_steps) & ~terminated
-        reward = np.where(diverged, 0.0, result.reward)
-        obs = np.where(diverged[:, None], self._obs, result.obs)
-        info: dict[str, Any] = {"loss": result.loss, "diverged": diverged, "is_success": self.task.success(result.loss) & ~diverged}
-        for i, name in enumerate(self.task.reward_terms):
-            info[f"reward_{name}"] = np.where(diverged, 0.0, result.reward_terms[:, i])
-        info.update(result.metrics)
-        self._extend_info(info, diverged)
-        ended = terminated | truncated
-        if ended.any():
-            info["final_obs"] = np.where(ended[:, None], obs, 0.0).astype(np.float32)
-            info["_final_obs"] = ended
-            current = self.batch.get_state()
-            for w in np.flatnonzero(ended):
-                for name, value in self.task.sample_state(self._rngs[w]).items():
-                    current[name][w] = value
-            self.batch.trajectory.reset_worlds(ended, current)
-            self.task.prepare(self.batch.trajectory.state())
-            obs = np.where(ended[:, None], self.batch.observe(), obs)
-            self._elapsed[ended] = 0
-            self._new_episodes(ended)
-        for key in list(info):
-            if not key.startswith("_"):
-                info.setdefault(f"_{key}", ended if key == "final_obs" else np.ones(self.num_envs, dtype=bool))
-        self._obs = obs.astype(np.float32)
-        return self._obs.copy(), reward, terminated, truncated, info
+        out = self._core.step(self._core.check_actions(actions, self.action_space.shape, "actions"))
+        info = dict(out.info)
+        masks = {}
+        if out.final_obs is not None:
+            info["final_obs"], masks["final_obs"] = out.final_obs, out.ended
+        return out.obs, out.reward, out.terminated, out.truncated, self._masked(info, masks)
+
+    def render(self):
+        return self._core.render()
 
     def grad(self, objective: str = "return") -> Gradients:
         """Per-world gradients of each world's current episode; see the class docstring."""
-        return self.batch.grad(objective)
+        return self._core.batch.grad(objective)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """A snapshot of all worlds (world axis first)."""
-        if self._obs is None:
-            raise RuntimeError("call reset() before get_state()")
-        return self.batch.get_state()
+        return self._core.get_state()
 
     def set_state(self, state: dict[str, np.ndarray]) -> np.ndarray:
         """Restart every world from a batched snapshot (world axis first); return the observations.
@@ -561,40 +793,10 @@ class DiffVectorEnv(gym.vector.VectorEnv):
         Raises:
             ValueError: missing or extra fields, wrong shapes, or non-finite values.
         """
-        if self._rngs is None:
-            self._rngs = [gym.utils.seeding.np_random(None)[0] for _ in range(self.num_envs)]
-        obs, _ = self.batch.reset({name: np.asarray(value) for name, value in dict(state).items()})
-        self._elapsed[:] = 0
-        self._obs = obs
-        self._new_episodes(np.ones(self.num_envs, dtype=bool))
-        return obs.copy()
-
-    @property
-    def remedies(self) -> dict[str, float]:
-        """Current gradient remedies of the task (see :meth:`DiffEnv.set_remedies`)."""
-        return self.task.get_remedies()
-
-    def set_remedies(self, **values: float) -> None:
-        """Change the gradient remedies of all worlds from the next reset or set_state on."""
-        self.batch.set_remedies(**values)
-
-    def render(self):
-        if self.render_mode is None:
-            gym.logger.warn("render() was called with render_mode=None; make the env with render_mode='rgb_array'.")
-            return None
-        state = self.get_state()
-        return [
-            self.task.render({name: value[w] for name, value in state.items()}, width=self.render_width, height=self.render_height)
-            for w in range(self.num_envs)
-        ]
-
-    # Hooks for tasks with per-episode metrics -----------------------------------------------
-
-    def _new_episodes(self, worlds: np.ndarray) -> None:
-        """Called after the worlds of the mask started new episodes (reset or autoreset)."""
-
-    def _extend_info(self, info: dict[str, Any], diverged: np.ndarray) -> None:
-        """Add task-specific entries to a step's info."""
+        if not isinstance(state, dict):
+            raise ValueError(f"a state is a dict of batched arrays, got {type(state).__name__}")
+        obs, _ = self._core.restart({name: np.asarray(value) for name, value in state.items()})
+        return obs
 
 
-__all__ = ["DiffEnv", "DiffVectorEnv", "GradientError", "Gradients", "StepResult", "WorldBatch"]
+__all__ = ["BatchStep", "DiffEnv", "DiffVectorEnv", "EnvCore", "GradientError", "Gradients", "StepResult", "WorldBatch"]

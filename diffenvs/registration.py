@@ -18,6 +18,10 @@ class EnvInfo:
         max_episode_steps: Truncation horizon applied by ``gym.make``.
         summary: One-line description (``diffenvs list``).
         kwargs: Default keyword arguments of ``gym.make``.
+        small_kwargs: Options of a tiny instance of the env (few particles, few substeps) for
+            tests and quick checks, e.g. the registry-wide finite-difference test.
+        fd_rtol: Relative difference at which ``grad()`` and central differences count as
+            agreeing (``diffenvs gradcheck``): the simulation's float precision decides it.
     """
 
     id: str
@@ -26,16 +30,24 @@ class EnvInfo:
     max_episode_steps: int
     summary: str
     kwargs: dict = dataclasses.field(default_factory=dict)
+    small_kwargs: dict = dataclasses.field(default_factory=dict)
+    fd_rtol: float = 1e-4
+
+
+TINY_DOUGH = {"grid_res": 24, "particle_count": 200, "sim_substeps": 4, "obs_particle_count": 8}
+"""A tiny dough instance: a 24^3 grid (fine enough for the tools), 200 particles, 4 substeps."""
 
 
 def _dough(task: str, summary: str) -> EnvInfo:
-    """A dough task: 50-step episodes (``checkpoint`` follows the preset: see ``tasks/dough.py``)."""
+    """A dough task: 50-step episodes, float32 (``checkpoint`` follows the preset)."""
     return EnvInfo(
         id=f"DiffEnvs/{task}-v0",
         entry_point=f"diffenvs.tasks.dough:{task}Env",
         vector_entry_point=f"diffenvs.tasks.dough:{task}VectorEnv",
         max_episode_steps=50,
         summary=summary,
+        small_kwargs=dict(TINY_DOUGH),
+        fd_rtol=5e-2,
     )
 
 
@@ -46,11 +58,24 @@ ENVS: tuple[EnvInfo, ...] = (
         vector_entry_point="diffenvs.tasks.pusher:PusherVectorEnv",
         max_episode_steps=100,
         summary="Planar round pusher moves a box to a target pose (rigid penalty contact, 2-D action).",
+        fd_rtol=1e-4,
     ),
     _dough("RollingPin", "Flatten MPM dough into a target sheet with a rolling pin (3-D action)."),
     _dough("Move", "Carry MPM dough to a target place with two spheres (6-D action)."),
     _dough("Shape", "Press a pit of a given place and depth into MPM dough with a spherical tool tip (3-D action)."),
 )
+
+
+def env_info(env_id: str) -> EnvInfo:
+    """The :class:`EnvInfo` of a registered id.
+
+    Raises:
+        ValueError: an id that is not one of diffenvs'.
+    """
+    for info in ENVS:
+        if info.id == env_id:
+            return info
+    raise ValueError(f"{env_id!r} is not a diffenvs id; the ids are {[info.id for info in ENVS]}")
 
 
 def register_envs() -> None:

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import numpy as np
 import warp as wp
 
+from diffenvs.warp_util import pooled_grads, walk_arrays
+
 State = dict[str, wp.array]
 """A simulation state: named arrays whose first axis is the world index."""
 
@@ -56,17 +58,17 @@ class StepBuffers:
 
     def arrays(self) -> Iterator[wp.array]:
         """Every Warp array held by these buffers, nested states included."""
-        yield from _walk_arrays(self)
+        yield from walk_arrays(self)
 
     def scratch_arrays(self) -> Iterator[wp.array]:
         """The arrays of :attr:`scratch_fields`."""
         for name in self.scratch_fields:
-            yield from _walk_arrays(getattr(self, name))
+            yield from walk_arrays(getattr(self, name))
 
     def tape_cleared_arrays(self) -> Iterator[wp.array]:
         """The arrays of :attr:`tape_cleared_fields`."""
         for name in self.tape_cleared_fields:
-            yield from _walk_arrays(getattr(self, name))
+            yield from walk_arrays(getattr(self, name))
 
     def share_scratch(self, other: StepBuffers) -> None:
         """Use ``other``'s scratch arrays instead of this one's own."""
@@ -98,41 +100,6 @@ class StepBuffers:
         return pooled_grads(outputs, self.action.device)
 
 
-def pooled_grads(arrays: list[wp.array], device: wp.context.Devicelike) -> wp.array:
-    """Give each of ``arrays`` (contiguous) a zeroed gradient inside one new buffer; return the buffer.
-
-    One ``zero_()`` of the buffer then zeroes every gradient: a step has dozens of small arrays,
-    and a ``zero_()`` call costs about as much Python time as a kernel launch.
-    """
-    align = 64
-    offsets, total = [], 0
-    for array in arrays:
-        if not array.is_contiguous:
-            raise ValueError(f"only contiguous arrays can share a gradient buffer, got strides {array.strides}")
-        offsets.append(total)
-        total += -(-array.capacity // align) * align
-    pool = wp.zeros(max(total, 1), dtype=wp.uint8, device=device)
-    for array, offset in zip(arrays, offsets):
-        grad = wp.array(ptr=pool.ptr + offset, dtype=array.dtype, shape=array.shape, device=pool.device)
-        grad._pool = pool  # keeps the memory alive
-        array.grad = grad
-    return pool
-
-
-def _walk_arrays(value: Any) -> Iterator[wp.array]:
-    if isinstance(value, wp.array):
-        yield value
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from _walk_arrays(getattr(value, field.name))
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _walk_arrays(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _walk_arrays(item)
-
-
 class Task(abc.ABC):
     """Physics, loss, reward and observation of a differentiable task over a batch of worlds.
 
@@ -143,22 +110,34 @@ class Task(abc.ABC):
         action_dim: Size of one world's action vector (actions lie in [-1, 1]).
         obs_dim: Size of one world's observation vector.
         reward_terms: Names of the reward terms; ``info["reward_<term>"]`` reports each.
+        metric: Name of the evaluation metric in ``info`` (see :meth:`step_metrics`).
         frame_dt: Duration of one environment step [s].
     """
 
     action_dim: ClassVar[int]
     obs_dim: ClassVar[int]
     reward_terms: ClassVar[tuple[str, ...]]
+    metric: ClassVar[str] = "loss_reduction"
+    """The ``info`` key of the task's evaluation metric (one of :meth:`step_metrics`'s): 1 means
+    solved, 0 no progress since the episode's start. Optimizers and studies judge by it."""
+    remedy_options: ClassVar[dict[str, str]] = {}
+    """The gradient remedies (names of :meth:`get_remedies`) and the option (``gym.make`` keyword)
+    each one sets: e.g. ``{"contact_weight": "proximity_weight"}``."""
     parallel_refill: ClassVar[bool] = False
     """Whether a checkpointed backward pass on the CPU should re-run steps on a second thread while it
     differentiates others: worth it when kernels, which release the GIL, dominate a step (dough);
     not for steps made of many tiny launches, whose Python work cannot overlap (the Pusher)."""
 
-    def __init__(self, world_count: int, device: wp.context.Devicelike = None):
+    def __init__(self, world_count: int, device: wp.DeviceLike = None):
         if int(world_count) < 1:
             raise ValueError(f"world_count must be >= 1, got {world_count}")
         self.world_count = int(world_count)
         self.device = wp.get_device(device)
+
+    @property
+    def default_checkpoint(self) -> bool:
+        """Whether a differentiable env of this task checkpoints when ``checkpoint`` is not given."""
+        return False
 
     @property
     @abc.abstractmethod
@@ -213,11 +192,28 @@ class Task(abc.ABC):
         """Draw one world's state as an RGB image, uint8 of shape (height, width, 3)."""
 
     def prepare(self, state: State) -> None:
-        """Derive per-episode data from a new initial state (called by reset and set_state, outside the tape)."""
+        """Derive per-episode data (e.g. a target's grid mass) from ``state``, the state every world
+        starts its next step from, after some of them started new episodes (outside the tape).
+        Worlds that go on must keep their data: derive it from fields an episode does not change."""
 
-    def step_metrics(self, buffers: StepBuffers) -> dict[str, np.ndarray]:
-        """Evaluation metrics of a finished step, per world, reported in ``info`` (default none)."""
-        return {}
+    def episode_start(self, state: State) -> dict[str, np.ndarray]:
+        """Per-world values of ``state`` that later steps' metrics are measured against, as host
+        arrays of shape (world_count,); reported in the ``info`` of ``reset()``. Called after
+        :meth:`prepare`; the env keeps the values of the worlds that started a new episode."""
+        loss = self.zeros(self.world_count, wp.float64, requires_grad=False)
+        self.loss_of(state, loss)
+        return {"loss": loss.numpy()}
+
+    def step_metrics(self, buffers: StepBuffers, start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evaluation metrics of a finished step, per world, reported in ``info``; ``start`` holds
+        each world's :meth:`episode_start` values. Must include :attr:`metric`.
+
+        The default reports ``loss_reduction = 1 - loss / loss at the episode's start`` (0 where
+        that is 0): 1 is a solved task, 0 no progress, negative a worse state.
+        """
+        loss, loss0 = buffers.loss.numpy(), start["loss"]
+        safe = np.where(loss0 > 0.0, loss0, 1.0)
+        return {"loss_reduction": np.where(loss0 > 0.0, 1.0 - loss / safe, 0.0)}
 
     def success(self, loss: np.ndarray) -> np.ndarray:
         """Whether each world solves the task, judged from its task loss (``info["is_success"]``)."""
@@ -278,3 +274,27 @@ class Task(abc.ABC):
             "obs": self.zeros((n, self.obs_dim), wp.float32, requires_grad=requires_grad),
             "diverged": self.zeros(n, wp.int32, requires_grad=False),
         }
+
+
+def rollout(task: Task, state: dict[str, np.ndarray], actions: np.ndarray) -> dict[str, np.ndarray]:
+    """Run ``task``'s steps from a batched numpy ``state`` (world axis first) with ``actions``
+    (T, world_count, action_dim), outside any tape; return the final state as numpy arrays.
+
+    The low-level rollout behind scripted demonstrations (targets, settling): two step buffers in
+    turn, allocated for the call and dropped after it, no recording, no divergence check.
+    """
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.ndim != 3 or actions.shape[1:] != (task.world_count, task.action_dim):
+        raise ValueError(f"actions must have shape (T, {task.world_count}, {task.action_dim}), got {actions.shape}")
+    current = task.alloc_state(requires_grad=False)
+    for name, (_, dtype) in task.state_layout().items():
+        current[name].assign(np.asarray(state[name], dtype=dtype))
+    task.prepare(current)
+    pair = [task.alloc_step(requires_grad=False) for _ in range(2)]
+    previous = None
+    for t, action in enumerate(actions):
+        buffers = pair[t % 2]
+        buffers.action.assign(np.clip(action, -1.0, 1.0))
+        task.step(current, buffers, previous)
+        current, previous = buffers.state, buffers
+    return {name: array.numpy().copy() for name, array in current.items()}

@@ -8,15 +8,15 @@ import pytest
 import warp as wp
 
 import diffenvs
+from diffenvs.registration import TINY_DOUGH
 
 wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
 
 ENV_IDS = [info.id for info in diffenvs.ENVS]
-DOUGH_IDS = [env_id for env_id in ENV_IDS if env_id != "DiffEnvs/Pusher-v0"]
+DOUGH_IDS = [info.id for info in diffenvs.ENVS if info.entry_point.startswith("diffenvs.tasks.dough:")]
 
-# A tiny dough configuration for gradient tests: 24^3 grid (fine enough for the tools), 200 particles, 4 substeps.
-TINY_DOUGH = {"grid_res": 24, "particle_count": 200, "sim_substeps": 4, "obs_particle_count": 8}
-SMALL = {env_id: TINY_DOUGH for env_id in DOUGH_IDS}
+SMALL = {info.id: info.small_kwargs for info in diffenvs.ENVS}
+"""Per id, the registry's options of a tiny instance (empty where the default is small already)."""
 
 
 def make_unwrapped(env_id: str, **kwargs):

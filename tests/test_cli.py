@@ -17,6 +17,7 @@ def test_list_prints_every_env(capsys):
     assert "DiffEnvs/Pusher-v0" in out and "pusher" in out.lower()
 
 
+@pytest.mark.slow
 def test_demo_writes_a_gif_and_lowers_the_loss(tmp_path, capsys):
     gif = tmp_path / "demo.gif"
     assert main(["demo", "--iters", "12", "--output", str(gif), "--no-progress"]) == 0
@@ -40,6 +41,7 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and "DiffEnvs/Pusher-v0" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_and_writes_json(tmp_path):
     """`diffenvs bench --quick` from the installed package: every figure present and positive."""
     import json

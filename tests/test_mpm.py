@@ -63,6 +63,7 @@ def rollout(solver, x0, tool_pos, vel, substeps=10, dt=2e-4, seed=1):
     return float(loss.numpy()[0]), control.tool_vel.grad.numpy().reshape(-1), states
 
 
+@pytest.mark.slow
 def test_p2g_gradcheck_elastic_and_yielding():
     solver, _, _ = make_scene()
     rng = np.random.default_rng(0)

@@ -71,13 +71,14 @@ def test_initial_state_gradient_matches_finite_differences():
 
 def test_no_contact_gives_exactly_zero_action_gradient_and_proximity_fixes_it():
     still = np.zeros((8, 2))
-    env = make_unwrapped(ID)
+    env = make_unwrapped(ID, proximity_weight=0.0)  # the ablation: the default weight leads to the box
     env.reset(seed=1)
     for action in still:
         env.step(action)
     assert np.all(env.grad().actions == 0.0)
 
-    env = make_unwrapped(ID, proximity_weight=1.0)
+    env = make_unwrapped(ID)
+    assert env.task.config.proximity_weight > 0.0
     env.reset(seed=1)
     state = env.get_state()
     for action in still:
@@ -122,7 +123,7 @@ def test_grad_errors_are_clear():
 
 
 def test_return_telescopes_to_loss_decrease():
-    env = make_unwrapped(ID)
+    env = make_unwrapped(ID, proximity_weight=0.0)  # the progress term alone
     state, actions = contact_rollout(env, seed=4, steps=15)
     _, info = env.reset(seed=4)
     total = replay(env, state, actions)

@@ -105,7 +105,7 @@ def test_budget_is_counted_the_same_way_for_every_method(pusher):
 
 def test_contact_loss_turns_a_zero_gradient_into_progress(pusher):
     """The ablation the remedy exists for: from a no-contact start, no gradient and no progress without it."""
-    off = optimize(pusher, SolverConfig(method="adam", iters=5, gradient=GradientConfig(lr=0.1)))
+    off = optimize(pusher, SolverConfig(method="adam", iters=5, gradient=GradientConfig(lr=0.1, contact_weight=0.0)))
     assert all(r["grad_norm"] == 0.0 for r in off.history)
     assert off.loss == pytest.approx(off.initial_loss)
     on = optimize(pusher, SolverConfig(method="adam", iters=15, gradient=PUSHER_REMEDY))
@@ -227,12 +227,12 @@ def test_remedies_are_validated_and_guard_the_recording():
 
     env = make_unwrapped("DiffEnvs/Pusher-v0")
     env.reset(seed=0)
-    assert env.remedies == {"contact_weight": 0.0, "softness": pytest.approx(0.002)}
+    assert env.remedies == {"contact_weight": 0.1, "softness": pytest.approx(0.002)}  # proximity_weight's default
     with pytest.raises(ValueError, match="no remedies"):
         env.set_remedies(temperature=1.0)
     with pytest.raises(ValueError, match="softness"):
         env.set_remedies(contact_weight=1.0, softness=0.0)
-    assert env.remedies["contact_weight"] == 0.0  # nothing changed
+    assert env.remedies["contact_weight"] == 0.1  # nothing changed
     env.step(np.zeros(2))
     env.set_remedies(contact_weight=1.0)
     with pytest.raises(GradientError, match="remedies changed"):

@@ -17,29 +17,71 @@ def singles(env_id, count, **kwargs):
     return [gym.make(env_id, **kwargs).unwrapped for _ in range(count)]
 
 
+def assert_info_equal(vec_info: dict, single_infos: list[dict], worlds=None) -> None:
+    """Every key of the single envs' info equals the vector env's row of it (NaN equal to NaN)."""
+    worlds = range(len(single_infos)) if worlds is None else worlds
+    for w, info in zip(worlds, single_infos):
+        for key, value in info.items():
+            assert key in vec_info, key
+            np.testing.assert_array_equal(vec_info[key][w], value, err_msg=key)
+            assert vec_info[f"_{key}"][w]
+
+
+def explode(state: dict, world: int) -> dict:
+    """``state`` with the first entry of each velocity field of ``world`` huge: it diverges in one step."""
+    state = {name: value.copy() for name, value in state.items()}
+    for name in state:
+        if name.endswith(("_v", "_vel")):
+            state[name][world].flat[0] = 1e30
+    return state
+
+
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_vector_env_equals_single_envs(env_id):
-    kwargs = {**SMALL.get(env_id, {}), **({"proximity_weight": 0.3} if "Pusher" in env_id else {"tool_softness": 0.02})}
+def test_vector_env_equals_single_envs_info_and_divergence_included(env_id):
+    """The single env is the vector core at one world: observations, rewards, every info entry
+    (the dough's IoU metrics included), gradients, and a diverged world, on every registered id."""
+    kwargs = SMALL[env_id]
     vec = make_vec(env_id, 3, **kwargs)
     assert isinstance(vec.unwrapped, gym.vector.VectorEnv)
     assert vec.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
     envs = singles(env_id, 3, **kwargs)
-    obs, _ = vec.reset(seed=11)
-    np.testing.assert_array_equal(obs, np.stack([e.reset(seed=11 + i)[0] for i, e in enumerate(envs)]))
+    obs, vec_info = vec.reset(seed=11)
+    resets = [e.reset(seed=11 + i) for i, e in enumerate(envs)]
+    np.testing.assert_array_equal(obs, np.stack([r[0] for r in resets]))
+    assert_info_equal(vec_info, [r[1] for r in resets])
     actions = np.random.default_rng(0).uniform(-1, 1, size=(6, *vec.action_space.shape)).astype(np.float32)
     for a in actions:
-        obs, reward, _, _, info = vec.step(a)
+        obs, reward, terminated, truncated, info = vec.step(a)
         results = [e.step(a[i]) for i, e in enumerate(envs)]
         np.testing.assert_array_equal(obs, np.stack([r[0] for r in results]))
         np.testing.assert_array_equal(reward, np.array([r[1] for r in results]))
-        np.testing.assert_array_equal(info["loss"], np.array([r[4]["loss"] for r in results]))
+        np.testing.assert_array_equal(terminated, [r[2] for r in results])
+        np.testing.assert_array_equal(truncated, [r[3] for r in results])
+        assert_info_equal(info, [r[4] for r in results])
     g = vec.unwrapped.grad()
     single = [e.grad() for e in envs]
-    assert g.actions.shape == (3, 6, *vec.single_action_space.shape)
+    assert g.actions.shape == (3, 6, *vec.single_action_space.shape) and np.any(g.actions != 0.0)
     np.testing.assert_allclose(g.actions, np.stack([s.actions for s in single]), rtol=1e-6, atol=1e-12)
     for name in g.initial_state:
         np.testing.assert_allclose(g.initial_state[name], np.stack([s.initial_state[name] for s in single]), rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(g.value, [s.value for s in single], rtol=1e-9)
+
+    # World 1 diverges: the single env ends its episode, the vector env resets that world alone.
+    state = explode(vec.unwrapped.get_state(), 1)
+    vec.unwrapped.set_state(state)
+    for w, e in enumerate(envs):
+        e.set_state({name: value[w] for name, value in state.items()})
+    a = np.zeros(vec.action_space.shape, np.float32)
+    obs, reward, terminated, truncated, info = vec.step(a)
+    results = [e.step(a[i]) for i, e in enumerate(envs)]
+    assert list(terminated) == [False, True, False] and [r[2] for r in results] == [False, True, False]
+    assert np.isnan(info["loss"][1]) and np.isnan(results[1][4]["loss"]) and reward[1] == results[1][1] == 0.0
+    assert_info_equal(info, [r[4] for r in results])
+    np.testing.assert_array_equal(info["final_obs"][1], results[1][0])  # the last valid observation
+    np.testing.assert_array_equal(info["_final_obs"], [False, True, False])
+    np.testing.assert_array_equal(obs[[0, 2]], np.stack([results[0][0], results[2][0]]))
+    with pytest.raises(RuntimeError, match="diverged"):
+        envs[1].step(a[1])
 
 
 @pytest.mark.parametrize("checkpoint", [False, True])
@@ -105,7 +147,8 @@ def test_dough_vector_env_reports_incremental_iou():
     assert info["iou"].shape == (2,) and np.all((0 <= info["iou_incremental"]) & (info["iou_incremental"] <= 1))
 
 
-def test_sb3_ppo_trains_on_the_native_vector_env():
+def test_sb3_ppo_smoke_runs_on_the_native_vector_env():
+    """Smoke test: the SB3 adapter's VecEnv contract and a short PPO run (no learning threshold)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecEnv
 

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import warp as wp
 
-from diffenvs.autodiff import record_adjoint
 from diffenvs.sim.mpm.kernels import (
     MPMParams,
     advance_tools,
@@ -25,6 +24,7 @@ from diffenvs.sim.mpm.kernels import (
 )
 from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
+from diffenvs.warp_util import record_adjoint
 
 
 class SolverMPM:

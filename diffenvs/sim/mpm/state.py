@@ -6,6 +6,8 @@ import dataclasses
 
 import warp as wp
 
+from diffenvs.warp_util import type_size_in_bytes
+
 
 @dataclasses.dataclass
 class MPMState:
@@ -118,7 +120,7 @@ class MPMGrid:
             raise ValueError(f"box {key} does not lie inside the grid of shape {self.m.shape[1:]}")
 
         def view(array: wp.array) -> wp.array:
-            item = wp.types.type_size_in_bytes(array.dtype)
+            item = type_size_in_bytes(array.dtype)
             offset = ((oi * sj + oj) * sk + ok) * item  # of the box's first node's global index
             compact = wp.array(
                 ptr=array.ptr - offset, dtype=array.dtype, shape=(array.shape[0], oi + si, oj + sj, ok + sk),

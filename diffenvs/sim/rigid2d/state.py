@@ -22,7 +22,7 @@ class Rigid2DState:
     box_vel: wp.array
 
     @classmethod
-    def zeros(cls, world_count: int, *, device: wp.context.Device, requires_grad: bool) -> Rigid2DState:
+    def zeros(cls, world_count: int, *, device: wp.Device, requires_grad: bool) -> Rigid2DState:
         """Allocate a zero state for ``world_count`` worlds."""
         return cls(
             pusher_pos=wp.zeros(world_count, dtype=wp.vec2d, device=device, requires_grad=requires_grad),
@@ -42,6 +42,6 @@ class Rigid2DControl:
     pusher_vel: wp.array
 
     @classmethod
-    def zeros(cls, world_count: int, *, device: wp.context.Device, requires_grad: bool) -> Rigid2DControl:
+    def zeros(cls, world_count: int, *, device: wp.Device, requires_grad: bool) -> Rigid2DControl:
         """Allocate a zero control for ``world_count`` worlds."""
         return cls(pusher_vel=wp.zeros(world_count, dtype=wp.vec2d, device=device, requires_grad=requires_grad))

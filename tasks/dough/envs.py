@@ -1,0 +1,204 @@
+"""The dough environments (single and native vector) and their documentation.
+
+The docstrings are assembled from the tasks' own layout and defaults (observation ranges,
+option defaults), so that they cannot disagree with the code.
+"""
+
+from __future__ import annotations
+
+from diffenvs.env import DiffEnv, DiffVectorEnv
+from diffenvs.tasks.dough.config import PRESETS, DoughConfig
+from diffenvs.tasks.dough.kernels import OBS_PER_PARTICLE, OBS_PER_TOOL, TARGET_FIELDS, obs_dim
+from diffenvs.tasks.dough.task import DoughTask
+from diffenvs.tasks.dough.variants import MoveTask, RollingPinTask, ShapeTask
+
+_DEFAULTS = DoughConfig()
+
+
+def _observation_table(task: type[DoughTask]) -> str:
+    """The observation's index ranges for ``task`` at the default ``obs_particle_count``."""
+    k, tools = _DEFAULTS.obs_particle_count, len(task.tool_shapes)
+    rows = [(f"0-{3 * k - 1}", f"positions of {k} fixed particles (x, y, z each)", "domain units"),
+            (f"{3 * k}-{OBS_PER_PARTICLE * k - 1}", "their velocities", "domain units/s")]
+    base = OBS_PER_PARTICLE * k
+    for t in range(tools):
+        name = f"tool {t}" if tools > 1 else "tool"
+        rows += [(f"{base}-{base + 2}", f"{name} position", "domain units"),
+                 (f"{base + 3}-{base + OBS_PER_TOOL - 1}", f"{name} quaternion (x, y, z, w)", "-")]
+        base += OBS_PER_TOOL
+    labels = {"target_centre": "target box centre", "target_half": "target box half extents",
+              "carve_base": "pit base (zeros: no pit)", "carve_size": "pit radius, height, 0 (zeros: no pit)"}
+    for name in TARGET_FIELDS:
+        rows.append((f"{base}-{base + 2}", labels[name], "domain units"))
+        base += 3
+    assert base == obs_dim(k, tools)
+    lines = ["    | Num | Observation | Unit |", "    |-----|-------------|------|"]
+    lines += [f"    | {num} | {text} | {unit} |" for num, text, unit in rows]
+    return "\n".join(lines)
+
+
+def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_notes: str, history: str = "") -> str:
+    d = _DEFAULTS
+    settle = task.default_settle_steps
+    k, tools = d.obs_particle_count, len(task.tool_shapes)
+    return f"""{summary}
+
+    ## Description
+    A box of elastoplastic dough (PlasticineLab's 0.3 x 0.1 x 0.3 block) rests on the floor of
+    the unit cube and is simulated with 3-D MLS-MPM (Neo-Hookean elasticity, von Mises
+    plasticity on the Hencky strain, float32; :class:`~diffenvs.sim.mpm.SolverMPM`). Kinematic
+    rigid tools, driven by the action as velocities, shape it towards a target drawn from the
+    seed. A target is a set of particles made of the dough's own particles (moved rigidly, or
+    by a scripted demonstration run with the env's own steps and hard tools), so every target
+    is reachable and reaching it gives zero loss and IoU 1.
+{task_notes}
+    ## Action Space
+    ``Box(-1, 1, ({task.action_dim},), float32)``; finite values outside [-1, 1] are clipped,
+    NaN or infinite values raise ``ValueError``.
+
+{action_table}
+
+    ## Observation Space
+    ``Box(-inf, inf, ({obs_dim(k, tools)},), float32)`` with the default ``obs_particle_count``
+    K = {k} (in general ``{OBS_PER_PARTICLE} K + {OBS_PER_TOOL} T + {3 * len(TARGET_FIELDS)}`` for T tools):
+
+{_observation_table(task)}
+
+    ## Rewards
+    ``sdf_target`` is the signed distance to the target particles' bounding box (minus the pit,
+    a vertical capsule, where the target has one); ``m_target`` is the target particles' grid
+    mass. Task loss (``info["loss"]``): ``L = sdf_weight * mean_p max(sdf_target(x_p), 0) +
+    density_weight * sum_blocks |m - m_target| / total mass`` over blocks of ``density_block``^3
+    cells (defaults {d.sdf_weight:g}, {d.density_weight:g}, {d.density_block}). The reward is the sum of
+    the terms (each reported as ``info["reward_<term>"]``):
+
+    | term | value | weight (default) |
+    |------|-------|------------------|
+    | ``progress`` | ``L(s_t) - L(s_t+1)``: the return telescopes to ``L(s_0) - L(s_T)`` | ``progress_weight`` ({d.progress_weight:g}) |
+    | ``contact`` | ``-sum_tools softmin_p(dist(tool, x_p))^2``, soft minimum with length scale ``contact_temperature`` ({d.contact_temperature:g}); with ``contact_focus`` over the dough outside the target only | ``contact_weight`` ({d.contact_weight:g}) |
+
+    Metrics: ``info["iou"]``, the IoU of the grid cells occupied by dough and target (1 =
+    reached), and the task's metric ``info["iou_incremental"]``: ``(IoU_t - IoU_0) / (1 -
+    IoU_0)`` clipped to [0, 1], IoU_0 at the episode's start (``reset()`` reports ``iou``).
+
+    ## Starting State
+    The blob's centre is jittered by up to 0.03 horizontally; particles fill it as a randomly
+    shifted Halton sequence, at rest, F = I; it first rests under gravity for ``settle_steps``
+    env steps (default for this task: {settle}). Tools start near the dough, not touching it.
+    A reset runs the target's scripted demonstration on a one-world copy of the task.
+
+    ## Episode End
+    Truncation after 50 steps (``gym.make``'s ``max_episode_steps``). Termination only when the
+    simulation diverges (a non-finite particle or one outside the domain): then
+    ``info["diverged"] = True``, reward 0, ``info["loss"]`` NaN, metrics 0, and the last valid
+    observation.
+
+    ## Arguments
+    Keyword arguments of ``gym.make`` (all of :class:`~diffenvs.tasks.dough.DoughConfig`), besides
+    those of :class:`~diffenvs.env.DiffEnv` (``render_mode``, ``device``, ``differentiable``,
+    ``checkpoint``, ``render_width``, ``render_height``):
+
+    | argument | default | meaning |
+    |----------|---------|---------|
+    | ``preset`` | ``"{d.preset}"`` | ``"default"`` (grid {PRESETS["default"]["grid_res"]}^3, {PRESETS["default"]["particle_count"]:,} particles, {PRESETS["default"]["sim_substeps"]} substeps) or ``"paper"`` (grid {PRESETS["paper"]["grid_res"]}^3, {PRESETS["paper"]["particle_count"]:,} particles, {PRESETS["paper"]["sim_substeps"]} substeps: PlasticineLab's scale) |
+    | ``grid_res``, ``particle_count``, ``sim_substeps``, ``frame_dt`` | the preset's | override the preset |
+    | ``checkpoint`` | the preset's: {PRESETS["default"]["checkpoint"]} (default), {PRESETS["paper"]["checkpoint"]} (paper) | keep one state per env step and re-run its substeps in ``grad()`` (see :mod:`diffenvs.autodiff` for memory) |
+    | ``contact_weight`` | {d.contact_weight:g} | weight of the contact loss (a remedy for "no contact, no gradient") |
+    | ``contact_focus`` | {d.contact_focus} | the contact loss draws the tools to misplaced dough only |
+    | ``tool_softness`` | {d.tool_softness:g} | influence radius of the tools [domain units] (a remedy; 0 = hard) |
+    | ``tool_speed``, ``tool_yaw_rate`` | {d.tool_speed:g}, {d.tool_yaw_rate:g} | tool speed [units/s] and pin yaw rate [rad/s] at action 1 |
+    | ``progress_weight``, ``sdf_weight``, ``density_weight``, ``density_block`` | {d.progress_weight:g}, {d.sdf_weight:g}, {d.density_weight:g}, {d.density_block} | reward and loss weights |
+    | ``youngs_modulus``, ``poisson_ratio``, ``yield_stress`` | {d.youngs_modulus:g} Pa, {d.poisson_ratio:g}, {d.yield_stress:g} Pa | material |
+    | ``tool_friction``, ``ground_friction`` | {d.tool_friction:g}, {d.ground_friction:g} | Coulomb friction |
+    | ``obs_particle_count`` | {d.obs_particle_count} | observed particles K |
+    | ``settle_steps`` | None ({settle} for this task) | steps the blob rests before the episode |
+
+    ## Gradients
+    ``env.unwrapped.grad()`` returns d(return)/d(actions), shape (T, {task.action_dim}), and d(return)/d(initial
+    state) for every field of ``get_state()`` (particles, tools, target). A hard tool that never
+    touches the dough gets exactly zero gradient; the remedies, each switchable between
+    episodes with ``env.unwrapped.set_remedies(...)`` (for ablations and schedules), are
+    ``contact_weight`` (the contact loss), ``softness`` (= ``tool_softness``) and
+    ``contact_focus`` (1 or 0). ``diffenvs gradcheck --env ID`` checks the gradient against
+    finite differences.
+
+    ## Version History
+    - v0: initial release.{history}
+"""
+
+
+_TRANSLATE_ACTION = """    | Num | Action | Unit |
+    |-----|--------|------|
+    {rows}"""
+
+
+def _translate_table(tools: int) -> str:
+    rows = []
+    for t in range(tools):
+        name = f"sphere {t}" if tools > 1 else "tip"
+        rows += [f"| {3 * t + c} | {name} velocity along {axis} / ``tool_speed`` | - |" for c, axis in enumerate("xyz")]
+    return _TRANSLATE_ACTION.format(rows="\n    ".join(rows))
+
+
+class RollingPinEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Flatten dough into a target sheet with a rolling pin (capsule, radius 0.03, half length 0.15).",
+        RollingPinTask,
+        """    | Num | Action | Unit |
+    |-----|--------|------|
+    | 0 | roll across the pin's axis at ``tool_speed * a[0]`` (spinning without slip) | - |
+    | 1 | yaw about the vertical at ``tool_yaw_rate * a[1]`` | - |
+    | 2 | vertical velocity ``tool_speed * a[2]`` | - |""",
+        """    Target: a demonstration from the pin's own start: press down to a thickness of 0.05-0.07
+    (the blob is 0.1 high), roll forward 0.03-0.05, back twice as far, forward to the start
+    (about 35 of the 50 steps).
+""",
+    )
+    task_class = RollingPinTask
+
+
+class MoveEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Carry dough to a target place with two spheres (radius 0.04).",
+        MoveTask, _translate_table(2),
+        """    Target: the blob moved rigidly 0.05-0.12 horizontally in a random direction; the spheres
+    start on either side of it.
+""",
+    )
+    task_class = MoveTask
+
+
+class ShapeEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Press a pit into the dough with a spherical tool tip (radius 0.04).",
+        ShapeTask, _translate_table(1),
+        """    Target: a demonstration: the tip, started just above a place 0.03-0.08 from the blob's
+    centre in a random direction, presses a pit 0.025-0.04 deep and lifts off again (the
+    displaced dough stays where the press put it). The tool itself starts elsewhere: it has to
+    find the place first.
+""",
+    )
+    task_class = ShapeTask
+
+
+def _vector_doc(single: type[DiffEnv]) -> str:
+    return (f"``num_envs`` {single.task_class.__name__.removesuffix('Task')} worlds in one batch: see "
+            f":class:`{single.__name__}` for the task and :class:`~diffenvs.env.DiffVectorEnv` for batching.")
+
+
+class RollingPinVectorEnv(DiffVectorEnv):
+    __doc__ = _vector_doc(RollingPinEnv)
+    task_class = RollingPinTask
+
+
+class MoveVectorEnv(DiffVectorEnv):
+    __doc__ = _vector_doc(MoveEnv)
+    task_class = MoveTask
+
+
+class ShapeVectorEnv(DiffVectorEnv):
+    __doc__ = _vector_doc(ShapeEnv)
+    task_class = ShapeTask
+
+
+__all__ = ["MoveEnv", "MoveVectorEnv", "RollingPinEnv", "RollingPinVectorEnv", "ShapeEnv", "ShapeVectorEnv"]

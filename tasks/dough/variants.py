@@ -1,0 +1,104 @@
+"""The three dough tasks: their tools, how the action drives them, and how their targets are drawn."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import warp as wp
+
+from diffenvs.sim.mpm import ToolShape
+from diffenvs.tasks.dough import kernels as K
+from diffenvs.tasks.dough.config import BLOB_HALF
+from diffenvs.tasks.dough.targets import press_demo_actions, rolling_demo_actions, yaw_quat
+from diffenvs.tasks.dough.task import DoughTask
+
+
+class RollingPinTask(DoughTask):
+    """Flatten the dough into a thinner, wider sheet with a rolling pin."""
+
+    action_dim = 3
+    tool_shapes = (ToolShape("capsule", (0.03, 0.15, 0.0)),)
+
+    def sample_tools(self, rng, blob_centre):
+        r = self.tool_shapes[0].size[0]
+        pos = blob_centre + np.array([rng.uniform(-0.03, 0.03), BLOB_HALF[1] + r + rng.uniform(0.005, 0.02), rng.uniform(-0.03, 0.03)])
+        return pos[None], yaw_quat(rng.uniform(-0.3, 0.3))[None]
+
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
+        # Demonstration from the pin's own start: press to the sheet's thickness, roll forward,
+        # back past the start, and forward again to it (about 35 of the 50 steps).
+        thickness = 2.0 * BLOB_HALF[1] * rng.uniform(0.5, 0.7)
+        reach = rng.uniform(0.03, 0.05)
+        step = self.config.tool_speed * self.frame_dt
+        radius = self.tool_shapes[0].size[0]
+        drop = float(tool_pos[0, 1] - (self.model.floor_height + thickness + radius))
+        actions = rolling_demo_actions(drop, reach, step)
+        return {"target_x": self.demonstrate(particles, tool_pos, tool_rot, actions)["particle_x"]}
+
+    def apply_action(self, state_in, buffers):
+        cfg = self.config
+        wp.launch(
+            K.prepare_step_rolling_pin, dim=self.world_count,
+            inputs=[buffers.action, state_in["tool_rot"], cfg.tool_speed, cfg.tool_yaw_rate, self.tool_shapes[0].size[0]],
+            outputs=[buffers.control.tool_vel, buffers.control.tool_omega],
+            device=self.device,
+        )
+
+
+class _TranslateTask(DoughTask):
+    """Tools that translate with the velocity the action gives them (3 action entries per tool)."""
+
+    def apply_action(self, state_in, buffers):
+        wp.launch(
+            K.prepare_step_translate, dim=(self.world_count, self.tool_count),
+            inputs=[buffers.action, self.config.tool_speed],
+            outputs=[buffers.control.tool_vel, buffers.control.tool_omega],
+            device=self.device,
+        )
+
+
+class MoveTask(_TranslateTask):
+    """Carry the dough to a target place with two spherical manipulators."""
+
+    action_dim = 6
+    tool_shapes = (ToolShape("sphere", (0.04, 0.0, 0.0)), ToolShape("sphere", (0.04, 0.0, 0.0)))
+
+    def sample_tools(self, rng, blob_centre):
+        r = self.tool_shapes[0].size[0]
+        offset = BLOB_HALF[0] + r + rng.uniform(0.005, 0.02)
+        pos = np.stack([blob_centre - [offset, 0.0, 0.0], blob_centre + [offset, 0.0, 0.0]])
+        return pos, np.tile(yaw_quat(0.0), (2, 1))
+
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
+        heading = rng.uniform(-math.pi, math.pi)
+        shift = rng.uniform(0.05, 0.12) * np.array([math.cos(heading), 0.0, math.sin(heading)])
+        return {"target_x": particles["particle_x"] + shift}
+
+
+class ShapeTask(_TranslateTask):
+    """Press a pit of a given place and size into the dough's top with a spherical tool tip."""
+
+    action_dim = 3
+    tool_shapes = (ToolShape("sphere", (0.04, 0.0, 0.0)),)
+
+    def sample_tools(self, rng, blob_centre):
+        r = self.tool_shapes[0].size[0]
+        pos = blob_centre + np.array([rng.uniform(-0.05, 0.05), BLOB_HALF[1] + r + rng.uniform(0.005, 0.02), rng.uniform(-0.05, 0.05)])
+        return pos[None], yaw_quat(0.0)[None]
+
+    default_settle_steps = 30
+
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
+        heading = rng.uniform(-math.pi, math.pi)
+        place = blob_centre + rng.uniform(0.03, 0.08) * np.array([math.cos(heading), 0.0, math.sin(heading)])
+        depth = rng.uniform(0.025, 0.04)
+        radius = self.tool_shapes[0].size[0]
+        top = float(particles["particle_x"][:, 1].max())
+        start = np.array([place[0], top + radius + 0.005, place[2]])
+        bottom = np.array([place[0], top - depth + radius, place[2]])
+        # Demonstration: from just above the place, down to the pit's depth, back up, at rest.
+        actions = press_demo_actions(start[1] - bottom[1], self.config.tool_speed * self.frame_dt)
+        pressed = self.demonstrate(particles, start[None], tool_rot, actions)
+        return {"carve_base": bottom, "carve_size": np.array([radius, start[1] - bottom[1], 0.0]),
+                "target_x": pressed["particle_x"]}
