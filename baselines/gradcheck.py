@@ -131,8 +131,9 @@ class GradcheckReport:
     def format(self) -> str:
         """A table for the terminal."""
         head = f"{'direction':>9} {'analytic':>12} " + " ".join(f"{'fd eps=' + format(e, 'g'):>13}" for e in self.eps)
-        lines = [f"{self.env_id}: d {self.objective} / d actions, norm {self.gradient_norm:.4g}, value {self.value:.6g}, "
-                 f"rtol {self.rtol:g}", head + f" {'rel err':>9} {'spread':>8}  verdict"]
+        title = (f"{self.env_id}: d {self.objective} / d actions, norm {self.gradient_norm:.4g}, value {self.value:.6g}, "
+                 f"rtol {self.rtol:g}")
+        lines = [title, head + f" {'rel err':>9} {'spread':>8}  verdict"]
         for i, d in enumerate(self.directions):
             name = f"random {i}" if self.zero_gradient else ("gradient" if i == 0 else f"random {i}")
             lines.append(f"{name:>9} {d.analytic:>12.5g} " + " ".join(f"{f:>13.5g}" for f in d.finite)

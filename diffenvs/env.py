@@ -663,7 +663,7 @@ class DiffEnv(_CoreEnv, gym.Env[np.ndarray, np.ndarray]):
             ValueError: missing or extra fields, wrong shapes, or non-finite values.
         """
         if not isinstance(state, dict):
-            raise ValueError(f"a state is a dict of arrays, got {type(state).__name__}")
+            raise ValueError(f"a state is a dict of arrays, got {type(state).__name__}")  # noqa: TRY004  (bad input: ValueError)
         obs, _ = self._core.restart({name: np.asarray(value)[None] for name, value in state.items()})
         return obs[0]
 
@@ -794,7 +794,7 @@ class DiffVectorEnv(_CoreEnv, gym.vector.VectorEnv):
             ValueError: missing or extra fields, wrong shapes, or non-finite values.
         """
         if not isinstance(state, dict):
-            raise ValueError(f"a state is a dict of batched arrays, got {type(state).__name__}")
+            raise ValueError(f"a state is a dict of batched arrays, got {type(state).__name__}")  # noqa: TRY004
         obs, _ = self._core.restart({name: np.asarray(value) for name, value in state.items()})
         return obs
 

@@ -8,7 +8,7 @@ import pytest
 import warp as wp
 
 import diffenvs
-from diffenvs.registration import TINY_DOUGH
+from diffenvs.registration import TINY_DOUGH  # noqa: F401  (re-exported to the tests)
 
 wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
 

@@ -58,7 +58,7 @@ class DoughTask(Task):
 
     reward_terms = ("progress", "contact")
     metric = "iou_incremental"
-    remedy_options = {"contact_weight": "contact_weight", "softness": "tool_softness", "contact_focus": "contact_focus"}
+    remedy_options: ClassVar[dict[str, str]] = {"contact_weight": "contact_weight", "softness": "tool_softness", "contact_focus": "contact_focus"}
     parallel_refill = True  # kernels dominate a step: a refill on a second thread overlaps the adjoints
     tool_shapes: ClassVar[tuple[ToolShape, ...]]
     default_settle_steps: ClassVar[int] = 0

@@ -83,7 +83,7 @@ class PusherTask(Task):
     action_dim = 2
     obs_dim = int(K.OBS_DIM)
     reward_terms = ("progress", "proximity", "ctrl")
-    remedy_options = {"contact_weight": "proximity_weight", "softness": "contact_softness"}
+    remedy_options: ClassVar[dict[str, str]] = {"contact_weight": "proximity_weight", "softness": "contact_softness"}
 
     def __init__(self, world_count: int, device: wp.DeviceLike = None, **kwargs: Any):
         super().__init__(world_count, device)
