@@ -33,14 +33,14 @@ def measure(variant: str, env_id: str, steps: int, repeats: int) -> dict:
             wp.launch(
                 p2g_scatter, dim=state_in.particle_x.shape,
                 inputs=[state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F, self.params, dt,
-                        *(bounds or self._stencil_bounds(None))],
+                        bounds],
                 outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device,
             )
 
         def gather(self, state_in, state_out, grid, dt, bounds=None):
             wp.launch(
                 g2p_gather, dim=state_in.particle_x.shape,
-                inputs=[state_in.particle_x, grid.v, self.params, dt, *(bounds or self._stencil_bounds(None))],
+                inputs=[state_in.particle_x, grid.v, self.params, dt, bounds],
                 outputs=[state_out.particle_x, state_out.particle_v, state_out.particle_C], device=self.device,
             )
 

@@ -82,7 +82,7 @@ def test_p2g_gradcheck_elastic_and_yielding():
         wp.zeros((1, res, res, res), dtype=float, requires_grad=True),
     ]
     assert gradcheck(
-        p2g_scatter, dim=(1, 3), inputs=[x, v, C, F, solver.params, 1e-3, *solver._stencil_bounds(None)], outputs=outs,
+        p2g_scatter, dim=(1, 3), inputs=[x, v, C, F, solver.params, 1e-3, solver.whole_grid(1).bounds], outputs=outs,
         eps=1e-3, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
     )
 
@@ -113,11 +113,11 @@ def test_hand_written_p2g_adjoint_equals_the_generated_one():
         tape = wp.Tape()
         with tape:
             if custom:
-                solver._scatter(state_in, state_out, grid, 1e-3)
+                solver._scatter(state_in, state_out, grid, 1e-3, solver.whole_grid(n).bounds)
             else:
                 wp.launch(p2g_scatter, dim=(n, count), inputs=[state_in.particle_x, state_in.particle_v, state_in.particle_C,
                                                                state_in.particle_F, solver.params, 1e-3,
-                                                               *solver._stencil_bounds(None)],
+                                                               solver.whole_grid(n).bounds],
                           outputs=[state_out.particle_F, grid.mv, grid.m])
         state_out.particle_F.grad.assign(seeds["F"].astype(np.float32))
         grid.mv.grad.assign(seeds["mv"].astype(np.float32))
@@ -151,7 +151,7 @@ def test_grid_update_gradcheck_with_tool_contact(softness):
     assert gradcheck(
         kernel, dim=shape,
         inputs=[mv, m, pos, rot, vel, omega, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), *unlisted()],
+                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), solver.whole_grid(1).bounds, *unlisted()],
         outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("tool_pos", "grid_v"), ("tool_vel", "grid_v")],
     )
@@ -200,6 +200,7 @@ def test_hand_written_grid_update_adjoint_equals_the_generated_one(softness):
     m_np[rng.uniform(size=m_np.shape) < 0.2] = 0.0  # empty nodes
     v_np = np.array([0.1, -1.0, 0.05], np.float32) + 0.5 * rng.standard_normal((n, res, res, res, 3)).astype(np.float32)
     seed = rng.standard_normal((n, res, res, res, 3)).astype(np.float32)
+    bounds = solver.region_of_box(n, (origin, box)).bounds
 
     def gradients(custom: bool) -> dict[str, np.ndarray]:
         grid = solver.alloc_grid(n, requires_grad=True)
@@ -217,12 +218,12 @@ def test_hand_written_grid_update_adjoint_equals_the_generated_one(softness):
         tape = wp.Tape()
         with tape:
             if custom:
-                solver._update_grid(state, control, grid, 1e-3, wp.vec3i(*origin), (n, *box))
+                solver._update_grid(state, control, grid, 1e-3, wp.vec3i(*origin), (n, *box), bounds)
             else:
                 wp.launch(solver._grid_update, dim=(n, *box),
                           inputs=[grid.mv, grid.m, state.tool_pos, state.tool_rot, control.tool_vel, control.tool_omega,
                                   solver.tool_kind, solver.tool_size, solver.tool_friction, solver.tool_softness,
-                                  solver.params, 1e-3, wp.vec3i(*origin), *unlisted()], outputs=[grid.v])
+                                  solver.params, 1e-3, wp.vec3i(*origin), bounds, *unlisted()], outputs=[grid.v])
         grid.v.grad.assign(seed)
         tape.backward()
         return {"v": grid.v.numpy(), "mv": grid.mv.grad.numpy(), "m": grid.m.grad.numpy(),
@@ -245,7 +246,7 @@ def test_g2p_gradcheck():
     gv = wp.array(rng.standard_normal((1, 6, 6, 6, 3)).astype(np.float32), dtype=wp.vec3, requires_grad=True)
     outs = [wp.zeros((1, 3), dtype=t, requires_grad=True) for t in (wp.vec3, wp.vec3, wp.mat33)]
     assert gradcheck(
-        g2p_gather, dim=(1, 3), inputs=[x, gv, solver.params, 1e-3, *solver._stencil_bounds(None)], outputs=outs,
+        g2p_gather, dim=(1, 3), inputs=[x, gv, solver.params, 1e-3, solver.whole_grid(1).bounds], outputs=outs,
         eps=1e-3, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
     )
 
@@ -263,13 +264,13 @@ def test_hand_written_g2p_adjoint_equals_the_generated_one():
     seeds = [rng.standard_normal(o.grad.numpy().shape).astype(np.float32) for o in outs]
     tape = wp.Tape()
     with tape:
-        wp.launch(g2p_gather, dim=(n, count), inputs=[x, gv, solver.params, 1e-2, *solver._stencil_bounds(None)], outputs=outs)
+        wp.launch(g2p_gather, dim=(n, count), inputs=[x, gv, solver.params, 1e-2, solver.whole_grid(n).bounds], outputs=outs)
     for o, seed in zip(outs, seeds):
         o.grad.assign(seed)
     tape.backward()
     adj = [wp.array(seed, dtype=o.dtype) for o, seed in zip(outs, seeds)]
     mine_x, mine_g = wp.zeros_like(x), wp.zeros_like(gv)
-    wp.launch(g2p_gather_adjoint, dim=(n, count), inputs=[x, gv, solver.params, 1e-2, *solver._stencil_bounds(None), *adj], outputs=[mine_x, mine_g])
+    wp.launch(g2p_gather_adjoint, dim=(n, count), inputs=[x, gv, solver.params, 1e-2, solver.whole_grid(n).bounds, *adj], outputs=[mine_x, mine_g])
     np.testing.assert_allclose(mine_x.numpy(), x.grad.numpy(), rtol=1e-4, atol=1e-3 * np.abs(x.grad.numpy()).max())
     np.testing.assert_allclose(mine_g.numpy(), gv.grad.numpy(), rtol=1e-4, atol=1e-5)
 
@@ -315,15 +316,17 @@ def test_dough_stays_put_at_rest_and_yields_under_a_press():
 
 
 def test_active_region_step_equals_whole_grid_step_and_its_gradient():
-    """A step over the active region (cleared, updated and read there only, gradients cleared there
-    only) on grids full of stale values and gradients gives the states and gradients of a step over
-    the whole of uninitialised ones, in every world; the box is stored compactly (the rest of the
-    grid's memory is never touched)."""
+    """A step over each world's active region (cleared, updated and read there only, gradients cleared
+    there only) on grids full of stale values and gradients gives the states and gradients of a step
+    over the whole of uninitialised ones, in every world, both with a host box (stored compactly: the
+    rest of the grid's memory is never touched) and without one (CUDA's path: whole-grid launches whose
+    threads skip the nodes outside their world's region)."""
     solver, x0, tool_pos = make_scene(res=24, particles=200, tool_y=0.3, softness=0.02)
     x0 = np.concatenate([x0, x0[:, ::-1] + np.float32(0.02)])  # two worlds, particles in another order
     tool_pos = np.concatenate([tool_pos, tool_pos + np.float32(0.01)])
     results = []
-    for use_region in (False, True):
+    for mode in ("whole", "box", "device"):  # device: no host box, whole-grid launches that skip other nodes (CUDA's path)
+        use_region = mode != "whole"
         worlds, count, _ = x0.shape
         states = [MPMState.zeros(worlds, count, 1, device="cpu", requires_grad=True) for _ in range(4)]
         grids = [solver.alloc_grid(worlds, requires_grad=True) for _ in range(3)]
@@ -339,9 +342,9 @@ def test_active_region_step_equals_whole_grid_step_and_its_gradient():
         states[0].tool_rot.assign(np.tile(np.array([0, 0, 0, 1], np.float32), (worlds, 1, 1)))
         control = MPMControl.zeros(worlds, 1, device="cpu", requires_grad=True)
         control.tool_vel.assign(np.array([[[0.3, -1.0, 0.2]], [[-0.2, -1.0, 0.1]]], np.float32))
-        region = solver.active_region(states[0], 3 * 2e-4, extra_speed=1.0) if use_region else None
-        if use_region:
-            assert np.prod(region[1]) < 0.5 * 24**3  # a real sub-box
+        region = solver.active_region(states[0], 3 * 2e-4, extra_speed=1.0, host_box=mode == "box") if use_region else None
+        if mode == "box":
+            assert np.prod(region.box[1]) < 0.5 * 24**3  # a real sub-box
         tape = wp.Tape()
         with tape:
             for i in range(3):
@@ -349,16 +352,23 @@ def test_active_region_step_equals_whole_grid_step_and_its_gradient():
         states[-1].particle_x.grad.fill_(1.0)
         tape.backward()
         results.append((states[-1].particle_x.numpy(), states[0].particle_x.grad.numpy(), control.tool_vel.grad.numpy()))
-        if use_region:
-            box = int(np.prod(region[1]))
+        if mode == "box":
+            box = int(np.prod(region.box[1]))
             m = grids[0].m.numpy().reshape(worlds, -1)
             assert np.all(m[:, box:] == 5.0)  # beyond the compact box: untouched
-            assert np.all(m[:, :box] != 5.0) and m[:, :box].sum() > 0  # the box: cleared, then the mass
-            np.testing.assert_allclose(m[:, :box].sum(axis=1), np.full(worlds, solver.model.particle_mass * count),
-                                       rtol=1e-4)
+            nodes = np.indices(region.box[1]).reshape(3, -1).T + region.box[0]  # in the compact box's order
+            bounds = region.bounds.numpy()
+            outside = 0
+            for w in range(worlds):  # each world's own region: cleared, then the mass; the rest of the box untouched
+                inside = np.all((nodes >= bounds[w, 0]) & (nodes <= bounds[w, 1] + 2), axis=1)
+                assert np.all(m[w, :box][inside] != 5.0) and np.all(m[w, :box][~inside] == 5.0)
+                np.testing.assert_allclose(m[w, :box][inside].sum(), solver.model.particle_mass * count, rtol=1e-4)
+                outside += int((~inside).sum())
+            assert outside > 0  # the worlds' regions differ: each is tighter than the box holding both
             assert np.all(grids[0].v.grad.numpy().reshape(worlds, -1, 3)[:, box:] == 7.0)
-    for whole, boxed in zip(*results):
-        np.testing.assert_allclose(boxed, whole, rtol=1e-5, atol=1e-6)
+    for whole, *regional in zip(*results):
+        for values in regional:
+            np.testing.assert_allclose(values, whole, rtol=1e-5, atol=1e-6)
     assert np.abs(results[0][2]).max() > 0  # the tool touches the dough
     with pytest.raises(ValueError, match="region"):
         solver.step(states[0], states[1], control, 2e-4, grids[0], ((0, 0, 0), (2, 24, 24)))
@@ -434,7 +444,7 @@ def test_grid_update_gradcheck_walls_and_floor():
     assert gradcheck(
         kernel, dim=shape,
         inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), *unlisted()],
+                solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), solver.whole_grid(1).bounds, *unlisted()],
         outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("grid_m", "grid_v")],
     )
@@ -481,8 +491,33 @@ def test_grid_update_adjoint_stays_finite_for_nearly_empty_nodes():
     tape = wp.Tape()
     with tape:
         wp.launch(kernel, dim=shape, inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                                             solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), *unlisted()], outputs=[out])
+                                             solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), solver.whole_grid(1).bounds, *unlisted()], outputs=[out])
     out.grad.fill_(1.0)
     tape.backward()
     assert np.all(np.isfinite(m.grad.numpy())) and np.all(np.isfinite(mv.grad.numpy()))
     assert np.all(out.numpy()[0, 2, 2, 2] == 0.0)  # treated as empty
+
+
+def test_active_region_per_world_and_whole_grid_for_a_diverged_world():
+    """Each world's region holds its own particles' stencils plus the travel margin; a world with a
+    non-finite particle (or one too fast for the grid) gets the whole grid."""
+    solver, x0, _ = make_scene(res=24, particles=50)
+    worlds = 3
+    state = MPMState.zeros(worlds, x0.shape[1], 1, device="cpu", requires_grad=False)
+    x = np.concatenate([x0, x0 + np.float32(0.2), x0])
+    x[2, 7] = np.nan
+    state.particle_x.assign(x)
+    region = solver.active_region(state, 1e-3, extra_speed=1.0)
+    bounds = region.bounds.numpy()
+    top = solver.model.grid_res - 3
+    cells = x[:2] / solver.model.dx
+    for w in range(2):
+        assert np.all(bounds[w, 0] <= np.floor(cells[w].min(axis=0)) - 2)  # the stencil reaches a cell below
+        assert np.all(bounds[w, 1] + 2 >= np.ceil(cells[w].max(axis=0)) + 2)
+        assert np.all(bounds[w, 1] - bounds[w, 0] < 0.8 * top)  # a real sub-box
+    assert np.all(bounds[1, 0] > bounds[0, 0])  # per world: the second blob lies higher
+    np.testing.assert_array_equal(bounds[2], [[0, 0, 0], [top] * 3])
+    assert region.box == ((0, 0, 0), (24, 24, 24))  # the host box holds every world's region
+    state.particle_v.fill_(wp.vec3(1e5, 0.0, 0.0))  # travels past the grid within the step
+    np.testing.assert_array_equal(solver.active_region(state, 1e-3).bounds.numpy()[0], [[0, 0, 0], [top] * 3])
+    assert solver.active_region(state, 1e-3, host_box=False).box is None

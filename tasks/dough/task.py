@@ -16,7 +16,7 @@ import numpy as np
 import warp as wp
 
 from diffenvs.config import from_dict
-from diffenvs.sim.mpm import MPMControl, MPMGrid, MPMMaterial, MPMModel, MPMState, SolverMPM, ToolShape
+from diffenvs.sim.mpm import ActiveRegion, MPMControl, MPMGrid, MPMMaterial, MPMModel, MPMState, SolverMPM, ToolShape
 from diffenvs.task import State, StepBuffers, Task
 from diffenvs.tasks.dough import kernels as K
 from diffenvs.tasks.dough.config import BLOB_HALF, PRESETS, DoughConfig
@@ -42,11 +42,12 @@ class LossScratch:
 class DoughStepBuffers(StepBuffers):
     """Step buffers plus the tools' control, substep states, grids and loss scratch."""
 
-    scratch_fields: ClassVar[tuple[str, ...]] = ("control", "substates", "grids", "loss_in", "loss_out")
+    scratch_fields: ClassVar[tuple[str, ...]] = ("control", "region", "substates", "grids", "loss_in", "loss_out")
     tape_cleared_fields: ClassVar[tuple[str, ...]] = ("grids",)  # the solver clears their active region
 
     iou_counts: wp.array = None
     control: MPMControl = None
+    region: wp.array = None  # each world's active region of the step (see SolverMPM.active_region)
     substates: list[MPMState] = dataclasses.field(default_factory=list)
     grids: list[MPMGrid] = dataclasses.field(default_factory=list)
     loss_in: LossScratch = None
@@ -150,6 +151,7 @@ class DoughTask(Task):
             **self.alloc_common(self.alloc_state(requires_grad=requires_grad), requires_grad=requires_grad),
             iou_counts=self.zeros((n, 2), wp.float64, requires_grad=False),
             control=MPMControl.zeros(n, t, device=self.device, requires_grad=requires_grad),
+            region=self.solver.alloc_bounds(n),
             substates=[
                 MPMState.zeros(n, p, t, device=self.device, requires_grad=requires_grad) for _ in range(self.sim_substeps - 1)
             ],
@@ -216,8 +218,11 @@ class DoughTask(Task):
 
     def prepare(self, state: State) -> None:
         """Rebuild the target's grid mass from each world's target particles (outside the tape), and
-        the box of nodes it occupies in any world (inclusive, host side)."""
+        (on the CPU) the box of nodes it occupies in any world (inclusive, host side)."""
         self.solver.scatter_mass(state["target_x"], self._target_mass)
+        if not self.device.is_cpu:  # launches over every block: no host round trip (see SolverMPM.active_region)
+            self._target_nodes = None
+            return
         cells = np.floor(state["target_x"].numpy().reshape(-1, 3) / self.model.dx)
         if np.isfinite(cells).all():  # a stencil reaches from one cell below to two above
             self._target_nodes = (np.clip(cells.min(axis=0) - 1, 0, self.grid_res - 1).astype(int),
@@ -225,13 +230,13 @@ class DoughTask(Task):
         else:
             self._target_nodes = None
 
-    def _density_blocks(self, region: tuple[tuple[int, int, int], tuple[int, int, int]] | None) -> tuple[wp.vec3i, tuple]:
+    def _density_blocks(self, region: ActiveRegion | None) -> tuple[wp.vec3i, tuple]:
         """Origin and shape of the box of density blocks that holds the target's mass and the dough's
-        mass within the solver's active ``region`` (None, or no target box: every block)."""
+        mass within the solver's active ``region`` (None, no host box or no target box: every block)."""
         block = self.config.density_block
-        if region is None or self._target_nodes is None:
+        if region is None or region.box is None or self._target_nodes is None:
             return wp.vec3i(0, 0, 0), (self.grid_res // block,) * 3
-        origin, shape = np.asarray(region[0]), np.asarray(region[1])
+        origin, shape = np.asarray(region.box[0]), np.asarray(region.box[1])
         lo = np.minimum(origin, self._target_nodes[0]) // block
         hi = np.maximum(origin + shape - 1, self._target_nodes[1]) // block
         return wp.vec3i(*(int(v) for v in lo)), tuple(int(v) for v in hi - lo + 1)
@@ -250,7 +255,7 @@ class DoughTask(Task):
         )
         chain = [self._mpm_state(state_in), *buffers.substates, self._mpm_state(buffers.state)]
         # The tools can drag dough at up to their surface speed: the pin's roll adds as much again.
-        region = self.solver.active_region(chain[0], self.frame_dt, extra_speed=2.0 * self.config.tool_speed)
+        region = self.solver.active_region(chain[0], self.frame_dt, extra_speed=2.0 * self.config.tool_speed, out=buffers.region)
         for current, following, grid in zip(chain[:-1], chain[1:], buffers.grids):
             self.solver.step(current, following, buffers.control, self.sim_dt, grid, region)
         if previous is None:
@@ -309,8 +314,7 @@ class DoughTask(Task):
         """Grid mass above which a cell counts as occupied: a tenth of a cell full of dough [kg]."""
         return 0.1 * self.model.material.density * self.model.dx**3
 
-    def _evaluate(self, state: State, scratch: LossScratch, loss_out: wp.array,
-                  region: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None) -> None:
+    def _evaluate(self, state: State, scratch: LossScratch, loss_out: wp.array, region: ActiveRegion | None = None) -> None:
         """Launch the loss of ``state`` into ``loss_out`` (its terms into ``scratch``); ``region``: a box of
         grid nodes that holds the dough's mass (the solver's active region), or None."""
         cfg = self.config

@@ -71,8 +71,9 @@ def column(A: wp.mat33, j: int) -> wp.vec3:
 def stencil_base(xg: wp.vec3, lo: wp.vec3i, hi: wp.vec3i) -> wp.vec3i:
     """Lowest node of a particle's 3x3x3 stencil, clamped to [lo, hi] per axis.
 
-    The transfers clamp to the solver step's active region (hi = origin + shape - 3): only that
-    box is cleared and updated, so a particle that outran it (a diverging state; the region's
+    The transfers clamp to their world's active region (``bounds[w]`` = lo, hi; its nodes are
+    lo .. hi + 2, see :func:`in_region`): only that box is cleared and updated, so a particle
+    that outran it (a diverging state; the region's
     margin covers any particle moving at its current speed plus the tools') still reads and
     writes cleared nodes, as a particle at the domain's edge does. :func:`p2g_mass` clamps to the
     whole grid.
@@ -97,6 +98,12 @@ def stencil(x: wp.vec3, inv_dx: float, lo: wp.vec3i, hi: wp.vec3i):
 def whole_grid_top(grid_res: int) -> wp.vec3i:
     """The highest stencil base of the whole grid (see :func:`stencil_base`)."""
     return wp.vec3i(grid_res - 3, grid_res - 3, grid_res - 3)
+
+
+@wp.func
+def in_region(i: int, j: int, k: int, lo: wp.vec3i, hi: wp.vec3i) -> bool:
+    """Whether node (i, j, k) lies in the active region of stencil bases [lo, hi] (nodes lo .. hi + 2)."""
+    return (i >= lo[0] and i <= hi[0] + 2 and j >= lo[1] and j <= hi[1] + 2 and k >= lo[2] and k <= hi[2] + 2)
 
 
 @wp.func
@@ -204,8 +211,7 @@ def p2g_scatter(
     particle_F: wp.array2d(dtype=wp.mat33),
     params: MPMParams,
     dt: float,
-    lo: wp.vec3i,
-    hi: wp.vec3i,
+    bounds: wp.array2d(dtype=wp.vec3i),
     particle_F_out: wp.array2d(dtype=wp.mat33),
     grid_mv: wp.array4d(dtype=wp.vec3),
     grid_m: wp.array4d(dtype=float),
@@ -216,7 +222,7 @@ def p2g_scatter(
     w_n (q0 + dx (i a0 + j a1 + k a2)) with q0 = m v - A (x_p - x_base), a the columns of A.
     """
     w, p = wp.tid()
-    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
+    base, fx = stencil(particle_x[w, p], params.inv_dx, bounds[w, 0], bounds[w, 1])
     C = particle_C[w, p]
     F = updated_deformation(C, particle_F[w, p], params, dt)
     particle_F_out[w, p] = F
@@ -263,8 +269,7 @@ def p2g_adjoint(
     particle_F_out: wp.array2d(dtype=wp.mat33),
     params: MPMParams,
     dt: float,
-    lo: wp.vec3i,
-    hi: wp.vec3i,
+    bounds: wp.array2d(dtype=wp.vec3i),
     adj_grid_mv: wp.array4d(dtype=wp.vec3),
     adj_grid_m: wp.array4d(dtype=float),
     adj_particle_F_out: wp.array2d(dtype=wp.mat33),
@@ -286,7 +291,7 @@ def p2g_adjoint(
     first) and writes the gradient of its projected F into ``adj_projected``.
     """
     w, p = wp.tid()
-    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
+    base, fx = stencil(particle_x[w, p], params.inv_dx, bounds[w, 0], bounds[w, 1])
     C = particle_C[w, p]
     F_in = particle_F[w, p]
     F_new = particle_F_out[w, p]
@@ -493,7 +498,8 @@ def apply_walls(v: wp.vec3, i: int, j: int, k: int, params: MPMParams) -> wp.vec
 def make_grid_update(tool_count: int) -> wp.Kernel:
     """The grid-update kernel for ``tool_count`` tools (the tool loop is unrolled for autodiff).
 
-    With ``listed`` = 0 thread (w, ri, rj, rk) updates node ``origin`` + (ri, rj, rk) of world w.
+    With ``listed`` = 0 thread (w, ri, rj, rk) updates node ``origin`` + (ri, rj, rk) of world w if it
+    lies in the world's active region (``bounds[w]``, see :func:`in_region`).
     With ``listed`` = 1, launched over (1, n, 1, 1), thread ri updates the node whose flat index is
     ``node_index[ri]`` if ri < ``node_count[0]``: the solver runs Warp's adjoint of it that way for
     the nodes :func:`grid_update_adjoint_plain` leaves to it (touched by a tool or a wall).
@@ -514,6 +520,7 @@ def make_grid_update(tool_count: int) -> wp.Kernel:
         params: MPMParams,
         dt: float,
         origin: wp.vec3i,
+        bounds: wp.array2d(dtype=wp.vec3i),
         node_count: wp.array(dtype=wp.int32),
         node_index: wp.array(dtype=wp.int32),
         listed: int,
@@ -524,7 +531,9 @@ def make_grid_update(tool_count: int) -> wp.Kernel:
         j = origin[1] + rj
         k = origin[2] + rk
         run = True
-        if listed != 0:
+        if listed == 0:
+            run = in_region(i, j, k, bounds[w, 0], bounds[w, 1])
+        else:
             run = ri < node_count[0]
             if run:
                 node = node_index[ri]
@@ -571,6 +580,7 @@ def grid_update_adjoint_plain(
     tool_count: int,
     params: MPMParams,
     origin: wp.vec3i,
+    bounds: wp.array2d(dtype=wp.vec3i),
     adj_grid_v: wp.array4d(dtype=wp.vec3),
     adj_grid_mv: wp.array4d(dtype=wp.vec3),
     adj_grid_m: wp.array4d(dtype=float),
@@ -589,6 +599,8 @@ def grid_update_adjoint_plain(
     i = origin[0] + ri
     j = origin[1] + rj
     k = origin[2] + rk
+    if not in_region(i, j, k, bounds[w, 0], bounds[w, 1]):
+        return
     m = grid_m[w, i, j, k]
     if m > params.min_node_mass:
         touched = near_wall(i, j, k, params)
@@ -615,8 +627,7 @@ def g2p_gather(
     grid_v: wp.array4d(dtype=wp.vec3),
     params: MPMParams,
     dt: float,
-    lo: wp.vec3i,
-    hi: wp.vec3i,
+    bounds: wp.array2d(dtype=wp.vec3i),
     particle_x_out: wp.array2d(dtype=wp.vec3),
     particle_v_out: wp.array2d(dtype=wp.vec3),
     particle_C_out: wp.array2d(dtype=wp.mat33),
@@ -627,7 +638,7 @@ def g2p_gather(
     offsets (i, j, k) and corrected by v (x_p - x_base)^T once.
     """
     w, p = wp.tid()
-    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
+    base, fx = stencil(particle_x[w, p], params.inv_dx, bounds[w, 0], bounds[w, 1])
     wx, wy, wz = bspline_weights3(fx)
     v = wp.vec3(0.0)
     P0 = wp.vec3(0.0)
@@ -657,8 +668,7 @@ def g2p_gather_adjoint(
     grid_v: wp.array4d(dtype=wp.vec3),
     params: MPMParams,
     dt: float,
-    lo: wp.vec3i,
-    hi: wp.vec3i,
+    bounds: wp.array2d(dtype=wp.vec3i),
     adj_particle_x_out: wp.array2d(dtype=wp.vec3),
     adj_particle_v_out: wp.array2d(dtype=wp.vec3),
     adj_particle_C_out: wp.array2d(dtype=wp.mat33),
@@ -673,7 +683,7 @@ def g2p_gather_adjoint(
     intermediate of the 27-node loop).
     """
     w, p = wp.tid()
-    base, fx = stencil(particle_x[w, p], params.inv_dx, lo, hi)
+    base, fx = stencil(particle_x[w, p], params.inv_dx, bounds[w, 0], bounds[w, 1])
     adj_x_out = adj_particle_x_out[w, p]
     adj_v = adj_particle_v_out[w, p] + dt * adj_x_out  # x_out = x + dt * v
     scale = 4.0 * params.inv_dx
@@ -717,19 +727,94 @@ def g2p_gather_adjoint(
 def clear_grid_region(
     origin: wp.vec3i,
     depth: int,
+    bounds: wp.array2d(dtype=wp.vec3i),
     grid_mv: wp.array4d(dtype=wp.vec3),
     grid_m: wp.array4d(dtype=float),
     grid_v: wp.array4d(dtype=wp.vec3),
 ):
-    """Zero a box of the grid, the only nodes a step touches: launched over (world, shape[0], shape[1]),
-    each thread clears a row of ``depth`` nodes from ``origin``."""
+    """Zero each world's active region (``bounds[w]``), the only nodes a step touches: launched over
+    (world, rows i, rows j) of a box from ``origin``, each thread clears the region's part of a row of
+    ``depth`` nodes."""
     w, ri, rj = wp.tid()
     i = origin[0] + ri
     j = origin[1] + rj
-    for k in range(origin[2], origin[2] + depth):
+    lo = bounds[w, 0]
+    hi = bounds[w, 1]
+    if i < lo[0] or i > hi[0] + 2 or j < lo[1] or j > hi[1] + 2:
+        return
+    for k in range(wp.max(origin[2], lo[2]), wp.min(origin[2] + depth, hi[2] + 3)):
         grid_mv[w, i, j, k] = wp.vec3(0.0)
         grid_m[w, i, j, k] = 0.0
         grid_v[w, i, j, k] = wp.vec3(0.0)
+
+
+@wp.kernel(enable_backward=False)
+def particle_extent(
+    particle_x: wp.array2d(dtype=wp.vec3),
+    particle_v: wp.array2d(dtype=wp.vec3),
+    inv_dx: float,
+    cells: wp.array2d(dtype=wp.int32),
+    speed: wp.array(dtype=float),
+    bad: wp.array(dtype=wp.int32),
+):
+    """Per world: the lowest and highest cell any particle is in (``cells[w]`` = min x, y, z, max x,
+    y, z; initialise with :func:`init_extent`), the largest particle speed, and whether a particle
+    is not finite or outside [-1e6, 1e6] cells (``bad``)."""
+    w, p = wp.tid()
+    xg = particle_x[w, p] * inv_dx
+    s = wp.length(particle_v[w, p])
+    limit = 1.0e6
+    if not (wp.abs(xg[0]) < limit and wp.abs(xg[1]) < limit and wp.abs(xg[2]) < limit and s < limit):
+        wp.atomic_max(bad, w, 1)  # NaN fails every comparison
+        return
+    for a in range(3):
+        wp.atomic_min(cells, w, a, int(wp.floor(xg[a])))
+        wp.atomic_max(cells, w, 3 + a, int(wp.ceil(xg[a])))
+    wp.atomic_max(speed, w, s)
+
+
+@wp.kernel(enable_backward=False)
+def init_extent(cells: wp.array2d(dtype=wp.int32), speed: wp.array(dtype=float), bad: wp.array(dtype=wp.int32)):
+    """Neutral start values of :func:`particle_extent`'s outputs."""
+    w = wp.tid()
+    for a in range(3):
+        cells[w, a] = 2147483647
+        cells[w, 3 + a] = -2147483647
+    speed[w] = 0.0
+    bad[w] = 0
+
+
+@wp.kernel(enable_backward=False)
+def finish_bounds(
+    cells: wp.array2d(dtype=wp.int32),
+    speed: wp.array(dtype=float),
+    bad: wp.array(dtype=wp.int32),
+    duration_over_dx: float,
+    extra_speed: float,
+    grid_res: int,
+    bounds: wp.array2d(dtype=wp.vec3i),
+):
+    """Each world's active region: its particles' cells grown by the distance [cells] a particle
+    travels in the step at its world's top speed plus ``extra_speed``, and by the stencil's reach;
+    the whole grid where a particle is not finite or the margin exceeds the grid. Written as the
+    range of stencil bases [lo, hi] (nodes lo .. hi + 2), at least 3 nodes per axis."""
+    w = wp.tid()
+    margin = (speed[w] + extra_speed) * duration_over_dx + 2.0
+    top = grid_res - 3
+    if bad[w] != 0 or not (margin < float(grid_res)):
+        bounds[w, 0] = wp.vec3i(0, 0, 0)
+        bounds[w, 1] = wp.vec3i(top, top, top)
+        return
+    grow = int(wp.ceil(margin))
+    lo = wp.vec3i(0, 0, 0)
+    hi = wp.vec3i(0, 0, 0)
+    for a in range(3):
+        first = wp.clamp(cells[w, a] - grow, 0, top)
+        last = wp.clamp(cells[w, 3 + a] + grow - 2, 0, top)  # node last + 2 = the top cell + margin
+        lo[a] = first
+        hi[a] = wp.max(last, first)
+    bounds[w, 0] = lo
+    bounds[w, 1] = hi
 
 
 @wp.kernel

@@ -12,19 +12,43 @@ from diffenvs.sim.mpm.kernels import (
     MPMParams,
     advance_tools,
     clear_grid_region,
+    finish_bounds,
     g2p_gather,
     g2p_gather_adjoint,
     grid_update_adjoint_plain,
+    init_extent,
     make_grid_update,
     p2g_adjoint,
     p2g_mass,
     p2g_mass_adjoint,
     p2g_scatter,
+    particle_extent,
     plastic_projection,
 )
 from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
 from diffenvs.warp_util import record_adjoint
+
+Box = tuple[tuple[int, int, int], tuple[int, int, int]]
+"""A box of grid nodes: (origin, shape)."""
+
+
+@dataclasses.dataclass
+class ActiveRegion:
+    """Where a solver step works (see :meth:`SolverMPM.active_region`).
+
+    Attributes:
+        bounds: Each world's region on the device, shape (world_count, 2), vec3i: the lowest and
+            highest stencil base (its nodes are lo .. hi + 2). Stencils are clamped to it, and only
+            its nodes are cleared, updated and read.
+        box: A host-side box (origin, shape) holding every world's region, over which the grid
+            kernels are launched and which the grids store compactly; ``None``: launch over the whole
+            grid and let each thread skip the nodes outside its world's region (no host round trip:
+            the CUDA path, which CUDA graphs can capture).
+    """
+
+    bounds: wp.array
+    box: Box | None
 
 
 class SolverMPM:
@@ -87,6 +111,7 @@ class SolverMPM:
         self._scratch: dict[str, wp.array] = {}
         self._scratch_key: tuple[int, int] | None = None
         self._nodes: tuple[wp.array, wp.array] | None = None
+        self._whole: dict = {}  # whole-grid regions and the extent scratch, per world count
 
     def set_tool_softness(self, softness: list[float] | np.ndarray) -> None:
         """Change the tools' influence radii (e.g. to anneal from soft to hard)."""
@@ -124,33 +149,72 @@ class SolverMPM:
 
         record_adjoint(backward, [particle_x, weights, grid_m])
 
-    def active_region(self, state: MPMState, duration: float, extra_speed: float = 0.0) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-        """Grid box (origin, shape) that every particle's stencil stays inside for ``duration`` [s].
+    def active_region(self, state: MPMState, duration: float, extra_speed: float = 0.0, *,
+                      out: wp.array | None = None, host_box: bool | None = None) -> ActiveRegion:
+        """The grid region each world's particle stencils stay inside for ``duration`` [s].
 
-        The particles' bounding box over all worlds, grown by the distance a particle can travel
-        in ``duration`` at its current speed plus ``extra_speed`` (e.g. the tools' speed) and by
-        the stencil's reach. Reads the particles back to the host (once per call).
+        Per world: its particles' bounding box, grown by the distance a particle can travel in
+        ``duration`` at the world's top particle speed plus ``extra_speed`` (e.g. the tools' speed)
+        and by the stencil's reach; the whole grid for a world with a non-finite particle. Computed
+        on the device into ``out`` ((world_count, 2) vec3i; default: a new array). With
+        ``host_box`` (default: on the CPU, where reading back is free) the box holding every
+        world's region is read back for the launches; without it the step needs no host round trip.
         """
-        res = self.model.grid_res
-        x = state.particle_x.numpy().reshape(-1, 3).astype(np.float64)
-        v = state.particle_v.numpy().reshape(-1, 3).astype(np.float64)
-        speed = float(np.sqrt((v**2).sum(axis=1)).max(initial=0.0))
-        margin = (speed + extra_speed) * duration / self.model.dx + 2.0
-        if not (np.isfinite(x).all() and np.isfinite(margin)) or margin > res:
-            return (0, 0, 0), (res, res, res)  # a diverging state: the whole grid
-        lo = np.clip(np.floor(x.min(axis=0) / self.model.dx - margin), 0, res - 1).astype(int)
-        hi = np.clip(np.ceil(x.max(axis=0) / self.model.dx + margin), 0, res - 1).astype(int)
-        return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo + 1)
+        worlds = state.particle_x.shape[0]
+        if out is None:
+            out = self.alloc_bounds(worlds)
+        cells, speed, bad = self._extent_scratch(worlds)
+        wp.launch(init_extent, dim=worlds, outputs=[cells, speed, bad], device=self.device, record_tape=False)
+        wp.launch(particle_extent, dim=state.particle_x.shape, inputs=[state.particle_x, state.particle_v, self.params.inv_dx],
+                  outputs=[cells, speed, bad], device=self.device, record_tape=False)
+        wp.launch(finish_bounds, dim=worlds, inputs=[cells, speed, bad, duration / self.model.dx, extra_speed,
+                                                      self.model.grid_res], outputs=[out], device=self.device, record_tape=False)
+        if not (self.device.is_cpu if host_box is None else host_box):
+            return ActiveRegion(out, None)
+        b = out.numpy()
+        lo, hi = b[:, 0].min(axis=0), b[:, 1].max(axis=0) + 2
+        return ActiveRegion(out, (tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo + 1)))
 
-    def _scatter(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float,
-                 bounds: tuple[wp.vec3i, wp.vec3i] | None = None) -> None:
+    def alloc_bounds(self, world_count: int) -> wp.array:
+        """An array for :meth:`active_region`'s per-world bounds."""
+        return wp.zeros((world_count, 2), dtype=wp.vec3i, device=self.device)
+
+    def whole_grid(self, world_count: int) -> ActiveRegion:
+        """The region of a step over the whole grid (cached)."""
+        cached = self._whole.get(world_count)
+        if cached is None:
+            top = self.model.grid_res - 3
+            bounds = np.zeros((world_count, 2, 3), dtype=np.int32)
+            bounds[:, 1] = top
+            cached = self._whole[world_count] = ActiveRegion(wp.array(bounds, dtype=wp.vec3i, device=self.device), None)
+        return cached
+
+    def region_of_box(self, world_count: int, box: Box) -> ActiveRegion:
+        """The same region ``box`` (origin, shape: at least 3 nodes per axis) in every world."""
+        res = self.model.grid_res
+        origin, shape = box
+        if any(o < 0 or n < 3 or o + n > res for o, n in zip(origin, shape)):
+            raise ValueError(f"region {box} must lie inside the {res}^3 grid and span at least 3 nodes per axis")
+        bounds = np.zeros((world_count, 2, 3), dtype=np.int32)
+        bounds[:, 0] = origin
+        bounds[:, 1] = np.add(origin, shape) - 3
+        return ActiveRegion(wp.array(bounds, dtype=wp.vec3i, device=self.device), (tuple(origin), tuple(shape)))
+
+    def _extent_scratch(self, worlds: int) -> tuple[wp.array, wp.array, wp.array]:
+        key = ("extent", worlds)
+        if key not in self._whole:
+            self._whole[key] = (wp.zeros((worlds, 6), dtype=wp.int32, device=self.device),
+                                wp.zeros(worlds, dtype=float, device=self.device),
+                                wp.zeros(worlds, dtype=wp.int32, device=self.device))
+        return self._whole[key]
+
+    def _scatter(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float, bounds: wp.array) -> None:
         """Particle-to-grid transfer, differentiated by the hand-written :func:`p2g_adjoint` (stencil, stress,
         elastic trial) and, for yielding particles only, the generated adjoint of :func:`plastic_projection`."""
         worlds, particles = state_in.particle_x.shape
-        lo, hi = bounds or self._stencil_bounds(None)
         inputs = [state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F]
         wp.launch(
-            p2g_scatter, dim=(worlds, particles), inputs=[*inputs, self.params, dt, lo, hi],
+            p2g_scatter, dim=(worlds, particles), inputs=[*inputs, self.params, dt, bounds],
             outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device, record_tape=False,
         )
         if not (state_in.particle_x.requires_grad and grid.mv.requires_grad):
@@ -162,7 +226,7 @@ class SolverMPM:
             count.zero_()
             wp.launch(
                 p2g_adjoint, dim=(worlds, particles),
-                inputs=[*inputs, state_out.particle_F, self.params, dt, lo, hi, grid.mv.grad, grid.m.grad,
+                inputs=[*inputs, state_out.particle_F, self.params, dt, bounds, grid.mv.grad, grid.m.grad,
                         state_out.particle_F.grad],
                 outputs=[*(a.grad for a in inputs), count, index, scratch["adj_projected"]], device=self.device,
             )
@@ -194,14 +258,15 @@ class SolverMPM:
         return self._scratch
 
     def _update_grid(self, state_in: MPMState, control: MPMControl, grid: MPMGrid, dt: float, origin: wp.vec3i,
-                     dim: tuple[int, ...]) -> None:
-        """Grid update (gravity, tools, walls) of the box ``dim`` = (worlds, *shape) at ``origin``, differentiated
+                     dim: tuple[int, ...], bounds: wp.array) -> None:
+        """Grid update (gravity, tools, walls) of the worlds' regions ``bounds`` inside the box ``dim`` =
+        (worlds, *shape) at ``origin``, differentiated
         by the hand-written :func:`grid_update_adjoint_plain` where no tool or wall acts and by Warp's adjoint,
         over a list of the other nodes, where one does."""
         tools = [state_in.tool_pos, state_in.tool_rot, control.tool_vel, control.tool_omega]
         count, index = self._node_list(grid)
         inputs = [grid.mv, grid.m, *tools, self.tool_kind, self.tool_size, self.tool_friction, self.tool_softness,
-                  self.params, dt, origin, count, index]
+                  self.params, dt, origin, bounds, count, index]
         wp.launch(self._grid_update, dim=dim, inputs=[*inputs, 0], outputs=[grid.v], device=self.device, record_tape=False)
         if not grid.v.requires_grad:
             return
@@ -211,14 +276,14 @@ class SolverMPM:
             wp.launch(
                 grid_update_adjoint_plain, dim=dim,
                 inputs=[grid.mv, grid.m, state_in.tool_pos, state_in.tool_rot, self.tool_kind, self.tool_size,
-                        self.tool_softness, self.tool_count, self.params, origin, grid.v.grad],
+                        self.tool_softness, self.tool_count, self.params, origin, bounds, grid.v.grad],
                 outputs=[grid.mv.grad, grid.m.grad, count, index], device=self.device,
             )
             # As for the plastic projection: on the CPU only the listed nodes, on a GPU all of them.
             threads = int(count.numpy()[0]) if self.device.is_cpu else math.prod(dim)
             if threads:
                 adj_inputs = [grid.mv.grad, grid.m.grad, *(a.grad for a in tools), None, None, None, None, MPMParams(),
-                              0.0, wp.vec3i(0, 0, 0), None, None, 0]
+                              0.0, wp.vec3i(0, 0, 0), None, None, None, 0]
                 wp.launch(self._grid_update, dim=(1, threads, 1, 1), inputs=[*inputs, 1], outputs=[grid.v],
                           adj_inputs=adj_inputs, adj_outputs=[grid.v.grad], adjoint=True, device=self.device)
 
@@ -231,14 +296,12 @@ class SolverMPM:
                            wp.zeros(grid.m.size, dtype=wp.int32, device=self.device))
         return self._nodes
 
-    def _gather(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float,
-                bounds: tuple[wp.vec3i, wp.vec3i] | None = None) -> None:
+    def _gather(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float, bounds: wp.array) -> None:
         """Grid-to-particle transfer, differentiated by the hand-written :func:`g2p_gather_adjoint`."""
         worlds, particles = state_in.particle_x.shape
-        lo, hi = bounds or self._stencil_bounds(None)
         outputs = [state_out.particle_x, state_out.particle_v, state_out.particle_C]
         wp.launch(
-            g2p_gather, dim=(worlds, particles), inputs=[state_in.particle_x, grid.v, self.params, dt, lo, hi],
+            g2p_gather, dim=(worlds, particles), inputs=[state_in.particle_x, grid.v, self.params, dt, bounds],
             outputs=outputs, device=self.device, record_tape=False,
         )
         if not (state_in.particle_x.requires_grad and grid.v.requires_grad):
@@ -247,7 +310,7 @@ class SolverMPM:
         def backward() -> None:
             wp.launch(
                 g2p_gather_adjoint, dim=(worlds, particles),
-                inputs=[state_in.particle_x, grid.v, self.params, dt, lo, hi, *(a.grad for a in outputs)],
+                inputs=[state_in.particle_x, grid.v, self.params, dt, bounds, *(a.grad for a in outputs)],
                 outputs=[state_in.particle_x.grad, grid.v.grad], device=self.device,
             )
 
@@ -255,26 +318,31 @@ class SolverMPM:
 
     def step(
         self, state_in: MPMState, state_out: MPMState, control: MPMControl, dt: float, grid: MPMGrid,
-        region: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
+        region: ActiveRegion | Box | None = None,
     ) -> None:
         """Advance all worlds by ``dt`` [s] from ``state_in`` into ``state_out`` using ``grid`` as scratch.
 
-        ``region`` (origin, shape) limits the step to a box of grid nodes that holds every
-        particle's stencil (see :meth:`active_region`); default: the whole grid. Only that box is
-        cleared, updated and read (stencils are clamped to it), and in the backward pass only its
-        gradients are cleared: a step at the paper preset touches about 4% of a 64^3 grid.
+        ``region`` limits the step to each world's region of grid nodes that holds every particle's
+        stencil (see :meth:`active_region`; a box (origin, shape) means that box in every world);
+        default: the whole grid. Only the region is cleared, updated and read (stencils are clamped
+        to it), and in the backward pass only its gradients are cleared: a step at the paper preset
+        touches about 4% of a 64^3 grid. With a host-side box the grid stores it compactly.
         """
         worlds = state_in.particle_x.shape[0]
+        if region is None:
+            region = self.whole_grid(worlds)
+        elif not isinstance(region, ActiveRegion):
+            region = self.region_of_box(worlds, region)  # raises for a bad box
         res = self.model.grid_res
-        shape = region[1] if region is not None else (res, res, res)
-        bounds = self._stencil_bounds(region)  # raises for a bad region
-        if region is not None:
-            grid = grid.region(*region)  # the box stored compactly
+        origin, shape = region.box if region.box is not None else ((0, 0, 0), (res, res, res))
+        if region.box is not None:
+            grid = grid.region(origin, shape)  # the box stored compactly
+        bounds, origin = region.bounds, wp.vec3i(*origin)
         rows = (worlds, shape[0], shape[1])
-        wp.launch(clear_grid_region, dim=rows, inputs=[bounds[0], shape[2]], outputs=[grid.mv, grid.m, grid.v],
+        wp.launch(clear_grid_region, dim=rows, inputs=[origin, shape[2], bounds], outputs=[grid.mv, grid.m, grid.v],
                   device=self.device, record_tape=False)
         self._scatter(state_in, state_out, grid, dt, bounds)
-        self._update_grid(state_in, control, grid, dt, bounds[0], (worlds, *shape))
+        self._update_grid(state_in, control, grid, dt, origin, (worlds, *shape), bounds)
         self._gather(state_in, state_out, grid, dt, bounds)
         wp.launch(
             advance_tools, dim=state_in.tool_pos.shape,
@@ -283,19 +351,9 @@ class SolverMPM:
         )
         if grid.v.requires_grad:
             # Recorded last, so it runs first in the backward pass: the grid's gradients start from
-            # zero in the box, the only nodes this step's adjoints read or write.
+            # zero in the region, the only nodes this step's adjoints read or write.
             def clear_adjoints() -> None:
-                wp.launch(clear_grid_region, dim=rows, inputs=[bounds[0], shape[2]],
+                wp.launch(clear_grid_region, dim=rows, inputs=[origin, shape[2], bounds],
                           outputs=[grid.mv.grad, grid.m.grad, grid.v.grad], device=self.device)
 
             record_adjoint(clear_adjoints, [grid.mv, grid.m, grid.v])
-
-    def _stencil_bounds(self, region: tuple[tuple[int, int, int], tuple[int, int, int]] | None) -> tuple[wp.vec3i, wp.vec3i]:
-        """Lowest and highest stencil base inside ``region`` (origin, shape); None: the whole grid."""
-        res = self.model.grid_res
-        if region is None:
-            return wp.vec3i(0, 0, 0), wp.vec3i(res - 3, res - 3, res - 3)
-        origin, shape = region
-        if any(o < 0 or s < 3 or o + s > res for o, s in zip(origin, shape)):
-            raise ValueError(f"region {region} must lie inside the {res}^3 grid and span at least 3 nodes per axis")
-        return wp.vec3i(*origin), wp.vec3i(*(o + s - 3 for o, s in zip(origin, shape)))
