@@ -23,6 +23,15 @@ releases the GIL while a kernel runs, and the two touch disjoint arrays. Memory 
 2-core CPU. With ``differentiable=False`` a trajectory keeps two step buffers (ping-pong) and no
 gradients.
 
+Replays (CUDA graphs): on a CUDA device the launches of a step (its forward pass, the divergence
+check, a checkpointing refill, the backward pass of a step's tape) are captured as a CUDA graph the
+second time the same step runs on the same buffers, and replayed after that: one graph launch
+instead of a hundred-odd kernel launches from Python. A replayed recorded step reuses the tape
+captured with it (the same launches on the same arrays). What changes the launches' scalar
+arguments (the task's remedies) drops every graph (:meth:`Trajectory.forget_replays`). On the CPU,
+``replay="rerun"`` emulates a replay by re-running the step's launches outside any tape, which
+tests the tape reuse without a GPU.
+
 Threads: Warp's tape is global to the process, so differentiable envs must not be stepped or
 differentiated from two Python threads at once (a launch in one would be recorded on the
 other's tape). Run parallel studies in processes (e.g. Ray workers), not threads.
@@ -92,6 +101,67 @@ class Entry:
     mask_host: np.ndarray = None
 
 
+class Replays:
+    """Launch sequences run once, captured the second time and replayed after that.
+
+    Args:
+        device: The device the launches run on.
+        mode: ``"graph"`` (CUDA graphs; CUDA devices only), ``"rerun"`` (call the function again,
+            outside any tape: the CPU's stand-in for a replay, for tests) or ``None`` (always call it).
+    """
+
+    def __init__(self, device: wp.Device, mode: str | None):
+        if mode not in (None, "graph", "rerun"):
+            raise ValueError(f"replay mode must be None, 'graph' or 'rerun', got {mode!r}")
+        if mode == "graph" and not device.is_cuda:
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        self.device = device
+        self.mode = mode
+        self._seen: set = set()
+        self._graphs: dict[Any, Any] = {}
+        self.captures = 0
+        self.replays = 0
+
+    def has(self, key: Any) -> bool:
+        """Whether ``key``'s launches are captured (the next :meth:`run` replays them)."""
+        return key in self._graphs
+
+    def run(self, key: Any, launch: Callable[[], None], *, capture: Callable[[Callable[[], None]], None] | None = None) -> bool:
+        """Run ``launch``'s launches for ``key``: called the first time, captured the second (through
+        ``capture(launch)`` when given, e.g. inside a tape), replayed after that. Return whether
+        this call captured."""
+        run = capture or (lambda f: f())
+        if self.mode is None:
+            run(launch)
+            return False
+        if key in self._graphs:
+            if self.mode == "graph":
+                wp.capture_launch(self._graphs[key])
+            else:
+                launch()
+            self.replays += 1
+            return False
+        if key not in self._seen:  # the first run loads the kernels' modules, which a capture must not do
+            self._seen.add(key)
+            run(launch)
+            return False
+        if self.mode == "graph":
+            with wp.ScopedCapture(device=self.device, force_module_load=False) as captured:
+                run(launch)
+            self._graphs[key] = captured.graph
+            wp.capture_launch(captured.graph)
+        else:
+            run(launch)
+            self._graphs[key] = None
+        self.captures += 1
+        return True
+
+    def forget(self) -> None:
+        """Drop every capture (the launches' arguments changed)."""
+        self._seen.clear()
+        self._graphs.clear()
+
+
 class Trajectory:
     """Per-step buffers and tapes of a batched rollout, starting from ``initial``.
 
@@ -119,6 +189,9 @@ class Trajectory:
         self._output_grads: list[wp.array] = []  # per step: the buffer holding its outputs' gradients
         self._scratch_grads: wp.array | None = None  # the scratch gradients of every step (tape-cleared ones aside)
         self.length = 0
+        self.replays = Replays(task.device, "graph" if task.device.is_cuda and task.replayable else None)
+        """Captured steps (see the module's notes and :meth:`set_replay_mode`)."""
+        self._replayed_tapes: dict[Any, wp.Tape] = {}  # per captured recorded step: the tape captured with it
 
     def state(self, t: int | None = None) -> State:
         """State after ``t`` recorded steps (default: after all of them)."""
@@ -203,8 +276,12 @@ class Trajectory:
                 self._output_grads.append(buffers.attach_grads(self._buffers[0]))
                 if self.checkpoint and len(self._buffers) >= SCRATCH_SETS:
                     buffers.share_scratch(self._buffers[len(self._buffers) % SCRATCH_SETS])
+            elif not self.differentiable:  # two buffers in turn, one set of scratch
+                buffers = self.task.alloc_step(requires_grad=False, forward_only=True)
+                if self._buffers:
+                    buffers.share_scratch(self._buffers[0])
             else:
-                buffers = self.task.alloc_step(requires_grad=self.differentiable)
+                buffers = self.task.alloc_step(requires_grad=True)
                 if self.differentiable:  # the first step's: its gradients move into two buffers
                     scratch = {id(a) for a in buffers.scratch_arrays()}
                     cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # each step's tape clears the box it uses
@@ -233,8 +310,9 @@ class Trajectory:
         self._holder.clear()
         self.length = 0
 
-    def record(self) -> StepBuffers:
-        """Run the task's next step, on a tape when differentiable and not checkpointing.
+    def record(self, then: Callable[[StepBuffers], None] | None = None) -> StepBuffers:
+        """Run the task's next step (on its tape when differentiable), then ``then(buffers)`` outside
+        the tape (e.g. the task's divergence check); both are captured and replayed (see :class:`Replays`).
 
         The caller writes ``buffers(self.length).action`` before calling.
         """
@@ -242,19 +320,56 @@ class Trajectory:
         state_in = self.state(t)
         buffers = self.buffers(t)
         previous = self._previous(t)
+        key = ("step", self._slot(t), id(state_in), id(previous))
+
+        def launch() -> None:
+            self.task.step(state_in, buffers, previous)
+
         if self.differentiable:
             if self.checkpoint and t >= SCRATCH_SETS and wp.config.verify_autograd_array_access:
                 forget_reads(self._tapes[t - SCRATCH_SETS])  # this step overwrites that one's scratch set
-            # A reset entry's tape already holds the selection of this step's start state.
-            tape = self._tapes[t] if self._has_entry(t) else self._fresh_tape(t)
-            with tape:
-                self.task.step(state_in, buffers, previous)
+            if self._has_entry(t):  # its tape already holds the selection of this step's start state
+                with self._tapes[t]:
+                    launch()
+            elif self.replays.has(key):  # the launches and the tape captured with them
+                self.replays.run(key, launch)
+                self._tapes[t] = self._replayed_tapes[key]
+            else:
+                tape = self._fresh_tape(t)
+
+                def taped(f: Callable[[], None]) -> None:
+                    with tape:
+                        f()
+
+                if self.replays.run(key, launch, capture=taped):
+                    self._replayed_tapes[key] = tape
             if self.checkpoint:
                 self._holder[t % SCRATCH_SETS] = t
         else:
-            self.task.step(state_in, buffers, previous)
+            self.replays.run(key, launch)
+        if then is not None:
+            self.replays.run(("then", self._slot(t), getattr(then, "__qualname__", id(then))), lambda: then(buffers))
         self.length = t + 1
         return buffers
+
+    def set_replay_mode(self, mode: str | None) -> None:
+        """Capture and replay steps as CUDA graphs (``"graph"``, the default on CUDA), re-run them as
+        a stand-in (``"rerun"``, for tests on the CPU) or launch every step (``None``).
+
+        Raises:
+            ValueError: for a mode the device cannot run, or a replay of a task whose launches depend on
+                host-side values (:attr:`~diffenvs.task.Task.replayable`).
+        """
+        if mode is not None and not self.task.replayable:
+            raise ValueError(f"{type(self.task).__name__}'s steps cannot be replayed: their launches depend on host-side "
+                             "values (for dough: set task.solver.host_box = False first)")
+        self.replays = Replays(self.task.device, mode)
+        self._replayed_tapes.clear()
+
+    def forget_replays(self) -> None:
+        """Drop every captured step (call when the launches' scalar arguments change, e.g. remedies)."""
+        self.replays.forget()
+        self._replayed_tapes.clear()
 
     def _previous(self, t: int) -> StepBuffers | None:
         """Buffers of the step whose output step ``t`` starts from in every world (None at a start or reset)."""
@@ -310,13 +425,25 @@ class Trajectory:
                     self._refill_scratch(t)
                 if pool is not None and t > 0 and self._holder.get((t - 1) % SCRATCH_SETS) != t - 1:
                     pending = pool.submit(self._refill_scratch, t - 1)
-                self._scratch_grads.zero_()  # (the step's tape clears its tape-cleared arrays itself)
-                self._tapes[t].backward()
+                self._backward_step(t)
         finally:
             if pending is not None:
                 pending.result()
             if pool is not None:
                 pool.shutdown()
+
+    def _backward_step(self, t: int) -> None:
+        """Run step ``t``'s tape backwards (replayed where the tape is one captured with its step)."""
+        tape = self._tapes[t]
+
+        def launch() -> None:
+            self._scratch_grads.zero_()  # (the step's tape clears its tape-cleared arrays itself)
+            tape.backward()
+
+        if any(captured is tape for captured in self._replayed_tapes.values()):
+            self.replays.run(("backward", id(tape)), launch)  # the tape lives as long as its capture
+        else:
+            launch()
 
     def _refill_scratch(self, t: int) -> None:
         """Checkpointing: re-run step ``t`` without a tape to refill its scratch set with the values
@@ -326,10 +453,18 @@ class Trajectory:
         self._holder.pop(target, None)
         refill = self._refill.get(target)
         if refill is None:
-            refill = self._refill[target] = self.task.alloc_step(requires_grad=False)
+            refill = self._refill[target] = self.task.alloc_step(requires_grad=False, forward_only=True)
         refill.share_scratch(self._buffers[target])
         refill.action = self._buffers[t].action  # the step's input
-        self.task.step(self.state(t), refill, self._previous(t))  # no tape records (none is active)
+        state_in, previous = self.state(t), self._previous(t)
+
+        def launch() -> None:
+            self.task.step(state_in, refill, previous)  # no tape records (none is active)
+
+        if self._has_entry(t):
+            launch()
+        else:
+            self.replays.run(("refill", t, id(state_in), id(previous)), launch)
         self._holder[target] = t
 
 

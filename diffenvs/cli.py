@@ -155,7 +155,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             worlds = []
         if not worlds or min(worlds) < 1:
             raise ValueError(f"--worlds needs comma-separated positive integers, got {args.worlds!r}")
-    run(quick=args.quick, repeats=args.repeats, json_path=args.json or None, device=args.device, worlds=worlds)
+    tasks = args.tasks.split(",") if args.tasks else None
+    from diffenvs.bench import DOUGH_TASKS
+
+    if tasks and not set(tasks) <= set(DOUGH_TASKS):
+        raise ValueError(f"--tasks takes names from {DOUGH_TASKS}, got {args.tasks!r}")
+    batched = None
+    if args.batched is not None:
+        batched = {}
+        for item in args.batched:
+            preset, _, counts = item.partition(":")
+            try:
+                batched[preset] = [int(n) for n in counts.split(",")]
+            except ValueError:
+                batched[preset] = []
+            if preset not in ("default", "paper") or not batched[preset] or min(batched[preset]) < 1:
+                raise ValueError(f"--batched takes PRESET:N,N,... with PRESET default or paper, got {item!r}")
+    run(quick=args.quick, repeats=args.repeats, json_path=args.json or None, device=args.device, worlds=worlds,
+        tasks=tasks, batched=batched, startup=not args.no_startup)
     return 0
 
 
@@ -220,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default="diffenvs_bench.json", help="JSON output path ('' for none)")
     bench.add_argument("--device", default="cpu", help="Warp device of every figure (cpu, cuda)")
     bench.add_argument("--worlds", help="the Pusher's world counts, comma-separated (default 1,16,256)")
+    bench.add_argument("--tasks", help="dough tasks of the per-episode table, comma-separated (default all)")
+    bench.add_argument("--batched", action="append", metavar="PRESET:N,N",
+                       help="batched dough world counts per preset (repeatable; default on CUDA paper:1,64,256 and "
+                            "default:1,256,4096)")
+    bench.add_argument("--no-startup", action="store_true", help="skip the start-up figures")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

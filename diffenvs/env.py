@@ -118,6 +118,8 @@ class WorldBatch:
         recompute them with the new ones).
         """
         self.task.set_remedies(**values)
+        if values:
+            self.trajectory.forget_replays()  # the captured launches hold the old values
         if values and self.trajectory.length:
             self._remedies_changed = True
 
@@ -195,8 +197,7 @@ class WorldBatch:
         self._check_remedies()
         buffers = self.trajectory.buffers(self.trajectory.length)
         buffers.action.assign(np.asarray(actions, dtype=np.float64))
-        self.trajectory.record()
-        self.task.check(buffers)
+        self.trajectory.record(then=self.task.check)
         return StepResult(
             obs=buffers.obs.numpy().copy(),
             reward=buffers.reward.numpy().copy(),

@@ -135,6 +135,12 @@ class Task(abc.ABC):
         self.device = wp.get_device(device)
 
     @property
+    def replayable(self) -> bool:
+        """Whether a step's launches depend on device data alone (no host-side values computed from
+        the state), so that captured steps can be replayed (see :class:`~diffenvs.autodiff.Replays`)."""
+        return True
+
+    @property
     def default_checkpoint(self) -> bool:
         """Whether a differentiable env of this task checkpoints when ``checkpoint`` is not given."""
         return False
@@ -153,8 +159,12 @@ class Task(abc.ABC):
         """Allocate a zero state for all worlds."""
 
     @abc.abstractmethod
-    def alloc_step(self, *, requires_grad: bool) -> StepBuffers:
-        """Allocate the buffers of one environment step for all worlds."""
+    def alloc_step(self, *, requires_grad: bool, forward_only: bool = False) -> StepBuffers:
+        """Allocate the buffers of one environment step for all worlds.
+
+        ``forward_only``: the buffers are never recorded on a tape, so the substeps may share their
+        scratch (e.g. one grid for every substep, two substates in turn).
+        """
 
     @abc.abstractmethod
     def sample_state(self, rng: np.random.Generator, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -290,7 +300,8 @@ def rollout(task: Task, state: dict[str, np.ndarray], actions: np.ndarray) -> di
     for name, (_, dtype) in task.state_layout().items():
         current[name].assign(np.asarray(state[name], dtype=dtype))
     task.prepare(current)
-    pair = [task.alloc_step(requires_grad=False) for _ in range(2)]
+    pair = [task.alloc_step(requires_grad=False, forward_only=True) for _ in range(2)]
+    pair[1].share_scratch(pair[0])
     previous = None
     for t, action in enumerate(actions):
         buffers = pair[t % 2]

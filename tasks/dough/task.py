@@ -95,6 +95,10 @@ class DoughTask(Task):
         self._demonstrator: Demonstrator | None = None
 
     @property
+    def replayable(self) -> bool:
+        return not self.solver.host_box  # a host box sets launch sizes and grid views from the state
+
+    @property
     def default_checkpoint(self) -> bool:
         return bool(PRESETS[self.config.preset]["checkpoint"])
 
@@ -145,17 +149,23 @@ class DoughTask(Task):
             loss=self.zeros(n, wp.float64, requires_grad=requires_grad),
         )
 
-    def alloc_step(self, *, requires_grad: bool) -> DoughStepBuffers:
+    def alloc_step(self, *, requires_grad: bool, forward_only: bool = False) -> DoughStepBuffers:
         n, p, t = self.world_count, self.particle_count, self.tool_count
+        if forward_only:  # one grid for every substep, two substates in turn: about a twentieth of the memory
+            requires_grad = False
+            pair = [MPMState.zeros(n, p, t, device=self.device, requires_grad=False) for _ in range(2)]
+            substates = [pair[i % 2] for i in range(self.sim_substeps - 1)]
+            grids = [self.solver.alloc_grid(n, requires_grad=False)] * self.sim_substeps
+        else:
+            substates = [MPMState.zeros(n, p, t, device=self.device, requires_grad=requires_grad) for _ in range(self.sim_substeps - 1)]
+            grids = [self.solver.alloc_grid(n, requires_grad=requires_grad) for _ in range(self.sim_substeps)]
         return DoughStepBuffers(
             **self.alloc_common(self.alloc_state(requires_grad=requires_grad), requires_grad=requires_grad),
             iou_counts=self.zeros((n, 2), wp.float64, requires_grad=False),
             control=MPMControl.zeros(n, t, device=self.device, requires_grad=requires_grad),
             region=self.solver.alloc_bounds(n),
-            substates=[
-                MPMState.zeros(n, p, t, device=self.device, requires_grad=requires_grad) for _ in range(self.sim_substeps - 1)
-            ],
-            grids=[self.solver.alloc_grid(n, requires_grad=requires_grad) for _ in range(self.sim_substeps)],
+            substates=substates,
+            grids=grids,
             loss_in=self._alloc_loss_scratch(requires_grad=requires_grad),
             loss_out=self._alloc_loss_scratch(requires_grad=requires_grad),
         )

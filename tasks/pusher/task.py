@@ -130,7 +130,8 @@ class PusherTask(Task):
         target = self.zeros(self.world_count, wp.vec3d, requires_grad=requires_grad)
         return {"pusher_pos": sim.pusher_pos, "box_pose": sim.box_pose, "box_vel": sim.box_vel, "target_pose": target}
 
-    def alloc_step(self, *, requires_grad: bool) -> PusherStepBuffers:
+    def alloc_step(self, *, requires_grad: bool, forward_only: bool = False) -> PusherStepBuffers:
+        # forward_only is not needed: a Pusher step's substates are a few numbers per world
         state = self.alloc_state(requires_grad=requires_grad)
         n = self.world_count
         return PusherStepBuffers(

@@ -112,6 +112,10 @@ class SolverMPM:
         self._scratch_key: tuple[int, int] | None = None
         self._nodes: tuple[wp.array, wp.array] | None = None
         self._whole: dict = {}  # whole-grid regions and the extent scratch, per world count
+        self.host_box = self.device.is_cpu
+        """Whether :meth:`active_region` reads the worlds' box back by default (on the CPU, where that
+        is free and the compact box saves work and memory); without it a step's launches depend on
+        device data alone, so they can be captured and replayed."""
 
     def set_tool_softness(self, softness: list[float] | np.ndarray) -> None:
         """Change the tools' influence radii (e.g. to anneal from soft to hard)."""
@@ -169,7 +173,7 @@ class SolverMPM:
                   outputs=[cells, speed, bad], device=self.device, record_tape=False)
         wp.launch(finish_bounds, dim=worlds, inputs=[cells, speed, bad, duration / self.model.dx, extra_speed,
                                                       self.model.grid_res], outputs=[out], device=self.device, record_tape=False)
-        if not (self.device.is_cpu if host_box is None else host_box):
+        if not (self.host_box if host_box is None else host_box):
             return ActiveRegion(out, None)
         b = out.numpy()
         lo, hi = b[:, 0].min(axis=0), b[:, 1].max(axis=0) + 2
