@@ -370,7 +370,7 @@ class EnvCore:
         self.rngs = [gym.utils.seeding.np_random(s)[0] for s in seeds]
 
     def _sample(self, worlds: Sequence[int], options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
-        return [self.task.sample_state(self.rngs[w], options) for w in worlds]
+        return self.task.sample_states([self.rngs[w] for w in worlds], options)
 
     def reset(self, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """New episodes in every world, drawn from the worlds' generators (see :meth:`seed`)."""

@@ -170,6 +170,10 @@ class Task(abc.ABC):
     def sample_state(self, rng: np.random.Generator, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Draw one world's initial state (numpy arrays, shapes of :meth:`state_layout`)."""
 
+    def sample_states(self, rngs: list[np.random.Generator], options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
+        """One initial state per generator (:meth:`sample_state` each; tasks batch their device work here)."""
+        return [self.sample_state(rng, options) for rng in rngs]
+
     @abc.abstractmethod
     def step(self, state_in: State, buffers: StepBuffers, previous: StepBuffers | None = None) -> None:
         """Launch one environment step of all worlds from ``state_in`` with ``buffers.action``.
@@ -286,16 +290,31 @@ class Task(abc.ABC):
         }
 
 
-def rollout(task: Task, state: dict[str, np.ndarray], actions: np.ndarray) -> dict[str, np.ndarray]:
+@wp.kernel
+def keep_finished_worlds(steps: wp.array(dtype=wp.int32), t: int, before: wp.array2d(dtype=Any), after: wp.array2d(dtype=Any)):
+    """after = before in the worlds whose ``steps`` are done at step ``t`` (a row of values per world)."""
+    w, i = wp.tid()
+    if t >= steps[w]:
+        after[w, i] = before[w, i]
+
+
+def rollout(task: Task, state: dict[str, np.ndarray], actions: np.ndarray, steps: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Run ``task``'s steps from a batched numpy ``state`` (world axis first) with ``actions``
     (T, world_count, action_dim), outside any tape; return the final state as numpy arrays.
 
-    The low-level rollout behind scripted demonstrations (targets, settling): two step buffers in
-    turn, allocated for the call and dropped after it, no recording, no divergence check.
+    ``steps`` (world_count,) lets world w stop after its first ``steps[w]`` actions (its state is
+    then kept as it was; default: every world takes all T). The low-level rollout behind scripted
+    demonstrations (targets, settling): two step buffers in turn, allocated for the call and
+    dropped after it, no recording, no divergence check.
     """
     actions = np.asarray(actions, dtype=np.float64)
     if actions.ndim != 3 or actions.shape[1:] != (task.world_count, task.action_dim):
         raise ValueError(f"actions must have shape (T, {task.world_count}, {task.action_dim}), got {actions.shape}")
+    if steps is not None:
+        steps = np.asarray(steps)
+        if steps.shape != (task.world_count,) or steps.min(initial=0) < 0 or steps.max(initial=0) > len(actions):
+            raise ValueError(f"steps must be {task.world_count} counts in [0, {len(actions)}], got {steps}")
+        steps_array = wp.array(steps.astype(np.int32), dtype=wp.int32, device=task.device)
     current = task.alloc_state(requires_grad=False)
     for name, (_, dtype) in task.state_layout().items():
         current[name].assign(np.asarray(state[name], dtype=dtype))
@@ -307,5 +326,12 @@ def rollout(task: Task, state: dict[str, np.ndarray], actions: np.ndarray) -> di
         buffers = pair[t % 2]
         buffers.action.assign(np.clip(action, -1.0, 1.0))
         task.step(current, buffers, previous)
+        if steps is not None and t >= steps.min():
+            for name, array in buffers.state.items():
+                before, after = current[name], array
+                if array.ndim == 1:  # one value per world: view it as a row of one
+                    before, after = before.reshape((task.world_count, 1)), after.reshape((task.world_count, 1))
+                wp.launch(keep_finished_worlds, dim=after.shape, inputs=[steps_array, t, before], outputs=[after],
+                          device=task.device)
         current, previous = buffers.state, buffers
     return {name: array.numpy().copy() for name, array in current.items()}

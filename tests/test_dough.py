@@ -276,3 +276,31 @@ def test_step_loss_over_the_active_box_equals_the_whole_grid_loss(env_id):
     _, blocks = env.task._density_blocks(env.task.solver.active_region(state, 0.0))
     assert np.prod(blocks) < (env.task.grid_res // env.task.config.density_block) ** 3  # a real sub-box
     assert info["loss"] == pytest.approx(whole.numpy()[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("env_id", DOUGH_IDS)
+def test_batched_resets_equal_one_world_resets(env_id):
+    """A vector env's reset runs every world's settling and demonstration in one batched rollout
+    (each world stopping after its own script): the states equal one-world resets exactly; a
+    demonstrator smaller than the batch runs it in chunks, with the same results."""
+    vec = gym.make_vec(env_id, num_envs=5, vectorization_mode="vector_entry_point", **TINY_DOUGH)
+    vec.reset(seed=21)
+    batched = vec.unwrapped.get_state()
+    single = make_unwrapped(env_id, **TINY_DOUGH)
+    for w in range(5):
+        single.reset(seed=21 + w)
+        for name, value in single.get_state().items():
+            np.testing.assert_array_equal(batched[name][w], value, err_msg=f"{name} of world {w}")
+    rng = np.random.default_rng(0)
+    starts = []
+    for length in (4, 0, 7):
+        state = single.task.sample_state(np.random.default_rng(length))
+        fields = {name: state[name] for name in ("particle_x", "particle_v", "particle_C", "particle_F")}
+        starts.append((fields, state["tool_pos"], state["tool_rot"], rng.uniform(-1, 1, size=(length, single.task.action_dim))))
+    pair = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", **TINY_DOUGH).unwrapped.task
+    chunked, alone = pair.demonstrate_many(starts), single.task.demonstrate_many(starts)  # chunks of 2 + 1; of 1 each
+    assert set(pair._demonstrators) == {2} and set(single.task._demonstrators) == {1}
+    np.testing.assert_array_equal(chunked[1]["particle_x"], starts[1][0]["particle_x"].astype(np.float32))  # no actions: unchanged
+    assert np.abs(chunked[2]["particle_x"] - starts[2][0]["particle_x"]).max() > 1e-4  # moved
+    for a, b in zip(chunked, alone):
+        np.testing.assert_allclose(a["particle_x"], b["particle_x"], rtol=0, atol=1e-6)

@@ -7,6 +7,7 @@ actions can reach.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -65,23 +66,41 @@ def sample_blob(rng: np.random.Generator, particle_count: int, *, dx: float, flo
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Demonstration:
+    """A scripted run from the world's blob: the tools' start poses (T, 3) and (T, 4), and the
+    actions (K, action_dim); a target made from it is the dough's particle positions after it."""
+
+    tool_pos: np.ndarray
+    tool_rot: np.ndarray
+    actions: np.ndarray
+
+
 class Demonstrator:
-    """Runs scripted action sequences on a one-world task (hard tools, no contact loss)."""
+    """Runs scripted action sequences of up to ``task.world_count`` worlds at once on a task (hard
+    tools, no contact loss): one batched rollout, each world stopping after its own sequence."""
 
     def __init__(self, task: Task):
-        if task.world_count != 1:
-            raise ValueError(f"a demonstrator runs one world, got {task.world_count}")
         self.task = task
 
-    def run(
-        self, particles: dict[str, np.ndarray], tool_pos: np.ndarray, tool_rot: np.ndarray, actions: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """The particle fields (float64) after ``actions`` (K, action_dim) from ``particles`` and the tools' poses."""
-        state = {**particles, "tool_pos": tool_pos, "tool_rot": tool_rot, "target_x": particles["particle_x"],
-                 **{name: np.zeros(3) for name in TARGET_FIELDS}}
-        batched = {name: np.asarray(value)[None] for name, value in state.items()}
-        final = rollout(self.task, batched, np.asarray(actions, dtype=np.float64).reshape(len(actions), 1, -1))
-        return {name: final[name][0].astype(np.float64) for name in particles}
+    def run(self, starts: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Per start (particle fields, tool positions (T, 3), tool quaternions (T, 4), actions (K, action_dim)):
+        the particle fields (float64) after its actions."""
+        n = self.task.world_count
+        if not 0 < len(starts) <= n:
+            raise ValueError(f"a demonstrator of {n} worlds runs 1 to {n} sequences, got {len(starts)}")
+        padded = starts + [starts[0]] * (n - len(starts))  # spare worlds copy the first start and stay put
+        steps = np.array([len(s[3]) for s in starts] + [0] * (n - len(starts)))
+        horizon = int(steps.max(initial=0))
+        actions = np.zeros((horizon, n, self.task.action_dim))
+        for w, (_, _, _, sequence) in enumerate(starts):
+            actions[: len(sequence), w] = np.asarray(sequence, dtype=np.float64).reshape(len(sequence), self.task.action_dim)
+        fields = starts[0][0].keys()
+        state = {name: np.stack([s[0][name] for s in padded]) for name in fields}
+        state.update(tool_pos=np.stack([s[1] for s in padded]), tool_rot=np.stack([s[2] for s in padded]),
+                     target_x=state["particle_x"], **{name: np.zeros((n, 3)) for name in TARGET_FIELDS})
+        final = rollout(self.task, state, actions, steps)
+        return [{name: final[name][w].astype(np.float64) for name in fields} for w in range(len(starts))]
 
 
 def rolling_demo_actions(drop: float, reach: float, step: float) -> np.ndarray:

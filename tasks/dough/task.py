@@ -21,7 +21,7 @@ from diffenvs.task import State, StepBuffers, Task
 from diffenvs.tasks.dough import kernels as K
 from diffenvs.tasks.dough.config import BLOB_HALF, PRESETS, DoughConfig
 from diffenvs.tasks.dough.render import render_dough
-from diffenvs.tasks.dough.targets import Demonstrator, sample_blob, yaw_quat
+from diffenvs.tasks.dough.targets import Demonstration, Demonstrator, sample_blob, yaw_quat
 
 TARGET_FIELDS = K.TARGET_FIELDS
 
@@ -92,7 +92,7 @@ class DoughTask(Task):
         self._target_mass = self.zeros((world_count, *(self.grid_res,) * 3), wp.float32, requires_grad=False)
         self._target_nodes: tuple[np.ndarray, np.ndarray] | None = None
         self._eval = self._alloc_loss_scratch(requires_grad=False)
-        self._demonstrator: Demonstrator | None = None
+        self._demonstrators: dict[int, Demonstrator] = {}
 
     @property
     def replayable(self) -> bool:
@@ -184,8 +184,9 @@ class DoughTask(Task):
         """Target for the blob ``particles`` (its particle fields, centred at ``blob_centre``) and
         the tools' start poses.
 
-        Returns ``target_x`` (P, 3): the target as a particle set made from the dough's own
-        particles (moved rigidly, or by a scripted demonstration with :meth:`demonstrate`), so
+        Returns ``target_x``: the target as a particle set (P, 3) made from the dough's own
+        particles (moved rigidly), or a :class:`Demonstration` whose end state it is (run for every
+        resetting world at once), so
         that a state that reaches it has zero loss; optionally ``carve_base``, ``carve_size``
         (a pit cut out of the signed-distance box). The box itself (``target_centre``,
         ``target_half``) is the bounding box of ``target_x``.
@@ -196,35 +197,65 @@ class DoughTask(Task):
         """Launch the kernel that turns ``buffers.action`` into ``buffers.control``."""
 
     def sample_state(self, rng: np.random.Generator, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        return self.sample_states([rng], options)[0]
+
+    def sample_states(self, rngs: list[np.random.Generator], options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
+        """One initial state per generator; the settling and the targets' demonstrations of all of them
+        run as one batched rollout (each world's draws come from its own generator, in the order a
+        one-world reset takes them, so a world's state depends on its seed alone)."""
         if options:
             raise ValueError(f"dough tasks' reset() takes no options, got {sorted(options)}")
-        centre, particles = sample_blob(rng, self.particle_count, dx=self.model.dx, floor=self.model.floor_height)
+        blobs = [sample_blob(rng, self.particle_count, dx=self.model.dx, floor=self.model.floor_height) for rng in rngs]
+        particles = [fields for _, fields in blobs]
         settle = self.default_settle_steps if self.config.settle_steps is None else self.config.settle_steps
         if settle:
             away = np.tile([0.5, 0.9, 0.5], (self.tool_count, 1))  # tools far above the dough
             rest = np.tile(yaw_quat(0.0), (self.tool_count, 1))
-            particles = self.demonstrate(particles, away, rest, np.zeros((settle, self.action_dim)))
-        tool_pos, tool_rot = self.sample_tools(rng, centre)
-        target = {"carve_base": np.zeros(3), "carve_size": np.zeros(3),
-                  **self.sample_target(rng, centre, particles, tool_pos, tool_rot)}
-        lo, hi = target["target_x"].min(axis=0), target["target_x"].max(axis=0)
-        target["target_centre"], target["target_half"] = (lo + hi) / 2, (hi - lo) / 2
-        return {**particles, "tool_pos": tool_pos, "tool_rot": tool_rot, **target}
+            particles = self.demonstrate_many([(p, away, rest, np.zeros((settle, self.action_dim))) for p in particles])
+        tools, targets = [], []
+        for rng, (centre, _), fields in zip(rngs, blobs, particles):
+            tools.append(self.sample_tools(rng, centre))
+            targets.append({"carve_base": np.zeros(3), "carve_size": np.zeros(3),
+                            **self.sample_target(rng, centre, fields, *tools[-1])})
+        pending = [w for w, target in enumerate(targets) if isinstance(target["target_x"], Demonstration)]
+        if pending:
+            demos = [targets[w]["target_x"] for w in pending]
+            runs = self.demonstrate_many([(particles[w], d.tool_pos, d.tool_rot, d.actions) for w, d in zip(pending, demos)])
+            for w, run in zip(pending, runs):
+                targets[w]["target_x"] = run["particle_x"]
+        states = []
+        for fields, (tool_pos, tool_rot), target in zip(particles, tools, targets):
+            lo, hi = target["target_x"].min(axis=0), target["target_x"].max(axis=0)
+            target["target_centre"], target["target_half"] = (lo + hi) / 2, (hi - lo) / 2
+            states.append({**fields, "tool_pos": tool_pos, "tool_rot": tool_rot, **target})
+        return states
+
+    def demonstrate_many(
+        self, starts: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]]
+    ) -> list[dict[str, np.ndarray]]:
+        """Per start (particle fields, tool positions, tool quaternions, actions (K, action_dim)): the
+        particle fields after this task's own env steps with those actions.
+
+        Runs copies of the task with hard tools and no contact loss (built on first use and kept,
+        one per power-of-two world count up to the task's), outside any tape, all starts at once:
+        the scripted demonstrations that let a blob settle and that make targets (so every target is
+        reachable with the env's actions).
+        """
+        capacity = min(1 << max(len(starts) - 1, 0).bit_length(), max(self.world_count, 1))
+        demonstrator = self._demonstrators.get(capacity)
+        if demonstrator is None:
+            kwargs = {**dataclasses.asdict(self.config), "tool_softness": 0.0, "contact_weight": 0.0, "contact_focus": False}
+            demonstrator = self._demonstrators[capacity] = Demonstrator(type(self)(capacity, device=self.device, **kwargs))
+        runs = []
+        for first in range(0, len(starts), capacity):
+            runs += demonstrator.run(starts[first : first + capacity])
+        return runs
 
     def demonstrate(
         self, particles: dict[str, np.ndarray], tool_pos: np.ndarray, tool_rot: np.ndarray, actions: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """One world's particle fields after this task's own env steps with ``actions`` (K, action_dim).
-
-        Runs a one-world copy of the task with hard tools and no contact loss (built on first use
-        and kept), outside any tape, from the given particles and tool poses: the scripted
-        demonstrations that let a blob settle and that make targets (so every target is reachable
-        with the env's actions).
-        """
-        if self._demonstrator is None:
-            kwargs = {**dataclasses.asdict(self.config), "tool_softness": 0.0, "contact_weight": 0.0, "contact_focus": False}
-            self._demonstrator = Demonstrator(type(self)(1, device=self.device, **kwargs))
-        return self._demonstrator.run(particles, tool_pos, tool_rot, actions)
+        """One world's particle fields after this task's own env steps with ``actions`` (see :meth:`demonstrate_many`)."""
+        return self.demonstrate_many([(particles, tool_pos, tool_rot, actions)])[0]
 
     def prepare(self, state: State) -> None:
         """Rebuild the target's grid mass from each world's target particles (outside the tape), and

@@ -10,7 +10,7 @@ import warp as wp
 from diffenvs.sim.mpm import ToolShape
 from diffenvs.tasks.dough import kernels as K
 from diffenvs.tasks.dough.config import BLOB_HALF
-from diffenvs.tasks.dough.targets import press_demo_actions, rolling_demo_actions, yaw_quat
+from diffenvs.tasks.dough.targets import Demonstration, press_demo_actions, rolling_demo_actions, yaw_quat
 from diffenvs.tasks.dough.task import DoughTask
 
 
@@ -34,7 +34,7 @@ class RollingPinTask(DoughTask):
         radius = self.tool_shapes[0].size[0]
         drop = float(tool_pos[0, 1] - (self.model.floor_height + thickness + radius))
         actions = rolling_demo_actions(drop, reach, step)
-        return {"target_x": self.demonstrate(particles, tool_pos, tool_rot, actions)["particle_x"]}
+        return {"target_x": Demonstration(tool_pos, tool_rot, actions)}
 
     def apply_action(self, state_in, buffers):
         cfg = self.config
@@ -99,6 +99,5 @@ class ShapeTask(_TranslateTask):
         bottom = np.array([place[0], top - depth + radius, place[2]])
         # Demonstration: from just above the place, down to the pit's depth, back up, at rest.
         actions = press_demo_actions(start[1] - bottom[1], self.config.tool_speed * self.frame_dt)
-        pressed = self.demonstrate(particles, start[None], tool_rot, actions)
         return {"carve_base": bottom, "carve_size": np.array([radius, start[1] - bottom[1], 0.0]),
-                "target_x": pressed["particle_x"]}
+                "target_x": Demonstration(start[None], tool_rot, actions)}
