@@ -28,7 +28,8 @@ check, a checkpointing refill, the backward pass of a step's tape) are captured 
 second time the same step runs on the same buffers, and replayed after that: one graph launch
 instead of a hundred-odd kernel launches from Python. A replayed recorded step reuses the tape
 captured with it (the same launches on the same arrays). What changes the launches' scalar
-arguments (the task's remedies) drops every graph (:meth:`Trajectory.forget_replays`). On the CPU,
+arguments (the task's remedies) drops every graph (:meth:`Trajectory.forget_replays`);
+``DIFFENVS_CUDA_GRAPHS=0`` in the environment turns graphs off. On the CPU,
 ``replay="rerun"`` emulates a replay by re-running the step's launches outside any tape, which
 tests the tape reuse without a GPU.
 
@@ -40,6 +41,7 @@ other's tape). Run parallel studies in processes (e.g. Ray workers), not threads
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -189,7 +191,8 @@ class Trajectory:
         self._output_grads: list[wp.array] = []  # per step: the buffer holding its outputs' gradients
         self._scratch_grads: wp.array | None = None  # the scratch gradients of every step (tape-cleared ones aside)
         self.length = 0
-        self.replays = Replays(task.device, "graph" if task.device.is_cuda and task.replayable else None)
+        graphs = task.device.is_cuda and task.replayable and os.environ.get("DIFFENVS_CUDA_GRAPHS", "1") != "0"
+        self.replays = Replays(task.device, "graph" if graphs else None)
         """Captured steps (see the module's notes and :meth:`set_replay_mode`)."""
         self._replayed_tapes: dict[Any, wp.Tape] = {}  # per captured recorded step: the tape captured with it
 
