@@ -39,10 +39,17 @@ def _check(env_id: str, kind: str, device: str, mode: str) -> None:
     replayed, replays = _episodes(env_id, kind, device, mode)
     assert replays.captures > 0 and replays.replays > 0  # episode 1 captured, episode 2 replayed
     assert np.abs(launched[2][0]).max() > 0
+    # The CPU is deterministic; on a GPU atomic adds sum in any order, so two launched runs differ
+    # in float32 rounding too (the dough's rewards are differences of losses: ~1e-4 relative).
+    exact = device == "cpu"
     for (r0, o0, g0), (r1, o1, g1) in zip(launched, replayed):
-        np.testing.assert_allclose(r1, r0, rtol=1e-5, atol=1e-9)
-        np.testing.assert_allclose(o1, o0, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-8 + 1e-4 * np.abs(g0).max())
+        np.testing.assert_allclose(r1, r0, rtol=1e-5 if exact else 2e-3, atol=1e-9 if exact else 1e-5)
+        np.testing.assert_allclose(o1, o0, rtol=1e-5, atol=1e-6 if exact else 1e-4)
+        if exact:
+            np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-8 + 1e-4 * np.abs(g0).max())
+        elif np.abs(g0).max() > 0:
+            cosine = np.sum(g0 * g1) / (np.linalg.norm(g0) * np.linalg.norm(g1))
+            assert cosine > 0.999 and np.linalg.norm(g1) == pytest.approx(np.linalg.norm(g0), rel=1e-2)
 
 
 @pytest.mark.parametrize("kind", KINDS)
