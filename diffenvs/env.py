@@ -105,6 +105,7 @@ class WorldBatch:
         self._obs = task.zeros((task.world_count, task.obs_dim), wp.float32, requires_grad=False)
         self._loss = task.zeros(task.world_count, wp.float64, requires_grad=False)
         self._remedies_changed = False
+        self._pinned: dict[str, wp.array] = {}  # on a GPU: host mirrors of a step's outputs (see _to_host)
 
     @property
     def differentiable(self) -> bool:
@@ -198,14 +199,25 @@ class WorldBatch:
         buffers = self.trajectory.buffers(self.trajectory.length)
         buffers.action.assign(np.asarray(actions, dtype=np.float64))
         self.trajectory.record(then=self.task.check)
+        host = self._to_host(buffers, ("obs", "reward", "reward_terms", "loss", "diverged", *self.task.metric_fields))
         return StepResult(
-            obs=buffers.obs.numpy().copy(),
-            reward=buffers.reward.numpy().copy(),
-            reward_terms=buffers.reward_terms.numpy().copy(),
-            loss=buffers.loss.numpy().copy(),
-            diverged=buffers.diverged.numpy().astype(bool),
-            metrics=self.task.step_metrics(buffers, start),
+            obs=host["obs"], reward=host["reward"], reward_terms=host["reward_terms"], loss=host["loss"],
+            diverged=host["diverged"].astype(bool), metrics=self.task.step_metrics(host, start),
         )
+
+    def _to_host(self, buffers: StepBuffers, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Host copies of the named fields of ``buffers``. On a GPU: asynchronous copies into pinned
+        mirrors and one synchronisation, instead of a blocking copy (and a host allocation) each."""
+        if self.task.device.is_cpu:
+            return {name: getattr(buffers, name).numpy().copy() for name in names}
+        for name in names:
+            array = getattr(buffers, name)
+            mirror = self._pinned.get(name)
+            if mirror is None or mirror.shape != array.shape or mirror.dtype != array.dtype:
+                mirror = self._pinned[name] = wp.empty(array.shape, dtype=array.dtype, device="cpu", pinned=True)
+            wp.copy(mirror, array)
+        wp.synchronize_device(self.task.device)
+        return {name: self._pinned[name].numpy().copy() for name in names}
 
     def drop_last_step(self) -> None:
         """Undo the last step (its buffers are kept, its tape is cleared)."""

@@ -120,6 +120,8 @@ class Task(abc.ABC):
     metric: ClassVar[str] = "loss_reduction"
     """The ``info`` key of the task's evaluation metric (one of :meth:`step_metrics`'s): 1 means
     solved, 0 no progress since the episode's start. Optimizers and studies judge by it."""
+    metric_fields: ClassVar[tuple[str, ...]] = ("loss",)
+    """The step buffers' fields :meth:`step_metrics` reads (copied to the host with the step's outputs)."""
     remedy_options: ClassVar[dict[str, str]] = {}
     """The gradient remedies (names of :meth:`get_remedies`) and the option (``gym.make`` keyword)
     each one sets: e.g. ``{"contact_weight": "proximity_weight"}``."""
@@ -218,14 +220,15 @@ class Task(abc.ABC):
         self.loss_of(state, loss)
         return {"loss": loss.numpy()}
 
-    def step_metrics(self, buffers: StepBuffers, start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Evaluation metrics of a finished step, per world, reported in ``info``; ``start`` holds
-        each world's :meth:`episode_start` values. Must include :attr:`metric`.
+    def step_metrics(self, host: dict[str, np.ndarray], start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evaluation metrics of a finished step, per world, reported in ``info``: ``host`` holds host
+        copies of the step buffers' :attr:`metric_fields`, ``start`` each world's :meth:`episode_start`
+        values. Must include :attr:`metric`.
 
         The default reports ``loss_reduction = 1 - loss / loss at the episode's start`` (0 where
         that is 0): 1 is a solved task, 0 no progress, negative a worse state.
         """
-        loss, loss0 = buffers.loss.numpy(), start["loss"]
+        loss, loss0 = host["loss"], start["loss"]
         safe = np.where(loss0 > 0.0, loss0, 1.0)
         return {"loss_reduction": np.where(loss0 > 0.0, 1.0 - loss / safe, 0.0)}
 

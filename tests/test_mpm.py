@@ -25,6 +25,11 @@ def unlisted():
     return [wp.zeros(1, dtype=wp.int32), wp.zeros(1, dtype=wp.int32), 0]
 
 
+def spent(v):
+    """The grid-update kernel's consumed-momentum and -mass outputs (unused outside mode 2): dummies shaped like ``v``."""
+    return [wp.zeros(v.shape, dtype=wp.vec3, device=v.device), wp.zeros(v.shape, dtype=float, device=v.device)]
+
+
 def make_scene(*, softness=0.0, tool_y=0.34, res=16, particles=300, seed=0, yield_stress=50.0, kind="sphere",
                boundary_cells=3):
     from diffenvs.sim.mpm.model import MPMMaterial
@@ -152,7 +157,7 @@ def test_grid_update_gradcheck_with_tool_contact(softness):
         kernel, dim=shape,
         inputs=[mv, m, pos, rot, vel, omega, solver.tool_kind, solver.tool_size, solver.tool_friction,
                 solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), solver.whole_grid(1).bounds, *unlisted()],
-        outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
+        outputs=[out, *spent(out)], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("tool_pos", "grid_v"), ("tool_vel", "grid_v")],
     )
 
@@ -223,7 +228,7 @@ def test_hand_written_grid_update_adjoint_equals_the_generated_one(softness):
                 wp.launch(solver._grid_update, dim=(n, *box),
                           inputs=[grid.mv, grid.m, state.tool_pos, state.tool_rot, control.tool_vel, control.tool_omega,
                                   solver.tool_kind, solver.tool_size, solver.tool_friction, solver.tool_softness,
-                                  solver.params, 1e-3, wp.vec3i(*origin), bounds, *unlisted()], outputs=[grid.v])
+                                  solver.params, 1e-3, wp.vec3i(*origin), bounds, *unlisted()], outputs=[grid.v, *spent(grid.v)])
         grid.v.grad.assign(seed)
         tape.backward()
         return {"v": grid.v.numpy(), "mv": grid.mv.grad.numpy(), "m": grid.m.grad.numpy(),
@@ -445,7 +450,7 @@ def test_grid_update_gradcheck_walls_and_floor():
         kernel, dim=shape,
         inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
                 solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), solver.whole_grid(1).bounds, *unlisted()],
-        outputs=[out], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
+        outputs=[out, *spent(out)], eps=1e-4, atol=2e-3, rtol=2e-2, raise_exception=False, show_summary=False,
         input_output_mask=[("grid_mv", "grid_v"), ("grid_m", "grid_v")],
     )
 
@@ -491,7 +496,7 @@ def test_grid_update_adjoint_stays_finite_for_nearly_empty_nodes():
     tape = wp.Tape()
     with tape:
         wp.launch(kernel, dim=shape, inputs=[mv, m, *tool, solver.tool_kind, solver.tool_size, solver.tool_friction,
-                                             solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), solver.whole_grid(1).bounds, *unlisted()], outputs=[out])
+                                             solver.tool_softness, solver.params, 1e-3, wp.vec3i(0, 0, 0), solver.whole_grid(1).bounds, *unlisted()], outputs=[out, *spent(out)])
     out.grad.fill_(1.0)
     tape.backward()
     assert np.all(np.isfinite(m.grad.numpy())) and np.all(np.isfinite(mv.grad.numpy()))
@@ -521,3 +526,31 @@ def test_active_region_per_world_and_whole_grid_for_a_diverged_world():
     state.particle_v.fill_(wp.vec3(1e5, 0.0, 0.0))  # travels past the grid within the step
     np.testing.assert_array_equal(solver.active_region(state, 1e-3).bounds.numpy()[0], [[0, 0, 0], [top] * 3])
     assert solver.active_region(state, 1e-3, host_box=False).box is None
+
+
+def test_undifferentiated_steps_share_one_grid_and_skip_the_clear():
+    """Without gradients the grid update consumes the region's momentum and mass, so the substeps of
+    one region share a grid and clear it once: the same states as fresh grids for every substep."""
+    solver, x0, tool_pos = make_scene(res=20, particles=150, tool_y=0.3, softness=0.02)
+    finals = []
+    for shared in (False, True):
+        states = [MPMState.zeros(1, x0.shape[1], 1, device="cpu", requires_grad=not shared) for _ in range(5)]
+        states[0].particle_x.assign(x0)
+        states[0].particle_F.assign(np.tile(np.eye(3, dtype=np.float32), (1, x0.shape[1], 1, 1)))
+        states[0].tool_pos.assign(tool_pos)
+        states[0].tool_rot.assign(np.array([[[0, 0, 0, 1]]], np.float32))
+        control = MPMControl.zeros(1, 1, device="cpu", requires_grad=False)
+        control.tool_vel.assign(np.array([[[0.2, -1.0, 0.0]]], np.float32))
+        grid = solver.alloc_grid(1, requires_grad=False)
+        grid.mv.fill_(wp.vec3(3.0, -2.0, 1.0))  # stale values: the first substep must clear them
+        grid.m.fill_(5.0)
+        region = solver.active_region(states[0], 4 * 2e-4, extra_speed=1.0)
+        for i in range(4):
+            step_grid = grid if shared else solver.alloc_grid(1, requires_grad=True)
+            solver.step(states[i], states[i + 1], control, 2e-4, step_grid, region)
+        finals.append(states[-1].particle_x.numpy())
+        if shared:
+            box = int(np.prod(region.box[1]))
+            assert np.all(grid.m.numpy().reshape(-1)[:box] == 0.0)  # consumed, ready for the next substep
+            assert np.all(grid.m.numpy().reshape(-1)[box:] == 5.0)  # outside the box: never touched
+    np.testing.assert_allclose(finals[1], finals[0], rtol=1e-6, atol=1e-7)

@@ -59,6 +59,7 @@ class DoughTask(Task):
 
     reward_terms = ("progress", "contact")
     metric = "iou_incremental"
+    metric_fields = ("iou_counts",)
     remedy_options: ClassVar[dict[str, str]] = {"contact_weight": "contact_weight", "softness": "tool_softness", "contact_focus": "contact_focus"}
     parallel_refill = True  # kernels dominate a step: a refill on a second thread overlaps the adjoints
     tool_shapes: ClassVar[tuple[ToolShape, ...]]
@@ -342,10 +343,10 @@ class DoughTask(Task):
     def episode_start(self, state: State) -> dict[str, np.ndarray]:
         return {"iou": self.iou_of(state)}
 
-    def step_metrics(self, buffers: DoughStepBuffers, start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def step_metrics(self, host: dict[str, np.ndarray], start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``iou`` (occupied grid cells of dough and target) and ``iou_incremental``:
         ``(IoU_t - IoU_0) / (1 - IoU_0)`` clipped to [0, 1], IoU_0 at the episode's start."""
-        counts = buffers.iou_counts.numpy()
+        counts = host["iou_counts"]
         iou = counts[:, 0] / np.maximum(counts[:, 1], 1.0)
         gain = (iou - start["iou"]) / np.maximum(1.0 - start["iou"], 1e-9)
         return {"iou": iou, "iou_incremental": np.clip(gain, 0.0, 1.0)}

@@ -498,9 +498,13 @@ def apply_walls(v: wp.vec3, i: int, j: int, k: int, params: MPMParams) -> wp.vec
 def make_grid_update(tool_count: int) -> wp.Kernel:
     """The grid-update kernel for ``tool_count`` tools (the tool loop is unrolled for autodiff).
 
-    With ``listed`` = 0 thread (w, ri, rj, rk) updates node ``origin`` + (ri, rj, rk) of world w if it
-    lies in the world's active region (``bounds[w]``, see :func:`in_region`).
-    With ``listed`` = 1, launched over (1, n, 1, 1), thread ri updates the node whose flat index is
+    With ``mode`` = 0 thread (w, ri, rj, rk) updates node ``origin`` + (ri, rj, rk) of world w if it
+    lies in the world's active region (``bounds[w]``, see :func:`in_region`); ``mode`` = 2 does the
+    same and then zeroes the node in ``spent_mv`` and ``spent_m``, passed ``grid_mv`` and ``grid_m``
+    by a step that is not differentiated (it consumes them, so the next substep over the same
+    region needs no clear; separate arguments, because Warp's checks flag a kernel that writes an
+    input it reads). Other modes never write them.
+    With ``mode`` = 1, launched over (1, n, 1, 1), thread ri updates the node whose flat index is
     ``node_index[ri]`` if ri < ``node_count[0]``: the solver runs Warp's adjoint of it that way for
     the nodes :func:`grid_update_adjoint_plain` leaves to it (touched by a tool or a wall).
     """
@@ -523,15 +527,17 @@ def make_grid_update(tool_count: int) -> wp.Kernel:
         bounds: wp.array2d(dtype=wp.vec3i),
         node_count: wp.array(dtype=wp.int32),
         node_index: wp.array(dtype=wp.int32),
-        listed: int,
+        mode: int,
         grid_v: wp.array4d(dtype=wp.vec3),
+        spent_mv: wp.array4d(dtype=wp.vec3),
+        spent_m: wp.array4d(dtype=float),
     ):
         w, ri, rj, rk = wp.tid()
         i = origin[0] + ri
         j = origin[1] + rj
         k = origin[2] + rk
         run = True
-        if listed == 0:
+        if mode != 1:
             run = in_region(i, j, k, bounds[w, 0], bounds[w, 1])
         else:
             run = ri < node_count[0]
@@ -556,6 +562,9 @@ def make_grid_update(tool_count: int) -> wp.Kernel:
                     )
                 v = apply_walls(v, i, j, k, params)
             grid_v[w, i, j, k] = v
+            if mode == 2:
+                spent_mv[w, i, j, k] = wp.vec3(0.0)
+                spent_m[w, i, j, k] = 0.0
 
     return grid_update
 
@@ -728,13 +737,15 @@ def clear_grid_region(
     origin: wp.vec3i,
     depth: int,
     bounds: wp.array2d(dtype=wp.vec3i),
+    with_v: int,
     grid_mv: wp.array4d(dtype=wp.vec3),
     grid_m: wp.array4d(dtype=float),
     grid_v: wp.array4d(dtype=wp.vec3),
 ):
     """Zero each world's active region (``bounds[w]``), the only nodes a step touches: launched over
     (world, rows i, rows j) of a box from ``origin``, each thread clears the region's part of a row of
-    ``depth`` nodes."""
+    ``depth`` nodes of ``grid_mv``, ``grid_m`` and, with ``with_v``, ``grid_v`` (the grid update writes
+    every node of the region, so the forward pass need not clear the velocities)."""
     w, ri, rj = wp.tid()
     i = origin[0] + ri
     j = origin[1] + rj
@@ -745,7 +756,8 @@ def clear_grid_region(
     for k in range(wp.max(origin[2], lo[2]), wp.min(origin[2] + depth, hi[2] + 3)):
         grid_mv[w, i, j, k] = wp.vec3(0.0)
         grid_m[w, i, j, k] = 0.0
-        grid_v[w, i, j, k] = wp.vec3(0.0)
+        if with_v != 0:
+            grid_v[w, i, j, k] = wp.vec3(0.0)
 
 
 @wp.kernel(enable_backward=False)
@@ -753,13 +765,17 @@ def particle_extent(
     particle_x: wp.array2d(dtype=wp.vec3),
     particle_v: wp.array2d(dtype=wp.vec3),
     inv_dx: float,
+    cells_now: wp.array2d(dtype=wp.int32),
+    speed_now: wp.array(dtype=float),
     cells: wp.array2d(dtype=wp.int32),
     speed: wp.array(dtype=float),
     bad: wp.array(dtype=wp.int32),
 ):
     """Per world: the lowest and highest cell any particle is in (``cells[w]`` = min x, y, z, max x,
     y, z; initialise with :func:`init_extent`), the largest particle speed, and whether a particle
-    is not finite or outside [-1e6, 1e6] cells (``bad``)."""
+    is not finite or outside [-1e6, 1e6] cells (``bad``). ``cells_now`` and ``speed_now`` are
+    ``cells`` and ``speed`` again, read before each atomic (separate arguments, because Warp's
+    checks flag a kernel that reads an array it writes)."""
     w, p = wp.tid()
     xg = particle_x[w, p] * inv_dx
     s = wp.length(particle_v[w, p])
@@ -767,10 +783,17 @@ def particle_extent(
     if not (wp.abs(xg[0]) < limit and wp.abs(xg[1]) < limit and wp.abs(xg[2]) < limit and s < limit):
         wp.atomic_max(bad, w, 1)  # NaN fails every comparison
         return
+    # An atomic only where it may change the value (read first): the world's few addresses are
+    # contended by all its particles, and after the first few almost none of them improves it.
     for a in range(3):
-        wp.atomic_min(cells, w, a, int(wp.floor(xg[a])))
-        wp.atomic_max(cells, w, 3 + a, int(wp.ceil(xg[a])))
-    wp.atomic_max(speed, w, s)
+        low = int(wp.floor(xg[a]))
+        high = int(wp.ceil(xg[a]))
+        if low < cells_now[w, a]:
+            wp.atomic_min(cells, w, a, low)
+        if high > cells_now[w, 3 + a]:
+            wp.atomic_max(cells, w, 3 + a, high)
+    if s > speed_now[w]:
+        wp.atomic_max(speed, w, s)
 
 
 @wp.kernel(enable_backward=False)

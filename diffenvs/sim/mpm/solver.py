@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -29,6 +30,7 @@ from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
 from diffenvs.warp_util import record_adjoint
 
+_REGION_SERIALS = itertools.count()
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 """A box of grid nodes: (origin, shape)."""
 
@@ -49,6 +51,8 @@ class ActiveRegion:
 
     bounds: wp.array
     box: Box | None
+    serial: int = dataclasses.field(default_factory=lambda: next(_REGION_SERIALS))
+    """Tells regions apart (a new one per :meth:`SolverMPM.active_region` call) for the grid's clean mark."""
 
 
 class SolverMPM:
@@ -169,7 +173,8 @@ class SolverMPM:
             out = self.alloc_bounds(worlds)
         cells, speed, bad = self._extent_scratch(worlds)
         wp.launch(init_extent, dim=worlds, outputs=[cells, speed, bad], device=self.device, record_tape=False)
-        wp.launch(particle_extent, dim=state.particle_x.shape, inputs=[state.particle_x, state.particle_v, self.params.inv_dx],
+        wp.launch(particle_extent, dim=state.particle_x.shape,
+                  inputs=[state.particle_x, state.particle_v, self.params.inv_dx, cells, speed],
                   outputs=[cells, speed, bad], device=self.device, record_tape=False)
         wp.launch(finish_bounds, dim=worlds, inputs=[cells, speed, bad, duration / self.model.dx, extra_speed,
                                                       self.model.grid_res], outputs=[out], device=self.device, record_tape=False)
@@ -262,7 +267,7 @@ class SolverMPM:
         return self._scratch
 
     def _update_grid(self, state_in: MPMState, control: MPMControl, grid: MPMGrid, dt: float, origin: wp.vec3i,
-                     dim: tuple[int, ...], bounds: wp.array) -> None:
+                     dim: tuple[int, ...], bounds: wp.array, consume: bool = False) -> None:
         """Grid update (gravity, tools, walls) of the worlds' regions ``bounds`` inside the box ``dim`` =
         (worlds, *shape) at ``origin``, differentiated
         by the hand-written :func:`grid_update_adjoint_plain` where no tool or wall acts and by Warp's adjoint,
@@ -271,7 +276,8 @@ class SolverMPM:
         count, index = self._node_list(grid)
         inputs = [grid.mv, grid.m, *tools, self.tool_kind, self.tool_size, self.tool_friction, self.tool_softness,
                   self.params, dt, origin, bounds, count, index]
-        wp.launch(self._grid_update, dim=dim, inputs=[*inputs, 0], outputs=[grid.v], device=self.device, record_tape=False)
+        wp.launch(self._grid_update, dim=dim, inputs=[*inputs, 2 if consume else 0], outputs=[grid.v, grid.mv, grid.m],
+                  device=self.device, record_tape=False)
         if not grid.v.requires_grad:
             return
 
@@ -288,8 +294,8 @@ class SolverMPM:
             if threads:
                 adj_inputs = [grid.mv.grad, grid.m.grad, *(a.grad for a in tools), None, None, None, None, MPMParams(),
                               0.0, wp.vec3i(0, 0, 0), None, None, None, 0]
-                wp.launch(self._grid_update, dim=(1, threads, 1, 1), inputs=[*inputs, 1], outputs=[grid.v],
-                          adj_inputs=adj_inputs, adj_outputs=[grid.v.grad], adjoint=True, device=self.device)
+                wp.launch(self._grid_update, dim=(1, threads, 1, 1), inputs=[*inputs, 1], outputs=[grid.v, grid.mv, grid.m],
+                          adj_inputs=adj_inputs, adj_outputs=[grid.v.grad, None, None], adjoint=True, device=self.device)
 
         record_adjoint(backward, [grid.mv, grid.m, *tools, grid.v])
 
@@ -339,14 +345,19 @@ class SolverMPM:
             region = self.region_of_box(worlds, region)  # raises for a bad box
         res = self.model.grid_res
         origin, shape = region.box if region.box is not None else ((0, 0, 0), (res, res, res))
+        # Not differentiated, the grid update consumes the region's momentum and mass (leaves them
+        # zero): the next substep over the same region skips the clear (the grid keeps the mark).
+        storage, consume = grid, not grid.v.requires_grad
         if region.box is not None:
             grid = grid.region(origin, shape)  # the box stored compactly
         bounds, origin = region.bounds, wp.vec3i(*origin)
         rows = (worlds, shape[0], shape[1])
-        wp.launch(clear_grid_region, dim=rows, inputs=[origin, shape[2], bounds], outputs=[grid.mv, grid.m, grid.v],
-                  device=self.device, record_tape=False)
+        if not (consume and storage.__dict__.get("_consumed") == region.serial):
+            wp.launch(clear_grid_region, dim=rows, inputs=[origin, shape[2], bounds, 0], outputs=[grid.mv, grid.m, grid.v],
+                      device=self.device, record_tape=False)
+        storage.__dict__["_consumed"] = region.serial if consume else None  # not a field: array walks must not see it
         self._scatter(state_in, state_out, grid, dt, bounds)
-        self._update_grid(state_in, control, grid, dt, origin, (worlds, *shape), bounds)
+        self._update_grid(state_in, control, grid, dt, origin, (worlds, *shape), bounds, consume)
         self._gather(state_in, state_out, grid, dt, bounds)
         wp.launch(
             advance_tools, dim=state_in.tool_pos.shape,
@@ -357,7 +368,7 @@ class SolverMPM:
             # Recorded last, so it runs first in the backward pass: the grid's gradients start from
             # zero in the region, the only nodes this step's adjoints read or write.
             def clear_adjoints() -> None:
-                wp.launch(clear_grid_region, dim=rows, inputs=[origin, shape[2], bounds],
+                wp.launch(clear_grid_region, dim=rows, inputs=[origin, shape[2], bounds, 1],
                           outputs=[grid.mv.grad, grid.m.grad, grid.v.grad], device=self.device)
 
             record_adjoint(clear_adjoints, [grid.mv, grid.m, grid.v])
