@@ -24,7 +24,7 @@ def run(env_id: str, seed: int, args: argparse.Namespace) -> dict:
     from diffenvs.baselines.problem import Problem, ProblemConfig
     from diffenvs.baselines.trajopt import GradientConfig, RandomConfig, SolverConfig, optimize
 
-    problem = Problem(ProblemConfig(env_id=env_id, seed=seed, horizon=args.horizon))
+    problem = Problem(ProblemConfig(env_id=env_id, seed=seed, horizon=args.horizon, env_kwargs=dict(args.set)))
     adam = optimize(problem, SolverConfig(method="adam", iters=args.iters, seed=seed, gradient=GradientConfig(lr=args.lr)))
     rand = optimize(problem, SolverConfig(method="random", seed=seed, random=RandomConfig(samples=args.samples)))
     problem.close()
@@ -32,6 +32,17 @@ def run(env_id: str, seed: int, args: argparse.Namespace) -> dict:
             **{f"{name}_{key}": value for name, result in (("adam", adam), ("random", rand))
                for key, value in (("loss", result.loss), ("metric", result.metric), ("rollouts", result.budget["rollouts"]),
                                   ("seconds", result.budget["wall_time"]))}}
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``key=value`` with a JSON value (numbers, true/false) or a plain string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> None:
@@ -44,6 +55,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="Adam iterations")
     parser.add_argument("--lr", type=float, default=0.1, help="Adam's step size [action units]")
     parser.add_argument("--samples", type=int, default=100, help="random sequences")
+    parser.add_argument("--set", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                        help="an env option instead of its default (repeatable), e.g. to try new defaults")
     parser.add_argument("--out", default="runs/first_hour")
     args = parser.parse_args()
 
@@ -62,7 +75,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "first_hour.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     print(f"\nAdam: {args.iters} iterations, lr {args.lr}; random: best of {args.samples}; horizon {args.horizon}; "
-          f"seeds {args.seeds}; default options; medians\n")
+          f"seeds {args.seeds}; options {dict(args.set) or 'default'}; medians\n")
     print("| id | metric | initial loss | Adam loss | Adam metric | Adam rollouts | random loss | random metric "
           "| random rollouts | seeds where Adam's loss is lower | Adam beats random with fewer rollouts |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -172,7 +172,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             if preset not in ("default", "paper") or not batched[preset] or min(batched[preset]) < 1:
                 raise ValueError(f"--batched takes PRESET:N,N,... with PRESET default or paper, got {item!r}")
     run(quick=args.quick, repeats=args.repeats, json_path=args.json or None, device=args.device, worlds=worlds,
-        tasks=tasks, batched=batched, startup=not args.no_startup)
+        tasks=tasks, batched=batched, startup=not args.no_startup, batched_task=args.batched_task)
     return 0
 
 
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batched", action="append", metavar="PRESET:N,N",
                        help="batched dough world counts per preset (repeatable; default on CUDA paper:1,64,256 and "
                             "default:1,256,4096)")
+    bench.add_argument("--batched-task", default="Move", choices=("RollingPin", "Move", "Shape"),
+                       help="dough task of the batched rows (default Move: its reset runs no demonstration)")
     bench.add_argument("--no-startup", action="store_true", help="skip the start-up figures")
     bench.set_defaults(func=_cmd_bench)
     return parser

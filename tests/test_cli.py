@@ -59,3 +59,29 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
         assert row["grad_over_forward_no_checkpoint"] > 1 and row["peak_rss_no_checkpoint_gib"] > 0
     assert [row["worlds"] for row in report["pusher"]["rows"]] == [1, 16] and report["pusher"]["sync"] > 0
     assert "native / sync" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_batched_rows_and_task_selection(tmp_path):
+    """`--tasks`, `--batched` and `--no-startup`: one task's table, the batched dough rows, no start-up."""
+    import json
+    import sys
+
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "diffenvs.cli", "bench", "--quick", "--tasks", "Move", "--batched", "default:2",
+               "--no-startup", "--worlds", "1", "--json", str(out)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "startup" not in report and [row["task"] for row in report["dough"]] == ["Move"]
+    (row,) = report["dough_batched"]
+    assert row["worlds"] == 2 and row["world_steps_per_s"] > 0 and row["reset_s"] > 0 and row["gib_per_world"] > 0
+
+
+@pytest.mark.parametrize("bad", [["--batched", "huge:4"], ["--batched", "paper:0"], ["--batched", "paper"], ["--tasks", "Knead"]])
+def test_bench_rejects_bad_options(bad):
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "diffenvs.cli", "bench", *bad], check=False, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and ("--batched" in result.stderr or "--tasks" in result.stderr)
