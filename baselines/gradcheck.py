@@ -8,7 +8,10 @@ perturbed rollouts run as worlds of one native vector env.
 
 Each direction gets a verdict:
 
-* ``agree``: at some step size the relative difference is within ``rtol``;
+* ``agree``: at some step size the difference is within ``rtol`` of the larger of the directional
+  derivative and a tenth of the gradient's norm (:data:`NOISE_FLOOR`: a unit direction nearly
+  orthogonal to the gradient has a derivative smaller than the float32 noise of the objective's
+  differences, and is judged against that scale instead of its own);
 * ``inconclusive``: the finite differences themselves spread widely across step sizes (hard
   contact in float32 makes the objective kinky at small scales, so no single step size is
   trustworthy) and the analytic value lies within their range: finite differences cannot judge;
@@ -149,11 +152,15 @@ def _registry_rtol(env_id: str) -> float:
     return env_info(env_id).fd_rtol
 
 
-def _verdict(analytic: float, finite: np.ndarray, rtol: float, spread_rtol: float) -> DirectionCheck:
+NOISE_FLOOR = 0.1
+"""The scale below which a direction's derivative is judged relative to the gradient's norm (see ``agree``)."""
+
+
+def _verdict(analytic: float, finite: np.ndarray, rtol: float, spread_rtol: float, floor: float = 0.0) -> DirectionCheck:
     tiny = 1e-300
     if analytic == 0.0 and np.all(finite == 0.0):
         return DirectionCheck(0.0, tuple(finite.tolist()), 0.0, 0.0, "zero")
-    rel = np.abs(finite - analytic) / np.maximum(np.maximum(np.abs(finite), abs(analytic)), tiny)
+    rel = np.abs(finite - analytic) / np.maximum(np.maximum(np.abs(finite), abs(analytic)), max(floor, tiny))
     spread = float((finite.max() - finite.min()) / max(abs(float(np.median(finite))), tiny))
     if rel.min() <= rtol:
         verdict = "agree"
@@ -197,7 +204,8 @@ def gradcheck(config: GradcheckConfig, *, device: str | None = None) -> Gradchec
     values = _objectives(config, kwargs, start, perturbed, device)
     values = values.reshape(len(directions), len(eps), 2)
     finite = (values[:, :, 0] - values[:, :, 1]) / (2.0 * eps)
-    checks = [_verdict(float(np.sum(g * u)), finite[i], rtol, config.spread_rtol) for i, u in enumerate(directions)]
+    floor = NOISE_FLOOR * float(np.linalg.norm(g))
+    checks = [_verdict(float(np.sum(g * u)), finite[i], rtol, config.spread_rtol, floor) for i, u in enumerate(directions)]
     warnings = []
     if not np.any(g != 0.0):
         remedies = ", ".join(f"--set {option}=..." for option in env.task.remedy_options.values())

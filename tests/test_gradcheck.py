@@ -36,6 +36,11 @@ def test_verdicts():
     assert _verdict(2.0, noisy, 1e-2, 0.5).verdict == "inconclusive"
     assert _verdict(5.0, noisy, 1e-2, 0.5).verdict == "disagree"
     assert _verdict(0.0, np.zeros(3), 1e-2, 0.5).verdict == "zero"
+    # a tiny derivative (a direction nearly orthogonal to the gradient) is judged against the floor
+    small = np.array([0.00076, 0.00067, 0.00080])
+    assert _verdict(0.00089, small, 5e-2, 0.5).verdict == "disagree"
+    assert _verdict(0.00089, small, 5e-2, 0.5, floor=0.1 * 0.022).verdict == "agree"
+    assert _verdict(0.0019, small, 5e-2, 0.5, floor=0.1 * 0.022).verdict == "disagree"  # off by half the floor
 
 
 def test_gradcheck_cli(tmp_path, capsys):

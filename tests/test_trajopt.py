@@ -33,7 +33,8 @@ def pusher():
 
 @pytest.fixture(scope="module")
 def dough():
-    problem = Problem(ProblemConfig(env_id="DiffEnvs/RollingPin-v0", seed=0, horizon=10, env_kwargs=TINY_DOUGH, eval_batch=8))
+    problem = Problem(ProblemConfig(env_id="DiffEnvs/RollingPin-v0", seed=0, horizon=10, eval_batch=8,
+                                    env_kwargs={**TINY_DOUGH, "tool_softness": 0.0}))  # the reported setting: hard tools
     yield problem
     problem.close()
 

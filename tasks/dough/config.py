@@ -37,7 +37,10 @@ class DoughConfig:
         frame_dt: Duration of one env step [s] (overrides the preset).
         tool_speed: Tool speed at action magnitude 1 [domain units/s].
         tool_yaw_rate: Yaw rate of a rolling pin at action magnitude 1 [rad/s].
-        tool_softness: Influence radius of the tools [domain units]; 0 is hard contact.
+        tool_softness: Influence radius of the tools [domain units]; 0 is hard contact (the
+            ablation). ``None``: the task's default (RollingPin and Move 0.02, Shape 0.01: soft
+            tools give a plain gradient method a first step that works; the demonstrations that
+            make targets always use hard tools).
         tool_friction: Coulomb friction between tools and dough.
         progress_weight: Weight of the loss decrease in the reward.
         contact_weight: Weight of the contact loss (squared soft-min distance between each tool
@@ -47,6 +50,7 @@ class DoughConfig:
         contact_focus: Take the contact loss's soft minimum over the dough that lies outside the
             target (weighted by that distance, in units of ``contact_temperature``, up to 1)
             instead of all the dough: the tools are drawn to the dough that still has to move.
+            ``None``: the task's default (on for Shape, whose press must first find its place).
         sdf_weight: Weight of the mean distance of the particles outside the target [1/unit].
         density_weight: Weight of the L1 grid-mass difference, relative to the total mass.
         density_block: The mass difference is taken over blocks of density_block^3 cells. A
@@ -69,12 +73,12 @@ class DoughConfig:
     frame_dt: float | None = None
     tool_speed: float = 3.0
     tool_yaw_rate: float = 10.0
-    tool_softness: float = 0.0
+    tool_softness: float | None = None
     tool_friction: float = 0.9
     progress_weight: float = 1.0
     contact_weight: float = 10.0
     contact_temperature: float = 0.01
-    contact_focus: bool = False
+    contact_focus: bool | None = None
     sdf_weight: float = 10.0
     density_weight: float = 10.0
     density_block: int = 2
@@ -97,7 +101,9 @@ class DoughConfig:
         for name in ("tool_speed", "tool_yaw_rate", "contact_temperature"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("tool_softness", "tool_friction", "contact_weight", "sdf_weight", "density_weight"):
+        if self.tool_softness is not None and not self.tool_softness >= 0.0:
+            raise ValueError(f"tool_softness must be >= 0, got {self.tool_softness}")
+        for name in ("tool_friction", "contact_weight", "sdf_weight", "density_weight"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.settle_steps is not None and self.settle_steps < 0:

@@ -104,8 +104,8 @@ def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_note
     | ``grid_res``, ``particle_count``, ``sim_substeps``, ``frame_dt`` | the preset's | override the preset |
     | ``checkpoint`` | the preset's: {PRESETS["default"]["checkpoint"]} (default), {PRESETS["paper"]["checkpoint"]} (paper) | keep one state per env step and re-run its substeps in ``grad()`` (see :mod:`diffenvs.autodiff` for memory) |
     | ``contact_weight`` | {d.contact_weight:g} | weight of the contact loss (a remedy for "no contact, no gradient") |
-    | ``contact_focus`` | {d.contact_focus} | the contact loss draws the tools to misplaced dough only |
-    | ``tool_softness`` | {d.tool_softness:g} | influence radius of the tools [domain units] (a remedy; 0 = hard) |
+    | ``contact_focus`` | None ({task.default_contact_focus} for this task) | the contact loss draws the tools to misplaced dough only |
+    | ``tool_softness`` | None ({task.default_tool_softness:g} for this task) | influence radius of the tools [domain units] (a remedy; 0 = hard contact) |
     | ``tool_speed``, ``tool_yaw_rate`` | {d.tool_speed:g}, {d.tool_yaw_rate:g} | tool speed [units/s] and pin yaw rate [rad/s] at action 1 |
     | ``progress_weight``, ``sdf_weight``, ``density_weight``, ``density_block`` | {d.progress_weight:g}, {d.sdf_weight:g}, {d.density_weight:g}, {d.density_block} | reward and loss weights |
     | ``youngs_modulus``, ``poisson_ratio``, ``yield_stress`` | {d.youngs_modulus:g} Pa, {d.poisson_ratio:g}, {d.yield_stress:g} Pa | material |
@@ -123,7 +123,9 @@ def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_note
     finite differences.
 
     ## Version History
-    - v0: initial release.{history}
+    - v0: initial release; before its first published release the defaults became soft tools
+      (``tool_softness``) and, for Shape, the focused contact loss (pass ``tool_softness=0`` and
+      ``contact_focus=False`` for the earlier hard-tool dynamics).{history}
 """
 
 

@@ -64,6 +64,8 @@ class DoughTask(Task):
     parallel_refill = True  # kernels dominate a step: a refill on a second thread overlaps the adjoints
     tool_shapes: ClassVar[tuple[ToolShape, ...]]
     default_settle_steps: ClassVar[int] = 0
+    default_tool_softness: ClassVar[float] = 0.02
+    default_contact_focus: ClassVar[bool] = False
 
     def __init__(self, world_count: int, device: wp.DeviceLike = None, **kwargs: Any):
         super().__init__(world_count, device)
@@ -72,7 +74,8 @@ class DoughTask(Task):
         self.particle_count = cfg.resolved("particle_count")
         self.sim_substeps = cfg.resolved("sim_substeps")
         blob_volume = float(np.prod(2 * BLOB_HALF))
-        tools = tuple(dataclasses.replace(t, friction=cfg.tool_friction, softness=cfg.tool_softness) for t in self.tool_shapes)
+        softness = self.default_tool_softness if cfg.tool_softness is None else cfg.tool_softness
+        tools = tuple(dataclasses.replace(t, friction=cfg.tool_friction, softness=softness) for t in self.tool_shapes)
         self.model = MPMModel(
             grid_res=self.grid_res,
             material=MPMMaterial(youngs_modulus=cfg.youngs_modulus, poisson_ratio=cfg.poisson_ratio, yield_stress=cfg.yield_stress),
@@ -83,8 +86,8 @@ class DoughTask(Task):
         self.solver = SolverMPM(self.model, device=self.device)
         self.tool_count = len(tools)
         self._contact_weight = cfg.contact_weight
-        self._contact_focus = cfg.contact_focus
-        self._softness = cfg.tool_softness
+        self._contact_focus = self.default_contact_focus if cfg.contact_focus is None else cfg.contact_focus
+        self._softness = softness
         self.obs_dim = K.obs_dim(cfg.obs_particle_count, self.tool_count)
         self._observed = wp.array(
             np.linspace(0, self.particle_count - 1, cfg.obs_particle_count).astype(np.int32), dtype=int, device=self.device
@@ -251,12 +254,6 @@ class DoughTask(Task):
         for first in range(0, len(starts), capacity):
             runs += demonstrator.run(starts[first : first + capacity])
         return runs
-
-    def demonstrate(
-        self, particles: dict[str, np.ndarray], tool_pos: np.ndarray, tool_rot: np.ndarray, actions: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """One world's particle fields after this task's own env steps with ``actions`` (see :meth:`demonstrate_many`)."""
-        return self.demonstrate_many([(particles, tool_pos, tool_rot, actions)])[0]
 
     def prepare(self, state: State) -> None:
         """Rebuild the target's grid mass from each world's target particles (outside the tape), and

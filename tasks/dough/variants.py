@@ -88,6 +88,8 @@ class ShapeTask(_TranslateTask):
         return pos[None], yaw_quat(0.0)[None]
 
     default_settle_steps = 30
+    default_tool_softness = 0.01  # with the focused contact loss: plain Adam's first experiment beats random search
+    default_contact_focus = True
 
     def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
         heading = rng.uniform(-math.pi, math.pi)
