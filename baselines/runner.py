@@ -32,7 +32,7 @@ import numpy as np
 
 from diffenvs.baselines.problem import Problem, ProblemConfig
 from diffenvs.baselines.trajopt import SolverConfig, TrajOptResult, optimize
-from diffenvs.config import ConfigError, apply_overrides, deep_merge, from_dict, read_yaml, to_dict
+from diffenvs.config import ConfigError, apply_overrides, deep_merge, from_dict, read_yaml, to_dict, write_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run_optimize(config: RunConfig, *, progress: bool = True, device: str | None
     name = config.run_name or f"{task}-{config.solver.method}-s{config.problem.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(config.out_dir) / name
     run_dir.mkdir(parents=True, exist_ok=config.run_name is not None)
-    _write_yaml(run_dir / "config.yaml", to_dict(config))
+    write_yaml(run_dir / "config.yaml", to_dict(config))
     bar = tqdm(total=expected_records(problem, config.solver), disable=not progress, unit="it",
                desc=f"{config.solver.method} on {task}")
     rows: list[dict[str, Any]] = []
@@ -160,12 +160,6 @@ def run_optimize(config: RunConfig, *, progress: bool = True, device: str | None
 def _budget_of(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("env_steps", "forward_steps", "backward_steps", "eval_steps", "grad_evals", "rollouts", "wall_time")
     return {key: record[key] for key in keys}
-
-
-def _write_yaml(path: Path, values: dict[str, Any]) -> None:
-    import yaml
-
-    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
 
 
 def _write_npz(path: Path, **arrays: Any) -> None:

@@ -1,4 +1,4 @@
-"""The ``diffenvs`` command line: ``list``, ``demo``, ``optimize``, ``landscape``, ``gradcheck``, ``bench``."""
+"""The ``diffenvs`` command line: ``list``, ``demo``, ``optimize``, ``landscape``, ``gradcheck``, ``train``, ``bench``."""
 
 from __future__ import annotations
 
@@ -144,6 +144,30 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import warp as wp
+
+    wp.config.log_level = 30
+    from diffenvs.baselines.rl import TrainConfig, run_train
+
+    config = TrainConfig(
+        env_id=args.env, algo=args.algo, steps=args.steps, seed=args.seed, n_envs=args.n_envs, eval_every=args.eval_every,
+        eval_seeds=tuple(args.eval_seeds), env_kwargs=_parse_sets(args.set, sections=False),
+        hyperparams=_parse_sets(args.hp, sections=False), out_dir=args.out_dir, run_name=args.run_name,
+        tensorboard=args.tensorboard,
+    )
+    run = run_train(config, progress=not args.no_progress, hyperparams_path=args.conf_file)
+    last = run.evaluations[-1]
+    print(f"{config.algo} on {config.env_id}: {run.env_steps} env steps; deterministic policy on instances "
+          f"{list(config.eval_seeds)}: {last['metric_name']} {last['metric_mean']:.3f} (untrained "
+          f"{run.evaluations[0]['metric_mean']:.3f}), return {last['return_mean']:.4g}")
+    print(f"wrote {run.run_dir}")
+    if run.status == "interrupted":
+        print(f"interrupted; partial results in {run.run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from diffenvs.bench import run
 
@@ -231,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", help="Warp device (cpu, cuda)")
     check.add_argument("--json", help="also write the report as JSON to this path")
     check.set_defaults(func=_cmd_gradcheck)
+    train = sub.add_parser("train", help="train an RL baseline (stable-baselines3) on an env; writes a run directory")
+    train.add_argument("--env", required=True, help="env id")
+    train.add_argument("--algo", choices=["ppo", "sac", "td3"], default="ppo")
+    train.add_argument("--steps", type=int, help="env steps (default: the config's n_timesteps)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--n-envs", type=int, help="worlds of the training vector env (default: the config's n_envs)")
+    train.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
+    train.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2], help="instances (reset seeds) to evaluate on")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an env option (repeatable)")
+    train.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                       help="a hyperparameter instead of configs/rl/<algo>.yaml's (repeatable), e.g. --hp learning_rate=1e-3")
+    train.add_argument("--conf-file", help="an rl-zoo3 hyperparameter file instead of configs/rl/<algo>.yaml")
+    train.add_argument("--out-dir", default="runs/train", help="parent folder of run directories")
+    train.add_argument("--run-name", help="run directory name (default: <Task>-<algo>-s<seed>-<time>)")
+    train.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
     bench = sub.add_parser("bench", help="measure speed, memory and start-up; print a table and write JSON")
     bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")
     bench.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")

@@ -64,6 +64,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def write_yaml(path: str | Path, values: Mapping[str, Any]) -> None:
+    """Write a mapping of plain data as YAML (keys in their order)."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(dict(values), sort_keys=False), encoding="utf-8")
+
+
 def apply_overrides(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``values`` with dotted-key ``overrides`` set (``{"solver.iters": 10}``)."""
     values = deep_merge(values, {})

@@ -1,0 +1,277 @@
+"""RL baselines with stable-baselines3: the code behind ``diffenvs train``.
+
+Hyperparameters live in ``configs/rl/<algo>.yaml`` in rl-zoo3's format (one section per env id:
+``n_envs``, ``n_timesteps``, ``policy``, optional ``normalize`` and ``policy_kwargs`` as rl-zoo3
+writes them, e.g. ``"dict(net_arch=[64, 64])"``, and the algorithm's own keyword arguments;
+``lin_<value>`` for a linearly decaying rate). Training steps the native vector env through
+:class:`~diffenvs.baselines.sb3.SB3VecEnv` (one Warp launch for all worlds, ``differentiable=False``)
+on fresh random instances every episode.
+
+A run writes, into ``<out_dir>/<Task>-<algo>-s<seed>-<time>/`` (or ``out_dir/run_name``):
+
+- ``config.yaml``: the resolved configuration and hyperparameters;
+- ``evaluations.csv``: one row per evaluation (at the start, every ``eval_every`` env steps and at
+  the end), appended and flushed as it happens: env steps, wall time, and the deterministic
+  policy's return and task metric (the env's ``info[task.metric]`` after the last step) on each
+  evaluation instance (``eval_seeds``: the reset seeds of the problem instances, as in
+  ``diffenvs optimize``), with their mean;
+- ``model.zip`` (and ``vecnormalize.pkl`` with ``normalize``): the policy, saved at the end or on
+  Ctrl-C;
+- ``summary.json``: status (``finished`` or ``interrupted``), env steps, wall time, the last
+  evaluation; ``tensorboard/`` with ``tensorboard=True``.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import json
+import time
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from diffenvs.config import ConfigError, read_yaml, to_dict, write_yaml
+
+Algo = Literal["ppo", "sac", "td3"]
+ALGOS: tuple[str, ...] = typing.get_args(Algo)
+SPECIAL_KEYS = ("n_envs", "n_timesteps", "policy", "normalize", "policy_kwargs", "noise_type", "noise_std")
+"""Keys of an rl-zoo3 section that are not the algorithm's keyword arguments."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What ``diffenvs train`` runs.
+
+    Attributes:
+        env_id: A registered diffenvs id.
+        algo: ``ppo``, ``sac`` or ``td3`` (stable-baselines3).
+        steps: Env steps to train (all worlds together); ``None``: the section's ``n_timesteps``.
+        seed: Seed of the algorithm and of the training instances.
+        n_envs: Worlds of the training vector env; ``None``: the section's ``n_envs``.
+        eval_every: Env steps between evaluations.
+        eval_seeds: Reset seeds of the evaluation instances (deterministic policy, one episode each).
+        env_kwargs: Keyword arguments of the env (training and evaluation).
+        hyperparams: Overrides of the section's values (rl-zoo3 keys).
+        out_dir: Parent folder of run directories.
+        run_name: Name of the run directory; ``None``: ``<Task>-<algo>-s<seed>-<time>``.
+        tensorboard: Also log to ``<run>/tensorboard``.
+        torch_device: Device of the networks (``cpu``; small MLPs gain nothing from a GPU).
+    """
+
+    env_id: str = "DiffEnvs/Pusher-v0"
+    algo: Algo = "ppo"
+    steps: int | None = None
+    seed: int = 0
+    n_envs: int | None = None
+    eval_every: int = 10_000
+    eval_seeds: tuple[int, ...] = (0, 1, 2)
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hyperparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    out_dir: str = "runs/train"
+    run_name: str | None = None
+    tensorboard: bool = False
+    torch_device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.n_envs is not None and self.n_envs < 1:
+            raise ConfigError(f"n_envs must be >= 1, got {self.n_envs}")
+        if self.eval_every < 1 or not self.eval_seeds:
+            raise ConfigError("eval_every must be >= 1 and eval_seeds not empty")
+        for key in ("render_mode", "differentiable", "num_envs"):
+            if key in self.env_kwargs:
+                raise ConfigError(f"env_kwargs may not set {key!r}: training chooses it")
+
+
+def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
+    """The rl-zoo3 section of ``env_id`` in ``configs/rl/<algo>.yaml`` (or ``path``).
+
+    Raises:
+        ConfigError: no such algorithm, file or section.
+    """
+    if algo not in ALGOS:
+        raise ConfigError(f"algo must be one of {ALGOS}, got {algo!r}")
+    if path is None:
+        from diffenvs.configs import CONFIG_DIR
+
+        path = CONFIG_DIR / "rl" / f"{algo}.yaml"
+    sections = read_yaml(path)
+    if env_id not in sections:
+        raise ConfigError(f"{path}: no section for {env_id!r} (sections: {sorted(sections)})")
+    return dict(sections[env_id])
+
+
+def parse_call_dict(text: str, *, where: str) -> dict[str, Any]:
+    """rl-zoo3's ``"dict(key=value, ...)"`` strings (literal values only), without ``eval``.
+
+    Raises:
+        ConfigError: anything but a ``dict(...)`` call of literals.
+    """
+    try:
+        node = ast.parse(text, mode="eval").body
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args):
+            raise ValueError("not a dict(...) call")
+        return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+    except (SyntaxError, ValueError) as error:
+        raise ConfigError(f"{where}: expected dict(key=literal, ...), got {text!r} ({error})") from None
+
+
+def _schedule(value: Any) -> Any:
+    """rl-zoo3's ``lin_<x>``: a rate falling linearly from x to 0 over training."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value[4:])
+        return lambda progress_remaining: progress_remaining * start
+    return value
+
+
+def algo_kwargs(section: dict[str, Any], *, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split an rl-zoo3 section into the algorithm's keyword arguments and the special keys."""
+    special = {key: section[key] for key in SPECIAL_KEYS if key in section}
+    kwargs = {key: _schedule(value) for key, value in section.items() if key not in SPECIAL_KEYS}
+    if isinstance(special.get("policy_kwargs"), str):
+        special["policy_kwargs"] = parse_call_dict(special["policy_kwargs"], where=f"{where}: policy_kwargs")
+    if isinstance(special.get("normalize"), str):
+        special["normalize"] = parse_call_dict(special["normalize"], where=f"{where}: normalize")
+    if special.get("noise_type") not in (None, "normal"):
+        raise ConfigError(f"{where}: noise_type must be 'normal', got {special['noise_type']!r}")
+    return kwargs, special
+
+
+def evaluate_policy_on_instances(model: Any, env_id: str, seeds: tuple[int, ...], env_kwargs: dict[str, Any],
+                                 normalizer: Any = None) -> dict[str, Any]:
+    """Deterministic episodes from each instance (reset seed): returns and the task metric at the end."""
+    import gymnasium as gym
+
+    env = gym.make(env_id, differentiable=False, **env_kwargs)
+    metric_name = env.unwrapped.task.metric
+    returns, metrics = [], []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        total, done, info = 0.0, False, {}
+        while not done:
+            policy_obs = normalizer.normalize_obs(obs[None])[0] if normalizer is not None else obs
+            action, _ = model.predict(policy_obs, deterministic=True)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+        metrics.append(float(info.get(metric_name, 0.0)))
+    env.close()
+    return {"metric_name": metric_name, "returns": returns, "metrics": metrics,
+            "return_mean": float(np.mean(returns)), "metric_mean": float(np.mean(metrics))}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """A finished or interrupted training run."""
+
+    run_dir: Path
+    status: str
+    env_steps: int
+    evaluations: list[dict[str, Any]]
+
+
+def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: str | Path | None = None) -> TrainResult:
+    """Train ``config.algo`` on ``config.env_id`` into a run directory (see the module docstring).
+
+    Ctrl-C (``KeyboardInterrupt``) stops training, saves the model and the summary, and returns
+    with status ``interrupted``.
+    """
+    import gymnasium as gym
+    import stable_baselines3 as sb3
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.noise import NormalActionNoise
+    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+    from tqdm.auto import tqdm
+
+    import diffenvs  # noqa: F401  (registers the ids)
+    from diffenvs.baselines.sb3 import SB3VecEnv
+
+    if config.env_id not in gym.registry:
+        raise ConfigError(f"unknown env id {config.env_id!r}; see `diffenvs list`")
+    where = f"configs/rl/{config.algo}.yaml [{config.env_id}]"
+    section = {**load_hyperparams(config.algo, config.env_id, hyperparams_path), **config.hyperparams}
+    kwargs, special = algo_kwargs(section, where=where)
+    steps = int(config.steps or float(special.get("n_timesteps", 0)))
+    n_envs = int(config.n_envs or special.get("n_envs", 1))
+    if steps < 1:
+        raise ConfigError(f"{where}: no n_timesteps and no --steps")
+    name = config.run_name or f"{config.env_id.split('/')[-1].removesuffix('-v0')}-{config.algo}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(config.out_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=False)
+    write_yaml(run_dir / "config.yaml", {**to_dict(config), "resolved": {"steps": steps, "n_envs": n_envs, **section}})
+
+    torch.set_num_threads(1)  # small networks: threads cost more than they give on a 2-core CPU
+    venv = VecMonitor(SB3VecEnv(gym.make_vec(config.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point",
+                                             differentiable=False, **config.env_kwargs)))
+    venv.seed(config.seed)
+    normalize = special.get("normalize", False)
+    if normalize:
+        venv = VecNormalize(venv, **(normalize if isinstance(normalize, dict) else {}))
+    if special.get("noise_type") == "normal":  # rl-zoo3's exploration noise for off-policy algorithms
+        dim = venv.action_space.shape[0]
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), float(special.get("noise_std", 0.1)) * np.ones(dim))
+    algo_class = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[config.algo]
+    model = algo_class(special.get("policy", "MlpPolicy"), venv, seed=config.seed, device=config.torch_device, verbose=0,
+                       policy_kwargs=special.get("policy_kwargs"),
+                       tensorboard_log=str(run_dir / "tensorboard") if config.tensorboard else None, **kwargs)
+    evaluations: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=steps, disable=not progress, unit="step", desc=f"{config.algo} {config.env_id}")
+
+    with open(run_dir / "evaluations.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        header = ["env_steps", "wall_time", "return_mean", "metric_mean"]
+        header += [f"{kind}_seed{s}" for kind in ("return", "metric") for s in config.eval_seeds]
+        writer.writerow(header)
+
+        def evaluate(env_steps: int) -> None:
+            normalizer = venv if isinstance(venv, VecNormalize) else None
+            result = evaluate_policy_on_instances(model, config.env_id, config.eval_seeds, config.env_kwargs, normalizer)
+            row = {"env_steps": env_steps, "wall_time": time.perf_counter() - start, **result}
+            evaluations.append(row)
+            writer.writerow([env_steps, f"{row['wall_time']:.3f}", result["return_mean"], result["metric_mean"],
+                             *result["returns"], *result["metrics"]])
+            handle.flush()
+            bar.set_postfix({result["metric_name"]: f"{result['metric_mean']:.3f}"})
+
+        class Evaluations(BaseCallback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.next_eval = config.eval_every
+                self.seen = 0
+
+            def _on_step(self) -> bool:
+                bar.update(self.num_timesteps - self.seen)
+                self.seen = self.num_timesteps
+                if self.num_timesteps >= self.next_eval:
+                    evaluate(self.num_timesteps)
+                    self.next_eval += config.eval_every
+                return True
+
+        evaluate(0)
+        status = "finished"
+        try:
+            model.learn(total_timesteps=steps, callback=Evaluations())
+        except KeyboardInterrupt:
+            status = "interrupted"
+        bar.close()
+        if status == "finished" and evaluations[-1]["env_steps"] != model.num_timesteps:
+            evaluate(model.num_timesteps)
+    model.save(run_dir / "model.zip")
+    if isinstance(venv, VecNormalize):
+        venv.save(str(run_dir / "vecnormalize.pkl"))
+    venv.close()
+    summary = {"status": status, "env_id": config.env_id, "algo": config.algo, "seed": config.seed,
+               "env_steps": int(model.num_timesteps), "wall_time": time.perf_counter() - start,
+               "last_evaluation": evaluations[-1]}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return TrainResult(run_dir=run_dir, status=status, env_steps=int(model.num_timesteps), evaluations=evaluations)

@@ -1,0 +1,89 @@
+"""RL baselines: `diffenvs train`, its run directory, the rl-zoo3 hyperparameter files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import diffenvs
+from diffenvs.baselines.rl import ALGOS, TrainConfig, algo_kwargs, load_hyperparams, parse_call_dict, run_train
+from diffenvs.config import ConfigError
+from tests.conftest import SMALL
+
+
+def _rows(run_dir):
+    with open(run_dir / "evaluations.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_ppo_learns_the_pusher(tmp_path):
+    """A learning threshold: 30,000 env steps of PPO (a few seconds) lift the deterministic policy's
+    task metric on the evaluation instances well above the untrained policy's."""
+    run = run_train(TrainConfig(steps=30_000, eval_every=15_000, out_dir=str(tmp_path), run_name="ppo"), progress=False)
+    assert run.status == "finished" and run.env_steps >= 30_000
+    first, last = run.evaluations[0], run.evaluations[-1]
+    assert last["metric_mean"] > first["metric_mean"] + 0.15, (first, last)
+    rows = _rows(run.run_dir)
+    assert [int(r["env_steps"]) for r in rows][:2] == [0, 15_008] and len(rows) == len(run.evaluations)
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and (run.run_dir / "model.zip").exists()
+    assert "resolved" in (run.run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_off_policy_algorithms_run_and_write_their_run(tmp_path, algo):
+    config = TrainConfig(algo=algo, steps=300, eval_every=200, eval_seeds=(0,), out_dir=str(tmp_path), run_name=algo,
+                         hyperparams={"learning_starts": 100, "batch_size": 32})
+    run = run_train(config, progress=False)
+    assert run.status == "finished" and [e["env_steps"] for e in run.evaluations] == [0, 200, 300]
+    assert (run.run_dir / "model.zip").exists()
+
+
+def test_ppo_on_dough_with_normalization(tmp_path):
+    env_id = "DiffEnvs/RollingPin-v0"
+    config = TrainConfig(env_id=env_id, steps=64, n_envs=2, eval_every=64, eval_seeds=(0,), env_kwargs=SMALL[env_id],
+                         hyperparams={"n_steps": 16, "batch_size": 16, "n_epochs": 1, "normalize": "dict(norm_reward=False)"},
+                         out_dir=str(tmp_path), run_name="dough")
+    run = run_train(config, progress=False)
+    assert run.evaluations[-1]["metric_name"] == "iou_incremental"
+    assert (run.run_dir / "vecnormalize.pkl").exists()
+
+
+def test_ctrl_c_saves_the_model_and_the_summary(tmp_path, monkeypatch):
+    import stable_baselines3
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stable_baselines3.PPO, "learn", interrupted)
+    run = run_train(TrainConfig(steps=1000, out_dir=str(tmp_path), run_name="stop"), progress=False)
+    assert run.status == "interrupted" and (run.run_dir / "model.zip").exists()
+    assert json.loads((run.run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert len(_rows(run.run_dir)) == 1  # the untrained evaluation
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_algorithm_has_rl_zoo3_hyperparameters_for_every_id(algo):
+    for info in diffenvs.ENVS:
+        section = load_hyperparams(algo, info.id)
+        kwargs, special = algo_kwargs(section, where=algo)
+        assert special["n_timesteps"] >= 1e4 and special["n_envs"] >= 1 and special["policy"] == "MlpPolicy"
+        assert "n_timesteps" not in kwargs and isinstance(special.get("policy_kwargs", {}), dict)
+
+
+def test_bad_configs_name_their_key(tmp_path):
+    with pytest.raises(ConfigError, match="algo"):
+        TrainConfig(algo="dqn")
+    with pytest.raises(ConfigError, match="differentiable"):
+        TrainConfig(env_kwargs={"differentiable": True})
+    with pytest.raises(ConfigError, match="no section"):
+        load_hyperparams("ppo", "DiffEnvs/Nope-v0")
+    with pytest.raises(ConfigError, match="policy_kwargs"):
+        algo_kwargs({"policy_kwargs": "dict(net_arch=__import__('os'))"}, where="x")
+    with pytest.raises(ConfigError, match="noise_type"):
+        algo_kwargs({"noise_type": "ornstein-uhlenbeck"}, where="x")
+    assert parse_call_dict("dict(net_arch=[64, 64], log_std_init=-1.0)", where="x") == {"net_arch": [64, 64], "log_std_init": -1.0}
+    with pytest.raises(ConfigError, match="unknown env id"):
+        run_train(TrainConfig(env_id="DiffEnvs/Nope-v0", out_dir=str(tmp_path)), progress=False)
