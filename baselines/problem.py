@@ -219,6 +219,41 @@ class Problem:
             self.budget.rollouts += used
         return Evaluation(np.concatenate(losses), np.concatenate(metrics), np.concatenate(diverged))
 
+    def returns(self, actions: np.ndarray, *, remedies: dict[str, float] | None = None) -> tuple[np.ndarray, Evaluation]:
+        """Returns of sequences (P, T, action_dim) from the initial state under the optimizer's dynamics
+        (``remedies`` as in :meth:`value_and_grad`: the objective the gradient methods ascend), without
+        gradients, ``eval_batch`` worlds at a time; counted as forward steps. Also their outcome under
+        those dynamics. A diverged sequence's return is ``-inf``."""
+        actions = self.check_actions(actions)
+        count, steps = actions.shape[0], actions.shape[1]
+        batch = min(self.config.eval_batch, count)
+        env = self.vector_env(batch, differentiable=False)
+        env.set_remedies(**{**self.base_remedies, **(remedies or {})})
+        totals, outcomes = [], []
+        try:
+            for first in range(0, count, batch):
+                chunk = actions[first:first + batch]
+                used = chunk.shape[0]
+                if used < batch:  # pad with copies of the last sequence
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - used, axis=0)])
+                env.set_state(self.tiled_state(batch))
+                total = np.zeros(batch)
+                diverged = np.zeros(batch, dtype=bool)
+                info: dict[str, Any] = {}
+                for t in range(steps):
+                    _, reward, terminated, _, info = env.step(chunk[:, t])
+                    total += np.where(diverged, 0.0, reward)
+                    diverged |= terminated
+                totals.append(np.where(diverged, -np.inf, total)[:used])
+                loss, metric = np.asarray(info["loss"], dtype=np.float64), np.asarray(info[self.metric_name], dtype=np.float64)
+                outcomes.append((np.where(diverged, np.inf, loss)[:used], np.where(diverged, 0.0, metric)[:used], diverged[:used]))
+                self.budget.forward_steps += used * steps
+                self.budget.rollouts += used
+        finally:
+            env.set_remedies(**self.base_remedies)  # the evaluations' env: back to the reported setting
+        loss, metric, diverged = (np.concatenate(part) for part in zip(*outcomes))
+        return np.concatenate(totals), Evaluation(loss, metric, diverged)
+
     def value_and_grad(
         self,
         actions: np.ndarray,

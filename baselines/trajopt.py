@@ -13,6 +13,11 @@ Methods (``SolverConfig.method``):
   kept in [-1, 1], and the remedies of :class:`GradientConfig`: contact-loss weight and tool
   softness, each with a linear schedule; truncated backpropagation windows; random multi-start
   (all starts run as worlds of one batch). The best iterate in the reported setting is kept.
+- ``reinforce``: Adam on the likelihood-ratio (REINFORCE) estimate of the same gradient of the
+  same return: ``reinforce.samples`` Gaussian perturbations (``reinforce.std``) of the sequence
+  per iteration, mean-return baseline, ``g = mean((R_i - b) eps_i) / std``; the same parameters,
+  optimizer, step size and remedies as ``adam``, only the estimator differs (the textbook contrast
+  to the analytic gradient). Each iteration costs ``samples`` forward rollouts, no backward.
 - ``cem``: the cross-entropy method on the reported loss (no gradients).
 - ``hybrid``: ``hybrid.cem_iters`` CEM generations, then Adam from the best sample.
 - ``random``: the best of ``random.samples`` uniform random sequences.
@@ -38,7 +43,7 @@ from diffenvs.baselines.problem import Evaluation, Problem
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["adam", "gd", "cem", "hybrid", "random", "mpc"]
+Method = Literal["adam", "gd", "reinforce", "cem", "hybrid", "random", "mpc"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
 """Every method of :func:`optimize` (the CLI's ``--method`` choices and the config's check read it)."""
 Callback = Callable[[dict[str, Any], np.ndarray], None]
@@ -183,6 +188,35 @@ class MPCConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReinforceConfig:
+    """Options of ``reinforce``.
+
+    Attributes:
+        samples: Perturbed sequences per iteration (the estimator's sample count).
+        std: Standard deviation of the Gaussian perturbation [action units].
+    """
+
+    samples: int = 16
+    std: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ValueError(f"samples must be >= 2 (the baseline needs two), got {self.samples}")
+        if not self.std > 0.0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+
+def reinforce_gradient(mean: np.ndarray, returns: np.ndarray, noise: np.ndarray, std: float) -> np.ndarray:
+    """The likelihood-ratio estimate of d E[R] / d mean from returns of ``mean + std * noise``
+    (noise (N, T, A)), with the batch's mean return as baseline; diverged samples (-inf) are left out."""
+    finite = np.isfinite(returns)
+    if finite.sum() < 2:
+        return np.zeros_like(mean)
+    advantage = returns[finite] - returns[finite].mean()
+    return np.tensordot(advantage, noise[finite], axes=1) / (finite.sum() * std)
+
+
+@dataclasses.dataclass(frozen=True)
 class RandomConfig:
     """Options of ``random``: the best of ``samples`` uniform random sequences."""
 
@@ -207,6 +241,7 @@ class SolverConfig:
         hybrid: Options of the hybrid.
         mpc: Options of receding-horizon control.
         random: Options of random search.
+        reinforce: Options of the likelihood-ratio estimator.
     """
 
     method: Method = "adam"
@@ -217,6 +252,7 @@ class SolverConfig:
     hybrid: HybridConfig = HybridConfig()
     mpc: MPCConfig = MPCConfig()
     random: RandomConfig = RandomConfig()
+    reinforce: ReinforceConfig = ReinforceConfig()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -309,6 +345,8 @@ def optimize(problem: Problem, config: SolverConfig = SolverConfig(), *, callbac
     method = config.method
     if method in ("adam", "gd"):
         stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer=method, init=init_actions)
+    elif method == "reinforce":
+        _reinforce(problem, config.reinforce, config.gradient, config.iters, tracker, rng, init=init_actions)
     elif method == "cem":
         _cem(problem, config.cem, config.iters, tracker, rng, init=init_actions)
     elif method == "hybrid":
@@ -406,6 +444,25 @@ def _gradient(problem: Problem, cfg: GradientConfig, iters: int, tracker: _Track
 
 
 # Sampling methods ------------------------------------------------------------------------------------
+
+
+def _reinforce(problem: Problem, cfg: ReinforceConfig, gradient: GradientConfig, iters: int, tracker: _Tracker,
+               rng: np.random.Generator, *, init: np.ndarray | None) -> None:
+    ascent = _Ascent(_initial_sequences(problem, dataclasses.replace(gradient, restarts=1), rng, init, problem.action_shape),
+                     gradient, "adam")
+    for iteration in range(iters):
+        remedies = gradient.remedies(iteration, iters)
+        mean = ascent.params[0]
+        noise = rng.standard_normal((cfg.samples, *problem.action_shape))
+        samples = np.clip(mean + cfg.std * noise, -1.0, 1.0)
+        returns, _ = problem.returns(samples, remedies=remedies)
+        grads = reinforce_gradient(mean, returns, noise, cfg.std)
+        evaluation = problem.evaluate(mean[None])  # the iterate itself, in the reported setting
+        tracker.offer(mean[None], evaluation)
+        tracker.record("reinforce", iteration, float(evaluation.loss[0]), float(evaluation.metric[0]),
+                       **{"return": float(np.mean(returns[np.isfinite(returns)])) if np.isfinite(returns).any() else math.nan},
+                       grad_norm=float(np.linalg.norm(grads)), lr=gradient.learning_rate(iteration, iters))
+        ascent.step(grads[None], gradient.learning_rate(iteration, iters), np.ones(1, dtype=bool))
 
 
 def _cem(problem: Problem, cfg: CEMConfig, iters: int, tracker: _Tracker, rng: np.random.Generator, *,

@@ -15,6 +15,7 @@ from diffenvs.baselines.trajopt import (
     HybridConfig,
     MPCConfig,
     RandomConfig,
+    ReinforceConfig,
     SolverConfig,
     optimize,
 )
@@ -242,3 +243,33 @@ def test_remedies_are_validated_and_guard_the_recording():
         env.step(np.zeros(2))
     env.reset(seed=0)
     assert env.step(np.zeros(2))[4]["reward_proximity"] < 0.0
+
+
+def test_reinforce_estimator_matches_a_known_gradient():
+    """On a linear return R(a) = sum(w * a) the likelihood-ratio estimate converges to w."""
+    from diffenvs.baselines.trajopt import reinforce_gradient
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 2))
+    mean = np.zeros((5, 2))
+    cosines = []
+    for samples in (16, 4096):
+        noise = rng.standard_normal((samples, 5, 2))
+        returns = np.tensordot(noise * 0.1, w, axes=([1, 2], [0, 1]))
+        g = reinforce_gradient(mean, returns, noise, 0.1)
+        cosines.append(np.sum(g * w) / (np.linalg.norm(g) * np.linalg.norm(w)))
+    assert cosines[1] > 0.98 and cosines[1] > cosines[0]
+    returns[:-1] = -np.inf  # diverged samples are left out: fewer than two finite, no estimate
+    assert np.all(reinforce_gradient(mean, returns, noise, 0.1) == 0.0)
+
+
+def test_reinforce_runs_forward_only_and_improves_the_pusher(pusher):
+    config = SolverConfig(method="reinforce", iters=8, gradient=GradientConfig(lr=0.1, contact_weight=0.1),
+                          reinforce=ReinforceConfig(samples=16, std=0.3))
+    result = optimize(pusher, config)
+    budget = result.budget
+    assert budget["backward_steps"] == 0 and budget["grad_evals"] == 0
+    assert budget["forward_steps"] == 8 * 16 * pusher.horizon and len(result.history) == 8
+    assert result.loss < pusher.initial_loss
+    with pytest.raises(ValueError, match="samples"):
+        ReinforceConfig(samples=1)
