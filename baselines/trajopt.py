@@ -19,6 +19,8 @@ Methods (``SolverConfig.method``):
   optimizer, step size and remedies as ``adam``, only the estimator differs (the textbook contrast
   to the analytic gradient). Each iteration costs ``samples`` forward rollouts, no backward.
 - ``cem``: the cross-entropy method on the reported loss (no gradients).
+- ``cmaes``: CMA-ES (the ``cma`` package) on the reported loss: ``cmaes.population`` sequences per
+  generation, initial step size ``cmaes.sigma``, the actions bounded to [-1, 1].
 - ``hybrid``: ``hybrid.cem_iters`` CEM generations, then Adam from the best sample.
 - ``random``: the best of ``random.samples`` uniform random sequences.
 - ``mpc``: receding horizon: plan ``mpc.plan_horizon`` steps with ``mpc.iters_per_step`` Adam
@@ -43,7 +45,7 @@ from diffenvs.baselines.problem import Evaluation, Problem
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["adam", "gd", "reinforce", "cem", "hybrid", "random", "mpc"]
+Method = Literal["adam", "gd", "reinforce", "cem", "cmaes", "hybrid", "random", "mpc"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
 """Every method of :func:`optimize` (the CLI's ``--method`` choices and the config's check read it)."""
 Callback = Callable[[dict[str, Any], np.ndarray], None]
@@ -188,6 +190,20 @@ class MPCConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CMAESConfig:
+    """Options of ``cmaes``: population per generation and initial step size [action units]."""
+
+    population: int = 16
+    sigma: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.population < 2:
+            raise ValueError(f"population must be >= 2, got {self.population}")
+        if not self.sigma > 0.0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ReinforceConfig:
     """Options of ``reinforce``.
 
@@ -242,6 +258,7 @@ class SolverConfig:
         mpc: Options of receding-horizon control.
         random: Options of random search.
         reinforce: Options of the likelihood-ratio estimator.
+        cmaes: Options of CMA-ES.
     """
 
     method: Method = "adam"
@@ -253,6 +270,7 @@ class SolverConfig:
     mpc: MPCConfig = MPCConfig()
     random: RandomConfig = RandomConfig()
     reinforce: ReinforceConfig = ReinforceConfig()
+    cmaes: CMAESConfig = CMAESConfig()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -349,6 +367,8 @@ def optimize(problem: Problem, config: SolverConfig = SolverConfig(), *, callbac
         _reinforce(problem, config.reinforce, config.gradient, config.iters, tracker, rng, init=init_actions)
     elif method == "cem":
         _cem(problem, config.cem, config.iters, tracker, rng, init=init_actions)
+    elif method == "cmaes":
+        _cmaes(problem, config.cmaes, config.iters, tracker, rng, init=init_actions)
     elif method == "hybrid":
         _cem(problem, config.cem, config.hybrid.cem_iters, tracker, rng, init=init_actions)
         stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer="adam",
@@ -478,6 +498,22 @@ def _cem(problem: Problem, cfg: CEMConfig, iters: int, tracker: _Tracker, rng: n
         mean = cfg.smoothing * mean + (1 - cfg.smoothing) * elites.mean(axis=0)
         std = np.maximum(cfg.smoothing * std + (1 - cfg.smoothing) * elites.std(axis=0), cfg.min_std)
         tracker.record("cem", generation, float(evaluation.loss[best]), float(evaluation.metric[best]), std=float(std.mean()))
+
+
+def _cmaes(problem: Problem, cfg: CMAESConfig, iters: int, tracker: _Tracker, rng: np.random.Generator, *,
+           init: np.ndarray | None) -> None:
+    import cma
+
+    mean = np.zeros(problem.action_shape) if init is None else init.copy()
+    options = {"popsize": cfg.population, "bounds": [-1.0, 1.0], "seed": int(rng.integers(1, 2**31 - 1)), "verbose": -9}
+    es = cma.CMAEvolutionStrategy(mean.ravel(), cfg.sigma, options)
+    for generation in range(iters):
+        samples = np.clip(np.array(es.ask()).reshape(-1, *problem.action_shape), -1.0, 1.0)
+        evaluation = problem.evaluate(samples, as_cost=True)
+        best = tracker.offer(samples, evaluation)
+        finite = np.where(np.isfinite(evaluation.loss), evaluation.loss, 1e30)  # a diverged sequence ranks last
+        es.tell(list(samples.reshape(len(samples), -1)), finite.tolist())
+        tracker.record("cmaes", generation, float(evaluation.loss[best]), float(evaluation.metric[best]), sigma=float(es.sigma))
 
 
 def _random(problem: Problem, cfg: RandomConfig, tracker: _Tracker, rng: np.random.Generator) -> None:

@@ -11,6 +11,7 @@ import pytest
 from diffenvs.baselines.problem import Problem, ProblemConfig
 from diffenvs.baselines.trajopt import (
     CEMConfig,
+    CMAESConfig,
     GradientConfig,
     HybridConfig,
     MPCConfig,
@@ -53,6 +54,9 @@ PUSHER_METHODS = {
     "adam": (SolverConfig(method="adam", iters=15, gradient=PUSHER_REMEDY), 0.3),
     "gd": (SolverConfig(method="gd", iters=15, gradient=GradientConfig(lr=0.5, contact_weight=0.1, grad_clip=1.0)), 0.7),
     "cem": (SolverConfig(method="cem", iters=6, cem=CEMConfig(population=16, elites=3)), 0.7),
+    "cmaes": (SolverConfig(method="cmaes", iters=6, cmaes=CMAESConfig(population=16, sigma=0.5)), 0.7),
+    "reinforce": (SolverConfig(method="reinforce", iters=10, gradient=GradientConfig(lr=0.1, contact_weight=0.1),
+                               reinforce=ReinforceConfig(samples=16, std=0.3)), 0.9),
     "hybrid": (SolverConfig(method="hybrid", iters=8, hybrid=HybridConfig(cem_iters=3), cem=CEMConfig(population=16, elites=3),
                             gradient=PUSHER_REMEDY), 0.5),
     "random": (SolverConfig(method="random", random=RandomConfig(samples=32)), 0.9),
@@ -75,9 +79,10 @@ def test_every_method_lowers_the_pusher_loss(pusher, method):
     assert best == sorted(best, reverse=True)  # never gets worse
 
 
-@pytest.mark.parametrize("method", ["adam", "gd", "cem", "hybrid", "random", "mpc"])
+@pytest.mark.parametrize("method", ["adam", "gd", "cem", "cmaes", "hybrid", "random", "mpc"])
 def test_every_method_lowers_a_small_dough_loss(dough, method):
     configs = {
+        "cmaes": SolverConfig(method="cmaes", iters=3, cmaes=CMAESConfig(population=8, sigma=0.5)),
         "adam": SolverConfig(method="adam", iters=6, gradient=DOUGH_REMEDY),
         "gd": SolverConfig(method="gd", iters=6, gradient=GradientConfig(lr=0.05, contact_weight=10.0, softness=0.02, grad_clip=1.0)),
         "cem": SolverConfig(method="cem", iters=3, cem=CEMConfig(population=8, elites=2)),
@@ -101,6 +106,8 @@ def test_budget_is_counted_the_same_way_for_every_method(pusher):
     assert multi["grad_evals"] == 12 and multi["env_steps"] == 24 * t
     cem = optimize(pusher, SolverConfig(method="cem", iters=2, cem=CEMConfig(population=8, elites=2))).budget
     assert (cem["forward_steps"], cem["backward_steps"], cem["grad_evals"]) == (16 * t, 0, 0)
+    cmaes = optimize(pusher, SolverConfig(method="cmaes", iters=2, cmaes=CMAESConfig(population=8))).budget
+    assert (cmaes["forward_steps"], cmaes["backward_steps"], cmaes["grad_evals"]) == (16 * t, 0, 0)
     rand = optimize(pusher, SolverConfig(method="random", random=RandomConfig(samples=20))).budget
     assert rand["forward_steps"] == 20 * t and rand["rollouts"] == 20
 
