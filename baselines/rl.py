@@ -5,7 +5,8 @@ Hyperparameters live in ``configs/rl/<algo>.yaml`` in rl-zoo3's format (one sect
 writes them, e.g. ``"dict(net_arch=[64, 64])"``, and the algorithm's own keyword arguments;
 ``lin_<value>`` for a linearly decaying rate). Training steps the native vector env through
 :class:`~diffenvs.baselines.sb3.SB3VecEnv` (one Warp launch for all worlds, ``differentiable=False``)
-on fresh random instances every episode.
+on fresh random instances every episode, or on one instance (``instance``: every episode starts
+from the instance of that reset seed, the protocol of the RL-versus-gradient comparison).
 
 A run writes, into ``<out_dir>/<Task>-<algo>-s<seed>-<time>/`` (or ``out_dir/run_name``):
 
@@ -54,6 +55,9 @@ class TrainConfig:
         n_envs: Worlds of the training vector env; ``None``: the section's ``n_envs``.
         eval_every: Env steps between evaluations.
         eval_seeds: Reset seeds of the evaluation instances (deterministic policy, one episode each).
+        instance: Train on one problem instance: every training episode starts from the instance of
+            this reset seed (the env's ``instance_seed``), and the policy is evaluated on it alone
+            (``eval_seeds`` ignored). ``None``: fresh random instances, evaluated on ``eval_seeds``.
         env_kwargs: Keyword arguments of the env (training and evaluation).
         hyperparams: Overrides of the section's values (rl-zoo3 keys).
         out_dir: Parent folder of run directories.
@@ -69,6 +73,7 @@ class TrainConfig:
     n_envs: int | None = None
     eval_every: int = 10_000
     eval_seeds: tuple[int, ...] = (0, 1, 2)
+    instance: int | None = None
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     hyperparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     out_dir: str = "runs/train"
@@ -85,7 +90,7 @@ class TrainConfig:
             raise ConfigError(f"n_envs must be >= 1, got {self.n_envs}")
         if self.eval_every < 1 or not self.eval_seeds:
             raise ConfigError("eval_every must be >= 1 and eval_seeds not empty")
-        for key in ("render_mode", "differentiable", "num_envs"):
+        for key in ("render_mode", "differentiable", "num_envs", "instance_seed"):
             if key in self.env_kwargs:
                 raise ConfigError(f"env_kwargs may not set {key!r}: training chooses it")
 
@@ -210,8 +215,9 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     write_yaml(run_dir / "config.yaml", {**to_dict(config), "resolved": {"steps": steps, "n_envs": n_envs, **section}})
 
     torch.set_num_threads(1)  # small networks: threads cost more than they give on a 2-core CPU
+    eval_seeds = config.eval_seeds if config.instance is None else (config.instance,)
     venv = VecMonitor(SB3VecEnv(gym.make_vec(config.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point",
-                                             differentiable=False, **config.env_kwargs)))
+                                             differentiable=False, instance_seed=config.instance, **config.env_kwargs)))
     venv.seed(config.seed)
     normalize = special.get("normalize", False)
     if normalize:
@@ -230,12 +236,12 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     with open(run_dir / "evaluations.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         header = ["env_steps", "wall_time", "return_mean", "metric_mean"]
-        header += [f"{kind}_seed{s}" for kind in ("return", "metric") for s in config.eval_seeds]
+        header += [f"{kind}_seed{s}" for kind in ("return", "metric") for s in eval_seeds]
         writer.writerow(header)
 
         def evaluate(env_steps: int) -> None:
             normalizer = venv if isinstance(venv, VecNormalize) else None
-            result = evaluate_policy_on_instances(model, config.env_id, config.eval_seeds, config.env_kwargs, normalizer)
+            result = evaluate_policy_on_instances(model, config.env_id, eval_seeds, config.env_kwargs, normalizer)
             row = {"env_steps": env_steps, "wall_time": time.perf_counter() - start, **result}
             evaluations.append(row)
             writer.writerow([env_steps, f"{row['wall_time']:.3f}", result["return_mean"], result["metric_mean"],

@@ -152,7 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         env_id=args.env, algo=args.algo, steps=args.steps, seed=args.seed, n_envs=args.n_envs, eval_every=args.eval_every,
-        eval_seeds=tuple(args.eval_seeds), env_kwargs=_parse_sets(args.set, sections=False),
+        eval_seeds=tuple(args.eval_seeds), instance=args.instance, env_kwargs=_parse_sets(args.set, sections=False),
         hyperparams=_parse_sets(args.hp, sections=False), out_dir=args.out_dir, run_name=args.run_name,
         tensorboard=args.tensorboard,
     )
@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-envs", type=int, help="worlds of the training vector env (default: the config's n_envs)")
     train.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
     train.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2], help="instances (reset seeds) to evaluate on")
+    train.add_argument("--instance", type=int, help="train on one instance (this reset seed) and evaluate on it")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an env option (repeatable)")
     train.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                        help="a hyperparameter instead of configs/rl/<algo>.yaml's (repeatable), e.g. --hp learning_rate=1e-3")

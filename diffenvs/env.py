@@ -321,6 +321,9 @@ class EnvCore:
         render_width: Width of rendered frames [px].
         render_height: Height of rendered frames [px].
         task_kwargs: Options of the task.
+        instance_seed: Every episode of every world starts from the instance that
+            ``reset(seed=instance_seed)`` draws for a single env (the problem instance of
+            ``diffenvs optimize`` with that seed): training on one instance. ``None``: fresh draws.
     """
 
     render_modes = ("rgb_array",)
@@ -339,6 +342,7 @@ class EnvCore:
         render_width: int,
         render_height: int,
         task_kwargs: dict[str, Any],
+        instance_seed: int | None = None,
     ):
         if render_mode is not None and render_mode not in self.render_modes:
             raise ValueError(f"render_mode must be None or one of {list(self.render_modes)}, got {render_mode!r}")
@@ -360,6 +364,7 @@ class EnvCore:
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.obs_dim,), dtype=np.float32)
         self.render_fps = round(1.0 / self.task.frame_dt)
         self.rngs: list[np.random.Generator] | None = None
+        self.instance_seed = None if instance_seed is None else int(instance_seed)
         self.elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self.obs: np.ndarray | None = None
         self.loss = np.full(self.num_envs, np.nan)
@@ -382,6 +387,8 @@ class EnvCore:
         self.rngs = [gym.utils.seeding.np_random(s)[0] for s in seeds]
 
     def _sample(self, worlds: Sequence[int], options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
+        if self.instance_seed is not None:  # the same instance every time (see instance_seed)
+            return self.task.sample_states([gym.utils.seeding.np_random(self.instance_seed)[0] for _ in worlds], options)
         return self.task.sample_states([self.rngs[w] for w in worlds], options)
 
     def reset(self, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -580,6 +587,8 @@ class DiffEnv(_CoreEnv, gym.Env[np.ndarray, np.ndarray]):
             for the memory formula). ``None``: the task's default (the dough tasks: by preset).
         render_width: Width of rendered frames [px].
         render_height: Height of rendered frames [px].
+        instance_seed: Every episode starts from the instance ``reset(seed=instance_seed)``
+            draws, whatever seed ``reset`` gets: training on one problem instance. ``None``: off.
         **task_kwargs: Options of the task.
     """
 
@@ -595,16 +604,17 @@ class DiffEnv(_CoreEnv, gym.Env[np.ndarray, np.ndarray]):
         checkpoint: bool | None = None,
         render_width: int = 256,
         render_height: int = 256,
+        instance_seed: int | None = None,
         **task_kwargs: Any,
     ):
         self._init_kwargs = dict(
             render_mode=render_mode, device=device, differentiable=differentiable, checkpoint=checkpoint,
-            render_width=render_width, render_height=render_height, **task_kwargs,
+            render_width=render_width, render_height=render_height, instance_seed=instance_seed, **task_kwargs,
         )
         self._core = EnvCore(
             self.task_class, 1, autoreset=False, device=device, differentiable=differentiable, checkpoint=checkpoint,
             max_episode_steps=None, render_mode=render_mode, render_width=render_width, render_height=render_height,
-            task_kwargs=task_kwargs,
+            task_kwargs=task_kwargs, instance_seed=instance_seed,
         )
         self.render_mode = render_mode
         self.action_space = self._core.single_action_space
@@ -719,7 +729,7 @@ class DiffVectorEnv(_CoreEnv, gym.vector.VectorEnv):
     Args:
         num_envs: Worlds.
         max_episode_steps: Truncation horizon of every world's episodes (``None``: none).
-        render_mode, device, differentiable, checkpoint, render_width, render_height, task_kwargs:
+        render_mode, device, differentiable, checkpoint, render_width, render_height, instance_seed, task_kwargs:
             as for :class:`DiffEnv`.
     """
 
@@ -739,17 +749,18 @@ class DiffVectorEnv(_CoreEnv, gym.vector.VectorEnv):
         max_episode_steps: int | None = None,
         render_width: int = 256,
         render_height: int = 256,
+        instance_seed: int | None = None,
         **task_kwargs: Any,
     ):
         self._init_kwargs = dict(
             num_envs=num_envs, render_mode=render_mode, device=device, differentiable=differentiable,
             checkpoint=checkpoint, max_episode_steps=max_episode_steps, render_width=render_width,
-            render_height=render_height, **task_kwargs,
+            render_height=render_height, instance_seed=instance_seed, **task_kwargs,
         )
         self._core = EnvCore(
             self.task_class, num_envs, autoreset=True, device=device, differentiable=differentiable, checkpoint=checkpoint,
             max_episode_steps=max_episode_steps, render_mode=render_mode, render_width=render_width,
-            render_height=render_height, task_kwargs=task_kwargs,
+            render_height=render_height, task_kwargs=task_kwargs, instance_seed=instance_seed,
         )
         self.num_envs = self._core.num_envs
         self.render_mode = render_mode

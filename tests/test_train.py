@@ -51,6 +51,13 @@ def test_ppo_on_dough_with_normalization(tmp_path):
     assert (run.run_dir / "vecnormalize.pkl").exists()
 
 
+def test_training_on_one_instance_evaluates_on_it(tmp_path):
+    run = run_train(TrainConfig(steps=512, n_envs=4, instance=5, eval_every=512, out_dir=str(tmp_path), run_name="one",
+                                hyperparams={"n_steps": 64, "batch_size": 64, "n_epochs": 1}), progress=False)
+    header = _rows(run.run_dir)[0].keys()
+    assert [k for k in header if k.startswith("metric_seed")] == ["metric_seed5"]
+
+
 def test_ctrl_c_saves_the_model_and_the_summary(tmp_path, monkeypatch):
     import stable_baselines3
 

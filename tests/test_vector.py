@@ -222,3 +222,24 @@ def test_pickled_vector_env_continues_identically():
         a = np.full((2, 2), 0.1 * t, np.float32)
         for x, y in zip(vec.step(a)[:4], copy.step(a)[:4]):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_instance_seed_restarts_every_episode_from_one_instance(env_id):
+    """With ``instance_seed`` every world's every episode (resets and autoresets) starts from the
+    instance a single env's ``reset(seed=instance_seed)`` draws."""
+    kwargs = SMALL[env_id]
+    single = gym.make(env_id, **kwargs).unwrapped
+    single.reset(seed=3)
+    instance = single.get_state()
+    vec = make_vec(env_id, 2, instance_seed=3, max_episode_steps=2, **kwargs)
+    vec.reset(seed=0)
+    for _ in range(2):  # the second step ends the episodes: both worlds autoreset
+        vec.step(np.zeros(vec.action_space.shape, np.float32))
+    state = vec.unwrapped.get_state()
+    for name, value in instance.items():
+        np.testing.assert_array_equal(state[name], np.stack([value, value]), err_msg=name)
+    other = gym.make(env_id, instance_seed=3, **kwargs).unwrapped
+    other.reset(seed=99)
+    for name, value in instance.items():
+        np.testing.assert_array_equal(other.get_state()[name], value, err_msg=name)
