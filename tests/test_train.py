@@ -94,3 +94,23 @@ def test_bad_configs_name_their_key(tmp_path):
     assert parse_call_dict("dict(net_arch=[64, 64], log_std_init=-1.0)", where="x") == {"net_arch": [64, 64], "log_std_init": -1.0}
     with pytest.raises(ConfigError, match="unknown env id"):
         run_train(TrainConfig(env_id="DiffEnvs/Nope-v0", out_dir=str(tmp_path)), progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ALGOS)
+def test_rl_zoo3_trains_our_ids_from_our_hyperparameter_files(tmp_path, algo):
+    """The files are rl-zoo3's format: its own train command runs them unchanged on our ids."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("rl_zoo3")
+    from diffenvs.configs import CONFIG_DIR
+
+    command = [sys.executable, "-m", "rl_zoo3.train", "--algo", algo, "--env", "DiffEnvs/Pusher-v0", "--gym-packages",
+               "diffenvs", "--conf-file", str(CONFIG_DIR / "rl" / f"{algo}.yaml"), "-n", "300", "--seed", "0",
+               "--log-folder", str(tmp_path), "--eval-freq", "-1"]
+    if algo != "ppo":
+        command += ["--hyperparams", "learning_starts:100"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(tmp_path.glob(f"{algo}/DiffEnvs-Pusher-v0_1/DiffEnvs-Pusher-v0.zip"))
