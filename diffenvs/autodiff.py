@@ -30,8 +30,8 @@ instead of a hundred-odd kernel launches from Python. A replayed recorded step r
 captured with it (the same launches on the same arrays). What changes the launches' scalar
 arguments (the task's remedies) drops every graph (:meth:`Trajectory.forget_replays`);
 ``DIFFENVS_CUDA_GRAPHS=0`` in the environment turns graphs off. On the CPU,
-``replay="rerun"`` emulates a replay by re-running the step's launches outside any tape, which
-tests the tape reuse without a GPU.
+``set_replay_mode("rerun")`` emulates a replay by re-running the step's launches outside any tape,
+which tests the tape reuse without a GPU.
 
 Threads: Warp's tape is global to the process, so differentiable envs must not be stepped or
 differentiated from two Python threads at once (a launch in one would be recorded on the
@@ -283,16 +283,15 @@ class Trajectory:
                 buffers = self.task.alloc_step(requires_grad=False, forward_only=True)
                 if self._buffers:
                     buffers.share_scratch(self._buffers[0])
-            else:
+            else:  # the first recorded step's: its gradients move into two buffers
                 buffers = self.task.alloc_step(requires_grad=True)
-                if self.differentiable:  # the first step's: its gradients move into two buffers
-                    scratch = {id(a) for a in buffers.scratch_arrays()}
-                    cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # each step's tape clears the box it uses
-                    device = self.task.device
-                    self._scratch_grads = pooled_grads(
-                        [a for a in buffers.scratch_arrays() if a.grad is not None and id(a) not in cleared], device)
-                    self._output_grads.append(
-                        pooled_grads([a for a in buffers.arrays() if a.grad is not None and id(a) not in scratch], device))
+                scratch = {id(a) for a in buffers.scratch_arrays()}
+                cleared = {id(a) for a in buffers.tape_cleared_arrays()}  # each step's tape clears the box it uses
+                device = self.task.device
+                self._scratch_grads = pooled_grads(
+                    [a for a in buffers.scratch_arrays() if a.grad is not None and id(a) not in cleared], device)
+                self._output_grads.append(
+                    pooled_grads([a for a in buffers.arrays() if a.grad is not None and id(a) not in scratch], device))
             self._buffers.append(buffers)
             self._tapes.append(wp.Tape())
         return self._buffers[slot]
