@@ -115,7 +115,8 @@ class SolverMPM:
         self._scratch: dict[str, wp.array] = {}
         self._scratch_key: tuple[int, int] | None = None
         self._nodes: tuple[wp.array, wp.array] | None = None
-        self._whole: dict = {}  # whole-grid regions and the extent scratch, per world count
+        self._whole: dict[int, ActiveRegion] = {}  # whole-grid regions, per world count
+        self._extent: dict[int, tuple[wp.array, wp.array, wp.array]] = {}  # active_region's scratch, per world count
         self.host_box = self.device.is_cpu
         """Whether :meth:`active_region` reads the worlds' box back by default (on the CPU, where that
         is free and the compact box saves work and memory); without it a step's launches depend on
@@ -210,12 +211,11 @@ class SolverMPM:
         return ActiveRegion(wp.array(bounds, dtype=wp.vec3i, device=self.device), (tuple(origin), tuple(shape)))
 
     def _extent_scratch(self, worlds: int) -> tuple[wp.array, wp.array, wp.array]:
-        key = ("extent", worlds)
-        if key not in self._whole:
-            self._whole[key] = (wp.zeros((worlds, 6), dtype=wp.int32, device=self.device),
-                                wp.zeros(worlds, dtype=float, device=self.device),
-                                wp.zeros(worlds, dtype=wp.int32, device=self.device))
-        return self._whole[key]
+        if worlds not in self._extent:
+            self._extent[worlds] = (wp.zeros((worlds, 6), dtype=wp.int32, device=self.device),
+                                    wp.zeros(worlds, dtype=float, device=self.device),
+                                    wp.zeros(worlds, dtype=wp.int32, device=self.device))
+        return self._extent[worlds]
 
     def _scatter(self, state_in: MPMState, state_out: MPMState, grid: MPMGrid, dt: float, bounds: wp.array) -> None:
         """Particle-to-grid transfer, differentiated by the hand-written :func:`p2g_adjoint` (stencil, stress,
