@@ -259,11 +259,18 @@ class SolverConfig:
         random: Options of random search.
         reinforce: Options of the likelihood-ratio estimator.
         cmaes: Options of CMA-ES.
+        budget: Env steps (:attr:`Budget.env_steps <diffenvs.baselines.problem.Budget.env_steps>`:
+            forward, backward and replays) after which the method stops: it ends at its own length
+            (``iters``, ``random.samples``) or after the first iteration that reaches the budget,
+            whichever comes first (so it may overshoot by at most one iteration's cost). ``adam``,
+            ``gd`` and ``reinforce`` plan their iteration count from the budget, so that their
+            schedules (step size, remedies) end where the budget does. ``None``: no limit.
     """
 
     method: Method = "adam"
     iters: int = 50
     seed: int = 0
+    budget: int | None = None
     gradient: GradientConfig = GradientConfig()
     cem: CEMConfig = CEMConfig()
     hybrid: HybridConfig = HybridConfig()
@@ -277,6 +284,8 @@ class SolverConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.iters < 1:
             raise ValueError(f"iters must be >= 1, got {self.iters}")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"budget must be >= 1 env step or null, got {self.budget}")
 
 
 @dataclasses.dataclass
@@ -306,12 +315,17 @@ class TrajOptResult:
     stopped: str | None = None
 
 
-class _Tracker:
-    """The best sequence so far, the history, and the callback."""
+class _BudgetSpent(Exception):
+    """Raised by :meth:`_Tracker.record` once ``SolverConfig.budget`` env steps are spent."""
 
-    def __init__(self, problem: Problem, callback: Callback | None):
+
+class _Tracker:
+    """The best sequence so far, the history, the callback and the env-step budget."""
+
+    def __init__(self, problem: Problem, callback: Callback | None, budget: int | None = None):
         self.problem = problem
         self.callback = callback
+        self.budget = budget
         self.history: list[dict[str, Any]] = []
         self.best_actions = np.zeros(problem.action_shape)
         self.best_loss = math.inf
@@ -332,6 +346,12 @@ class _Tracker:
         self.history.append(record)
         if self.callback is not None:
             self.callback(record, self.best_actions)
+        if self.budget is not None and record["env_steps"] >= self.budget:
+            raise _BudgetSpent
+
+    def remaining(self) -> int | None:
+        """Env steps left of the budget (``None``: no budget)."""
+        return None if self.budget is None else max(self.budget - self.problem.budget.env_steps, 0)
 
 
 def optimize(problem: Problem, config: SolverConfig = SolverConfig(), *, callback: Callback | None = None,
@@ -355,28 +375,31 @@ def optimize(problem: Problem, config: SolverConfig = SolverConfig(), *, callbac
         The best sequence in the reported setting, its loss and metric, history and budget.
     """
     problem.reset_budget()
-    tracker = _Tracker(problem, callback)
+    tracker = _Tracker(problem, callback, config.budget)
     rng = np.random.default_rng(config.seed)
     if init_actions is not None:
         init_actions = problem.check_actions(init_actions)[0]
     stopped = None
     method = config.method
-    if method in ("adam", "gd"):
-        stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer=method, init=init_actions)
-    elif method == "reinforce":
-        _reinforce(problem, config.reinforce, config.gradient, config.iters, tracker, rng, init=init_actions)
-    elif method == "cem":
-        _cem(problem, config.cem, config.iters, tracker, rng, init=init_actions)
-    elif method == "cmaes":
-        _cmaes(problem, config.cmaes, config.iters, tracker, rng, init=init_actions)
-    elif method == "hybrid":
-        _cem(problem, config.cem, config.hybrid.cem_iters, tracker, rng, init=init_actions)
-        stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer="adam",
-                            init=tracker.best_actions.copy(), first_iteration=config.hybrid.cem_iters)
-    elif method == "random":
-        _random(problem, config.random, tracker, rng)
-    else:
-        stopped = _mpc(problem, config.mpc, config.gradient, tracker, rng, init=init_actions)
+    try:
+        if method in ("adam", "gd"):
+            stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer=method, init=init_actions)
+        elif method == "reinforce":
+            _reinforce(problem, config.reinforce, config.gradient, config.iters, tracker, rng, init=init_actions)
+        elif method == "cem":
+            _cem(problem, config.cem, config.iters, tracker, rng, init=init_actions)
+        elif method == "cmaes":
+            _cmaes(problem, config.cmaes, config.iters, tracker, rng, init=init_actions)
+        elif method == "hybrid":
+            _cem(problem, config.cem, config.hybrid.cem_iters, tracker, rng, init=init_actions)
+            stopped = _gradient(problem, config.gradient, config.iters, tracker, rng, optimizer="adam",
+                                init=tracker.best_actions.copy(), first_iteration=config.hybrid.cem_iters)
+        elif method == "random":
+            _random(problem, config.random, tracker, rng)
+        else:
+            stopped = _mpc(problem, config.mpc, config.gradient, tracker, rng, init=init_actions)
+    except _BudgetSpent:
+        pass  # the budget decides, as iters would have
     if stopped is not None:
         logger.warning("%s stopped early: %s; keeping the best sequence so far", method, stopped)
     return TrajOptResult(
@@ -425,11 +448,41 @@ class _Ascent:
         self.params = np.where(active[:, None, None], np.clip(self.params + lr * update, -1.0, 1.0), self.params)
 
 
+def _iters_within(iters: int, remaining: int | None, cost: Callable[[int, int], int]) -> int:
+    """The fewest iterations (at most ``iters``, at least 1) whose env steps reach ``remaining``.
+
+    ``cost(i, n)`` is the env steps of iteration ``i`` in a run of ``n`` iterations (schedules and
+    the final replay depend on ``n``). Methods with schedules plan their length this way, so that a
+    budget ends them where their schedule ends instead of cutting it off.
+    """
+    if remaining is None:
+        return iters
+
+    def total(n: int) -> int:
+        return sum(cost(i, n) for i in range(n))
+
+    low, high = 1, iters
+    while low < high:
+        middle = (low + high) // 2
+        if total(middle) >= remaining:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def _gradient(problem: Problem, cfg: GradientConfig, iters: int, tracker: _Tracker, rng: np.random.Generator, *,
               optimizer: str, init: np.ndarray | None, first_iteration: int = 0) -> str | None:
     ascent = _Ascent(_initial_sequences(problem, cfg, rng, init, problem.action_shape), cfg, optimizer)
     active = np.ones(cfg.restarts, dtype=bool)
     base_softness = problem.base_remedies.get("softness")
+    rollout_steps = cfg.restarts * problem.horizon
+
+    def cost(i: int, n: int) -> int:  # forward + backward, and a replay in the reported setting when the dynamics differ
+        replay = cfg.remedies(i, n).get("softness", base_softness) != base_softness and (i % cfg.eval_every == 0 or i == n - 1)
+        return (2 + replay) * rollout_steps
+
+    iters = _iters_within(iters, tracker.remaining(), cost)
     for iteration in range(iters):
         remedies = cfg.remedies(iteration, iters)
         actions = ascent.params.copy()
@@ -470,6 +523,7 @@ def _reinforce(problem: Problem, cfg: ReinforceConfig, gradient: GradientConfig,
                rng: np.random.Generator, *, init: np.ndarray | None) -> None:
     ascent = _Ascent(_initial_sequences(problem, dataclasses.replace(gradient, restarts=1), rng, init, problem.action_shape),
                      gradient, "adam")
+    iters = _iters_within(iters, tracker.remaining(), lambda i, n: (cfg.samples + 1) * problem.horizon)
     for iteration in range(iters):
         remedies = gradient.remedies(iteration, iters)
         mean = ascent.params[0]
