@@ -17,9 +17,10 @@ A run writes, into ``<out_dir>/<Task>-<algo>-s<seed>-<time>/`` (or ``out_dir/run
   evaluation instance (``eval_seeds``: the reset seeds of the problem instances, as in
   ``diffenvs optimize``), with their mean;
 - ``model.zip`` (and ``vecnormalize.pkl`` with ``normalize``): the policy, saved at the end or on
-  Ctrl-C;
+  Ctrl-C; ``best_model.zip`` (and ``best_vecnormalize.pkl``): the policy of the best evaluation so
+  far (highest mean metric), saved when it improves, as rl-zoo3 keeps its best model;
 - ``summary.json``: status (``finished`` or ``interrupted``), env steps, wall time, the last
-  evaluation; ``tensorboard/`` with ``tensorboard=True``.
+  and the best evaluation; ``tensorboard/`` with ``tensorboard=True``.
 """
 
 from __future__ import annotations
@@ -149,12 +150,17 @@ def algo_kwargs(section: dict[str, Any], *, where: str) -> tuple[dict[str, Any],
     return kwargs, special
 
 
-def evaluate_policy_on_instances(model: Any, env_id: str, seeds: tuple[int, ...], env_kwargs: dict[str, Any],
+def evaluate_policy_on_instances(model: Any, env: Any, seeds: tuple[int, ...], env_kwargs: dict[str, Any] | None = None,
                                  normalizer: Any = None) -> dict[str, Any]:
-    """Deterministic episodes from each instance (reset seed): returns and the task metric at the end."""
+    """Deterministic episodes from each instance (reset seed): returns and the task metric at the end.
+
+    ``env`` is an env id (made with ``env_kwargs`` and closed again) or a single env to reuse.
+    """
     import gymnasium as gym
 
-    env = gym.make(env_id, differentiable=False, **env_kwargs)
+    owned = isinstance(env, str)
+    if owned:
+        env = gym.make(env, differentiable=False, **(env_kwargs or {}))
     metric_name = env.unwrapped.task.metric
     returns, metrics = [], []
     for seed in seeds:
@@ -168,7 +174,8 @@ def evaluate_policy_on_instances(model: Any, env_id: str, seeds: tuple[int, ...]
             done = terminated or truncated
         returns.append(total)
         metrics.append(float(info.get(metric_name, 0.0)))
-    env.close()
+    if owned:
+        env.close()
     return {"metric_name": metric_name, "returns": returns, "metrics": metrics,
             "return_mean": float(np.mean(returns)), "metric_mean": float(np.mean(metrics))}
 
@@ -229,6 +236,8 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     model = algo_class(special.get("policy", "MlpPolicy"), venv, seed=config.seed, device=config.torch_device, verbose=0,
                        policy_kwargs=special.get("policy_kwargs"),
                        tensorboard_log=str(run_dir / "tensorboard") if config.tensorboard else None, **kwargs)
+    # one evaluation env for the whole run (with instance: its one instance is drawn once)
+    eval_env = gym.make(config.env_id, differentiable=False, instance_seed=config.instance, **config.env_kwargs)
     evaluations: list[dict[str, Any]] = []
     start = time.perf_counter()
     bar = tqdm(total=steps, disable=not progress, unit="step", desc=f"{config.algo} {config.env_id}")
@@ -239,11 +248,18 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
         header += [f"{kind}_seed{s}" for kind in ("return", "metric") for s in eval_seeds]
         writer.writerow(header)
 
+        best = [-np.inf]
+
         def evaluate(env_steps: int) -> None:
             normalizer = venv if isinstance(venv, VecNormalize) else None
-            result = evaluate_policy_on_instances(model, config.env_id, eval_seeds, config.env_kwargs, normalizer)
+            result = evaluate_policy_on_instances(model, eval_env, eval_seeds, normalizer=normalizer)
             row = {"env_steps": env_steps, "wall_time": time.perf_counter() - start, **result}
             evaluations.append(row)
+            if result["metric_mean"] > best[0]:  # rl-zoo3's best_model: the policy a study is judged by
+                best[0] = result["metric_mean"]
+                model.save(run_dir / "best_model.zip")
+                if normalizer is not None:
+                    normalizer.save(str(run_dir / "best_vecnormalize.pkl"))
             writer.writerow([env_steps, f"{row['wall_time']:.3f}", result["return_mean"], result["metric_mean"],
                              *result["returns"], *result["metrics"]])
             handle.flush()
@@ -276,8 +292,10 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     if isinstance(venv, VecNormalize):
         venv.save(str(run_dir / "vecnormalize.pkl"))
     venv.close()
+    eval_env.close()
     summary = {"status": status, "env_id": config.env_id, "algo": config.algo, "seed": config.seed,
                "env_steps": int(model.num_timesteps), "wall_time": time.perf_counter() - start,
-               "last_evaluation": evaluations[-1]}
+               "last_evaluation": evaluations[-1],
+               "best_evaluation": max(evaluations, key=lambda row: row["metric_mean"])}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return TrainResult(run_dir=run_dir, status=status, env_steps=int(model.num_timesteps), evaluations=evaluations)

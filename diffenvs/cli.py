@@ -168,6 +168,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_path(name: str) -> Path:
+    """A study config path, or the name of a shipped one (``quick`` -> configs/study/quick.yaml)."""
+    path = Path(name)
+    if path.exists() or path.suffix:
+        return path
+    from diffenvs.configs import CONFIG_DIR
+
+    return CONFIG_DIR / "study" / f"{name}.yaml"
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import logging
+
+    from diffenvs.baselines.study import load_study, run_study, write_report
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {key: value for key, value in (("out_dir", args.out_dir), ("workers", args.workers)) if value is not None}
+    config = load_study(_study_path(args.config), overrides)
+    if args.report_only:
+        print(f"wrote {write_report(config)}")
+        return 0
+    try:
+        result = run_study(config, backend=args.backend, address=args.address, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished runs are kept in {config.out_dir}/runs: run the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(f"{len(result.ran)} runs finished, {len(result.skipped)} already done, {len(result.failed)} failed")
+    for name, error in result.failed.items():
+        print(f"  {name}: {error}", file=sys.stderr)
+    print(f"wrote {result.report}")
+    return 1 if result.failed else 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from diffenvs.bench import run
 
@@ -273,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
+    compare = sub.add_parser("compare", help="run an RL-versus-gradient study (methods x tasks x seeds) and write its report")
+    compare.add_argument("--config", required=True,
+                         help="study YAML, or the name of a shipped one (quick, full: configs/study/<name>.yaml)")
+    compare.add_argument("--backend", choices=["pool", "ray"], default="pool",
+                         help="local process pool, or Ray (pip install 'diffenvs[ray]')")
+    compare.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    compare.add_argument("--workers", type=int, help="runs at the same time (default: the config's)")
+    compare.add_argument("--out-dir", help="study directory (default: the config's out_dir)")
+    compare.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished runs")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    compare.set_defaults(func=_cmd_compare)
+
     bench = sub.add_parser("bench", help="measure speed, memory and start-up; print a table and write JSON")
     bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")
     bench.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")

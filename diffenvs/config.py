@@ -131,6 +131,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return value
     if dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else from_dict(hint, value, where=where)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
+        return {_convert(key_hint, k, where): _convert(value_hint, v, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):

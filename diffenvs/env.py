@@ -365,6 +365,7 @@ class EnvCore:
         self.render_fps = round(1.0 / self.task.frame_dt)
         self.rngs: list[np.random.Generator] | None = None
         self.instance_seed = None if instance_seed is None else int(instance_seed)
+        self._instance_state: dict[str, np.ndarray] | None = None
         self.elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self.obs: np.ndarray | None = None
         self.loss = np.full(self.num_envs, np.nan)
@@ -387,8 +388,12 @@ class EnvCore:
         self.rngs = [gym.utils.seeding.np_random(s)[0] for s in seeds]
 
     def _sample(self, worlds: Sequence[int], options: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
-        if self.instance_seed is not None:  # the same instance every time (see instance_seed)
-            return self.task.sample_states([gym.utils.seeding.np_random(self.instance_seed)[0] for _ in worlds], options)
+        if self.instance_seed is not None:  # the same instance every time (see instance_seed): drawn once
+            if options is not None:
+                return self.task.sample_states([gym.utils.seeding.np_random(self.instance_seed)[0] for _ in worlds], options)
+            if self._instance_state is None:
+                self._instance_state = self.task.sample_states([gym.utils.seeding.np_random(self.instance_seed)[0]])[0]
+            return [self._instance_state for _ in worlds]
         return self.task.sample_states([self.rngs[w] for w in worlds], options)
 
     def reset(self, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:

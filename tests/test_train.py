@@ -29,6 +29,16 @@ def test_ppo_learns_the_pusher(tmp_path):
     assert [int(r["env_steps"]) for r in rows][:2] == [0, 15_008] and len(rows) == len(run.evaluations)
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and (run.run_dir / "model.zip").exists()
+    # the best evaluation's policy is kept and replays to its metric
+    import stable_baselines3
+
+    from diffenvs.baselines.rl import evaluate_policy_on_instances
+
+    best = max(run.evaluations, key=lambda e: e["metric_mean"])
+    assert summary["best_evaluation"]["env_steps"] == best["env_steps"]
+    replay = evaluate_policy_on_instances(stable_baselines3.PPO.load(run.run_dir / "best_model.zip"), "DiffEnvs/Pusher-v0",
+                                          (0, 1, 2), {})
+    assert replay["metric_mean"] == pytest.approx(best["metric_mean"])
     assert "resolved" in (run.run_dir / "config.yaml").read_text()
 
 

@@ -1,0 +1,180 @@
+"""The comparison study: `diffenvs compare`, its protocol, resuming, the Ray backend and the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from diffenvs.baselines.study import (
+    MethodSpec,
+    RunRecord,
+    StudyConfig,
+    first_reaching,
+    interval,
+    jobs,
+    load_study,
+    run_study,
+    summarize,
+    write_report,
+)
+from diffenvs.config import ConfigError, write_yaml
+
+TINY = {
+    "name": "tiny",
+    "envs": ["DiffEnvs/Pusher-v0"],
+    "seeds": [0, 1],
+    "methods": {
+        "adam": {"kind": "optimize", "method": "adam", "budget": 400},
+        "cem": {"kind": "optimize", "method": "cem", "budget": 800, "set": {"solver.cem.population": 4, "solver.cem.elites": 2}},
+        "ppo": {"kind": "train", "method": "ppo", "budget": 256, "n_envs": 4, "eval_every": 128,
+                "set": {"n_steps": 32, "batch_size": 64, "n_epochs": 1}},
+    },
+    "workers": 2,
+    "bootstrap_reps": 200,
+}
+
+
+def _write(tmp_path, values, name="study.yaml"):
+    path = tmp_path / name
+    write_yaml(path, values)
+    return path
+
+
+def _table(out_dir, drop=("wall_time",)):
+    with open(out_dir / "final.csv", encoding="utf-8") as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"methdos": {}}, "methdos"),
+    ({"envs": ["DiffEnvs/Nope-v0"]}, "Nope"),
+    ({"methods": {"adam": {"kind": "optimize", "method": "adma", "budget": 10}}}, "adma"),
+    ({"methods": {"adam": {"kind": "optimize", "method": "adam", "budjet": 10}}}, "budjet"),
+    ({"methods": {"adam": {"kind": "optimize", "method": "adam", "budget": 10, "set": {"solver.cem.populaton": 3}}}},
+     "populaton"),
+    ({"methods": {"ppo": {"kind": "train", "method": "ppo", "budget": 10, "set": {"n_step": 3}}}}, "n_step"),
+    ({"methods": {"adam": {"kind": "optimize", "method": "adam", "budget": 10, "set": {"solver.budget": 3}}}},
+     "solver.budget"),
+    ({"env_kwargs": {"DiffEnvs/Move-v0": {}}}, "Move"),
+    ({"seeds": [0, 0]}, "seeds"),
+])
+def test_a_malformed_config_fails_before_any_run_naming_the_bad_key(tmp_path, change, key):
+    path = _write(tmp_path, {**TINY, "out_dir": str(tmp_path / "out"), **change})
+    with pytest.raises(ConfigError, match=key):
+        load_study(path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_study_runs_every_method_on_the_same_instances_and_resumes(tmp_path):
+    config = load_study(_write(tmp_path, TINY), {"out_dir": str(tmp_path / "study")})
+    out = tmp_path / "study"
+    first = run_study(config, progress=False)
+    assert not first.failed and sorted(first.ran) == sorted(job.name for job in jobs(config)) and not first.skipped
+    # every run judged on its instance, within its budget (optimizers may finish their last iteration)
+    for job in jobs(config):
+        result = json.loads((out / "runs" / job.name / "result.json").read_text())
+        assert result["status"] == "finished" and result["seed"] == job.seed
+        assert job.spec.budget <= result["env_steps"] < job.spec.budget + 200
+    run_config = (out / "runs" / "Pusher-adam-s1" / "config.yaml").read_text()
+    assert "seed: 1" in run_config and "budget: 400" in run_config
+    ppo = (out / "runs" / "Pusher-ppo-s1" / "config.yaml").read_text()
+    assert "instance: 1" in ppo
+    report = (out / "report.md").read_text()
+    assert "## DiffEnvs/Pusher-v0" in report and report.count("| adam | 400 |") == 1
+    assert (out / "steps.png").stat().st_size > 0 and (out / "time.png").stat().st_size > 0
+    table = _table(out)
+    assert len(table) == 6
+
+    # a restart with nothing left skips every run and writes the same report, byte for byte
+    again = run_study(config, progress=False)
+    assert again.ran == [] and len(again.skipped) == 6
+    assert (out / "report.md").read_text() == report
+
+    # killed while one run was in flight: its directory is absent, a half-written .tmp is left over
+    shutil.rmtree(out / "runs" / "Pusher-cem-s0")
+    (out / "runs" / ".Pusher-cem-s0.tmp").mkdir()
+    (out / "runs" / ".Pusher-cem-s0.tmp" / "history.csv").write_text("iteration\n0\n")
+    resumed = run_study(config, progress=False)
+    assert resumed.ran == ["Pusher-cem-s0"] and len(resumed.skipped) == 5
+    assert not list((out / "runs").glob(".*.tmp"))
+    assert _table(out) == table  # the same results: runs are deterministic in their seeds
+
+    # another config must not write into this study's runs
+    changed = StudyConfig(**{**config.__dict__, "methods": {**config.methods, "adam": MethodSpec("optimize", "adam", 800)}})
+    with pytest.raises(ConfigError, match="Pusher-adam-s0"):
+        run_study(changed, progress=False)
+
+
+@pytest.mark.slow
+def test_the_ray_backend_writes_the_same_result_files(tmp_path):
+    pytest.importorskip("ray")
+    values = {**TINY, "seeds": [0], "methods": {k: TINY["methods"][k] for k in ("adam", "ppo")}}
+    pool = run_study(load_study(_write(tmp_path, values), {"out_dir": str(tmp_path / "pool")}), progress=False)
+    ray = run_study(load_study(_write(tmp_path, values), {"out_dir": str(tmp_path / "ray")}), backend="ray", progress=False)
+    assert not pool.failed and not ray.failed
+    for name in ("Pusher-adam-s0", "Pusher-ppo-s0"):
+        files = sorted(p.name for p in (tmp_path / "pool" / "runs" / name).iterdir())
+        assert files == sorted(p.name for p in (tmp_path / "ray" / "runs" / name).iterdir())
+        for study in ("pool", "ray"):
+            assert (tmp_path / study / "runs" / name / "job.json").read_text() == \
+                (tmp_path / "pool" / "runs" / name / "job.json").read_text()
+        results = [json.loads((tmp_path / s / "runs" / name / "result.json").read_text()) for s in ("pool", "ray")]
+        for result in results:
+            result.pop("wall_time")
+        assert results[0] == results[1]
+    assert _table(tmp_path / "pool") == _table(tmp_path / "ray")
+
+
+def _record(method, seed, metric, curve):
+    curve = np.array(curve, dtype=float)
+    return RunRecord(env_id="DiffEnvs/Pusher-v0", method=method, seed=seed, metric=metric, env_steps=int(curve[-1, 0]),
+                     wall_time=float(curve[-1, 1]), curve=curve)
+
+
+def test_the_report_gives_intervals_and_the_cost_of_reaching_the_best():
+    config = StudyConfig(name="t", envs=("DiffEnvs/Pusher-v0",), seeds=(0, 1, 2), bootstrap_reps=500,
+                         methods={"fast": MethodSpec("optimize", "adam", 100), "slow": MethodSpec("train", "ppo", 100)})
+    records = [_record("fast", s, 1.0, [[10, 1, 0.6], [20, 2, 1.0]]) for s in range(3)]
+    records += [_record("slow", 0, 0.5, [[0, 0, 0.0], [50, 5, 0.5]]), _record("slow", 1, 0.95, [[0, 0, 0.0], [80, 8, 0.95]]),
+                _record("slow", 2, 0.1, [[0, 0, 0.1]])]
+    rows = {row["method"]: row for row in summarize(config, records)["DiffEnvs/Pusher-v0"]}
+    assert rows["fast"]["iqm"] == pytest.approx(1.0) and rows["fast"]["ci_low"] == pytest.approx(1.0)
+    assert rows["fast"]["steps_50"] == 10 and rows["fast"]["steps_90"] == 20 and rows["fast"]["seconds_90"] == 2
+    # slow: two of three instances reach 50% (steps 50 and 80), one reaches 90%
+    assert rows["slow"]["reached_50"] == 2 and rows["slow"]["steps_50"] == 80 and rows["slow"]["reached_90"] == 1
+    assert math.isinf(rows["slow"]["steps_90"])
+    low, high = rows["slow"]["ci_low"], rows["slow"]["ci_high"]
+    assert low <= rows["slow"]["iqm"] <= high and low < high
+    assert first_reaching(np.array([[0, 0, 0.2], [5, 1, 0.7]]), 0.5) == (5.0, 1.0)
+    assert interval([1.0, 2.0, 3.0, 4.0], reps=200) == interval([1.0, 2.0, 3.0, 4.0], reps=200)  # seeded
+
+
+def test_compare_cli_reports_and_rejects(tmp_path, capsys):
+    from diffenvs.cli import main
+
+    path = _write(tmp_path, {**TINY, "out_dir": str(tmp_path / "out"), "methods": {"x": {"kind": "train", "method": "a2c",
+                                                                                         "budget": 1}}})
+    assert main(["compare", "--config", str(path)]) == 2
+    assert "a2c" in capsys.readouterr().err
+    # the shipped studies load, and --report-only writes a report from whatever runs exist
+    for name in ("quick", "full"):
+        config = load_study(_shipped(name), {"out_dir": str(tmp_path / name)})
+        assert "DiffEnvs/Pusher-v0" in config.envs and len(config.seeds) >= 3
+    full = load_study(_shipped("full"))
+    assert all(spec.budget >= 10_000 for spec in full.methods.values())
+    assert all(spec.budget >= 100_000 for spec in full.methods.values() if spec.kind == "train")
+    assert set(full.envs) == {"DiffEnvs/Pusher-v0", "DiffEnvs/RollingPin-v0", "DiffEnvs/Move-v0", "DiffEnvs/Shape-v0"}
+    assert main(["compare", "--config", "quick", "--out-dir", str(tmp_path / "q"), "--report-only"]) == 0
+    assert "0 of 30 runs finished" in (tmp_path / "q" / "report.md").read_text()
+    write_report(load_study(_shipped("quick"), {"out_dir": str(tmp_path / "q")}))
+
+
+def _shipped(name):
+    from diffenvs.configs import CONFIG_DIR
+
+    return CONFIG_DIR / "study" / f"{name}.yaml"
