@@ -13,7 +13,10 @@ target) and reports which wins, by how much, and at what cost. The protocol:
   evaluated policy (rl-zoo3's ``best_model``);
 - budgets are simulated env steps (forward, backward and replays counted as
   :class:`~diffenvs.baselines.problem.Budget` counts them; RL: training env steps), and wall time
-  is recorded at every evaluation of every run.
+  is recorded at every evaluation of every run. An optimizer never exceeds its budget
+  (``SolverConfig.budget``: it stops before an iteration that would); an RL algorithm finishes its
+  last rollout (PPO: up to ``n_envs * n_steps`` steps past the budget), as stable-baselines3 does.
+  Each run's spent env steps are in the report.
 
 The study directory (``out_dir``) holds ``study.yaml`` (the config), ``runs/<Task>-<method>-s<seed>/``
 (each run's own directory, as ``diffenvs optimize`` or ``diffenvs train`` write it, plus ``job.json``,
@@ -293,7 +296,17 @@ def execute(job: RunJob) -> dict[str, bytes]:
 
 
 def _job_dict(job: RunJob) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(job)))
+    """The job and the configuration it resolves to (``configs/optimize.yaml`` or ``configs/rl``): a
+    finished run counts for a restarted study only if both are unchanged (e.g. after a re-tuning)."""
+    if job.spec.kind == "optimize":
+        resolved = to_dict(_optimize_config(job))
+        for key in ("out_dir", "run_name"):
+            resolved.pop(key)
+    else:
+        from diffenvs.baselines.rl import load_hyperparams
+
+        resolved = {**load_hyperparams(job.spec.method, job.env_id), **job.spec.set}
+    return json.loads(json.dumps({**dataclasses.asdict(job), "resolved": resolved}))
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -338,8 +351,8 @@ def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | 
         done = runs_dir / job.name / "job.json"
         if done.exists():
             if json.loads(done.read_text(encoding="utf-8")) != _job_dict(job):
-                raise ConfigError(f"{runs_dir / job.name} was run by a different job than the config's; "
-                                  f"choose another out_dir or remove it")
+                raise ConfigError(f"{runs_dir / job.name} was run by a different job or configuration than the "
+                                  f"config's (compare its job.json); choose another out_dir or remove it")
             skipped.append(job.name)
         else:
             todo.append(job)
@@ -528,19 +541,19 @@ def write_report(config: StudyConfig) -> Path:
              for column, column_name in ((0, "steps"), (1, "time"))]
     total = len(jobs(config))
     lines = [f"# {config.name}", "",
-             f"{len(records)} of {total} runs finished ({len(config.seeds)} instances: seeds "
+             (f"{len(records)} of {total} runs finished ({len(config.seeds)} instances: seeds "
              f"{', '.join(map(str, config.seeds))}). Metric: the task's metric in the reported setting "
              "(0 at the start state, 1 solved); optimizers by their best sequence, RL by its best evaluated "
              "policy's deterministic episode. Final metric: interquartile mean over instances with its 95% "
              f"stratified-bootstrap interval (rliable, {config.bootstrap_reps} resamples). Cost to reach 50% / 90% "
              "of the best method's IQM: median over instances of the env steps (forward, backward and replays; "
              "RL: training steps) and seconds of the first evaluation at or above it (`-`: fewer than half the "
-             "instances reached it; reached: instances that did).", ""]
+              "instances reached it; reached: instances that did)."), ""]
     for env_id, rows in tables.items():
         spec = {label: config.methods[label] for label in (row["method"] for row in rows)}
         lines += [f"## {env_id}", "",
-                  "| method | budget | final metric IQM [95% CI] | median | env steps to 50% / 90% | seconds to 50% / 90% "
-                  "| reached 50% / 90% | env steps spent | seconds spent |",
+                  ("| method | budget | final metric IQM [95% CI] | median | env steps to 50% / 90% | seconds to 50% / 90% "
+                   "| reached 50% / 90% | env steps spent | seconds spent |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in sorted(rows, key=lambda row: -row["iqm"]):
             lines.append(

@@ -260,11 +260,14 @@ class SolverConfig:
         reinforce: Options of the likelihood-ratio estimator.
         cmaes: Options of CMA-ES.
         budget: Env steps (:attr:`Budget.env_steps <diffenvs.baselines.problem.Budget.env_steps>`:
-            forward, backward and replays) after which the method stops: it ends at its own length
-            (``iters``, ``random.samples``) or after the first iteration that reaches the budget,
-            whichever comes first (so it may overshoot by at most one iteration's cost). ``adam``,
-            ``gd`` and ``reinforce`` plan their iteration count from the budget, so that their
-            schedules (step size, remedies) end where the budget does. ``None``: no limit.
+            forward, backward and replays) the method may spend: it ends at its own length
+            (``iters``, ``random.samples``) or before the first iteration that would exceed the
+            budget, whichever comes first, so it spends at most the budget (and at most one
+            iteration's cost less); only a first iteration larger than the whole budget runs anyway
+            (a method always returns a result). ``adam``, ``gd`` and ``reinforce`` plan their
+            iteration count from the budget, so that their schedules (step size, remedies) end where
+            the budget does; ``random`` fills it exactly. ``mpc`` stops after the first re-planning
+            iteration at or past it. ``None``: no limit.
     """
 
     method: Method = "adam"
@@ -352,6 +355,13 @@ class _Tracker:
     def remaining(self) -> int | None:
         """Env steps left of the budget (``None``: no budget)."""
         return None if self.budget is None else max(self.budget - self.problem.budget.env_steps, 0)
+
+    def afford(self, cost: int) -> None:
+        """Raise :class:`_BudgetSpent` if an iteration of ``cost`` env steps would exceed the budget
+        (unless nothing has run yet: a method always returns a result)."""
+        remaining = self.remaining()
+        if remaining is not None and cost > remaining and self.history:
+            raise _BudgetSpent
 
 
 def optimize(problem: Problem, config: SolverConfig = SolverConfig(), *, callback: Callback | None = None,
@@ -449,7 +459,7 @@ class _Ascent:
 
 
 def _iters_within(iters: int, remaining: int | None, cost: Callable[[int, int], int]) -> int:
-    """The fewest iterations (at most ``iters``, at least 1) whose env steps reach ``remaining``.
+    """The most iterations (at most ``iters``, at least 1) whose env steps fit into ``remaining``.
 
     ``cost(i, n)`` is the env steps of iteration ``i`` in a run of ``n`` iterations (schedules and
     the final replay depend on ``n``). Methods with schedules plan their length this way, so that a
@@ -463,11 +473,11 @@ def _iters_within(iters: int, remaining: int | None, cost: Callable[[int, int], 
 
     low, high = 1, iters
     while low < high:
-        middle = (low + high) // 2
-        if total(middle) >= remaining:
-            high = middle
+        middle = (low + high + 1) // 2
+        if total(middle) <= remaining:
+            low = middle
         else:
-            low = middle + 1
+            high = middle - 1
     return low
 
 
@@ -544,6 +554,7 @@ def _cem(problem: Problem, cfg: CEMConfig, iters: int, tracker: _Tracker, rng: n
     mean = np.zeros(problem.action_shape) if init is None else init.copy()
     std = np.full(problem.action_shape, cfg.init_std)
     for generation in range(iters):
+        tracker.afford(cfg.population * problem.horizon)
         noise = rng.standard_normal((cfg.population - 1, *problem.action_shape))
         samples = np.clip(np.concatenate([mean[None], mean + std * noise]), -1.0, 1.0)
         evaluation = problem.evaluate(samples, as_cost=True)
@@ -562,6 +573,7 @@ def _cmaes(problem: Problem, cfg: CMAESConfig, iters: int, tracker: _Tracker, rn
     options = {"popsize": cfg.population, "bounds": [-1.0, 1.0], "seed": int(rng.integers(1, 2**31 - 1)), "verbose": -9}
     es = cma.CMAEvolutionStrategy(mean.ravel(), cfg.sigma, options)
     for generation in range(iters):
+        tracker.afford(cfg.population * problem.horizon)
         samples = np.clip(np.array(es.ask()).reshape(-1, *problem.action_shape), -1.0, 1.0)
         evaluation = problem.evaluate(samples, as_cost=True)
         best = tracker.offer(samples, evaluation)
@@ -572,8 +584,10 @@ def _cmaes(problem: Problem, cfg: CMAESConfig, iters: int, tracker: _Tracker, rn
 
 def _random(problem: Problem, cfg: RandomConfig, tracker: _Tracker, rng: np.random.Generator) -> None:
     batch = problem.config.eval_batch
-    for index, first in enumerate(range(0, cfg.samples, batch)):
-        samples = rng.uniform(-1.0, 1.0, size=(min(batch, cfg.samples - first), *problem.action_shape))
+    remaining = tracker.remaining()
+    count = cfg.samples if remaining is None else max(1, min(cfg.samples, remaining // problem.horizon))
+    for index, first in enumerate(range(0, count, batch)):
+        samples = rng.uniform(-1.0, 1.0, size=(min(batch, count - first), *problem.action_shape))
         evaluation = problem.evaluate(samples, as_cost=True)
         best = tracker.offer(samples, evaluation)
         tracker.record("random", index, float(evaluation.loss[best]), float(evaluation.metric[best]))

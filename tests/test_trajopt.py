@@ -112,25 +112,29 @@ def test_budget_is_counted_the_same_way_for_every_method(pusher):
     assert rand["forward_steps"] == 20 * t and rand["rollouts"] == 20
 
 
-def test_an_env_step_budget_ends_every_method_where_it_is_reached(pusher, dough):
+def test_an_env_step_budget_is_never_exceeded(pusher, dough):
     t = pusher.horizon
-    # Adam plans its length from the budget (its schedule ends there): 2t per iteration, 5 reach 10t.
-    adam = optimize(pusher, SolverConfig(method="adam", iters=100, budget=10 * t, gradient=GradientConfig(
+    # Adam plans its length from the budget (its schedule ends there): 2t per iteration, 5 fit into 11t.
+    adam = optimize(pusher, SolverConfig(method="adam", iters=100, budget=11 * t, gradient=GradientConfig(
         lr=0.1, lr_schedule="linear", contact_weight=0.1)))
     assert len(adam.history) == 5 and adam.budget["env_steps"] == 10 * t
     assert adam.history[-1]["lr"] == 0.0  # the linear schedule reached lr_final: it ended with the budget
     cem = optimize(pusher, SolverConfig(method="cem", iters=100, budget=20 * t, cem=CEMConfig(population=8, elites=2)))
-    assert cem.budget["env_steps"] == 24 * t and len(cem.history) == 3  # ends after the first generation at or past it
-    rand = optimize(pusher, SolverConfig(method="random", budget=5 * t, random=RandomConfig(samples=1000)))
-    assert rand.budget["env_steps"] == 16 * t  # one eval batch of 16
+    assert cem.budget["env_steps"] == 16 * t and len(cem.history) == 2  # a third generation would exceed it
+    cmaes = optimize(pusher, SolverConfig(method="cmaes", iters=100, budget=20 * t, cmaes=CMAESConfig(population=8)))
+    assert cmaes.budget["env_steps"] == 16 * t
+    rand = optimize(pusher, SolverConfig(method="random", budget=21 * t + 3, random=RandomConfig(samples=1000)))
+    assert rand.budget["env_steps"] == 21 * t and rand.budget["rollouts"] == 21  # fills it exactly
     short = optimize(pusher, SolverConfig(method="cmaes", iters=2, budget=10_000 * t, cmaes=CMAESConfig(population=8)))
     assert short.budget["env_steps"] == 16 * t  # its own length comes first
-    reinforce = optimize(pusher, SolverConfig(method="reinforce", iters=100, budget=40 * t,
+    first = optimize(pusher, SolverConfig(method="cem", iters=5, budget=t, cem=CEMConfig(population=8, elites=2)))
+    assert len(first.history) == 1  # a first iteration larger than the budget still runs: there is a result
+    reinforce = optimize(pusher, SolverConfig(method="reinforce", iters=100, budget=45 * t,
                                               reinforce=ReinforceConfig(samples=9)))
     assert len(reinforce.history) == 4 and reinforce.budget["env_steps"] == 40 * t
     # soft tools replayed every other iteration and at the end: the plan counts the replays
     soft = GradientConfig(lr=0.2, contact_weight=10.0, softness=0.02, eval_every=2)
-    result = optimize(dough, SolverConfig(method="adam", iters=50, budget=8 * dough.horizon, gradient=soft))
+    result = optimize(dough, SolverConfig(method="adam", iters=50, budget=10 * dough.horizon, gradient=soft))
     assert len(result.history) == 3 and result.budget["env_steps"] == 8 * dough.horizon  # 3 + 2 + 3: replays at 0 and last
     assert not math.isnan(result.history[-1]["loss"])  # the last iteration is judged
     with pytest.raises(ValueError, match="budget"):
