@@ -143,6 +143,10 @@ class StudyConfig:
             raise ValueError("workers must be >= 1 and bootstrap_reps >= 100")
 
 
+class RunInterrupted(RuntimeError):
+    """A run stopped by Ctrl-C: it is not stored, a restart runs it again."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunJob:
     """One run of a study: a method on one instance of one env (what a worker receives)."""
@@ -281,6 +285,8 @@ def execute(job: RunJob) -> dict[str, bytes]:
             for evaluation in run.evaluations:
                 best = max(best, evaluation["metric_mean"])
                 curve.append((int(evaluation["env_steps"]), float(evaluation["wall_time"]), best))
+        if status == "interrupted":  # Ctrl-C reaches the workers too: such a run is not finished
+            raise RunInterrupted(f"{job.name} was interrupted")
         run_dir = Path(run.run_dir)
         with open(run_dir / "curve.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -451,7 +457,7 @@ class RunRecord:
     metric: float
     env_steps: int
     wall_time: float
-    curve: np.ndarray  # (points, 3): env steps, wall time, best metric so far
+    curve: np.ndarray  # (points, 3): env steps, wall time, best metric so far; starts at (0, 0, 0)
 
 
 def load_runs(config: StudyConfig) -> list[RunRecord]:
@@ -464,6 +470,7 @@ def load_runs(config: StudyConfig) -> list[RunRecord]:
         result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
         rows = _read_csv(run_dir / "curve.csv")
         curve = np.array([[float(r["env_steps"]), float(r["wall_time"]), float(r["metric"])] for r in rows]).reshape(-1, 3)
+        curve = np.concatenate([[[0.0, 0.0, 0.0]], curve])  # nothing spent yet: the start state, metric 0
         records.append(RunRecord(env_id=job.env_id, method=job.label, seed=job.seed, metric=float(result["metric"]),
                                  env_steps=int(result["env_steps"]), wall_time=float(result["wall_time"]), curve=curve))
     return records

@@ -178,3 +178,18 @@ def _shipped(name):
     from diffenvs.configs import CONFIG_DIR
 
     return CONFIG_DIR / "study" / f"{name}.yaml"
+
+
+def test_an_interrupted_run_is_not_stored(tmp_path, monkeypatch):
+    """Ctrl-C reaches the pool's workers: a run that returns as interrupted raises instead of
+    returning files, so the driver does not count it as finished."""
+    from diffenvs.baselines import runner, study
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "optimize", interrupted)
+    job = jobs(load_study(_write(tmp_path, TINY)))[0]
+    with pytest.raises(study.RunInterrupted, match=job.name):
+        study.execute(job)
+
