@@ -195,6 +195,7 @@ class Trajectory:
         self.replays = Replays(task.device, "graph" if graphs else None)
         """Captured steps (see the module's notes and :meth:`set_replay_mode`)."""
         self._replayed_tapes: dict[Any, wp.Tape] = {}  # per captured recorded step: the tape captured with it
+        self._next_backward = 0  # backward_step: the step differentiated last (a call at or after it starts a pass)
 
     def state(self, t: int | None = None) -> State:
         """State after ``t`` recorded steps (default: after all of them)."""
@@ -311,6 +312,7 @@ class Trajectory:
             entry.step = -1
         self._holder.clear()
         self.length = 0
+        self._next_backward = 0
 
     def record(self, then: Callable[[StepBuffers], None] | None = None) -> StepBuffers:
         """Run the task's next step (on its tape when differentiable), then ``then(buffers)`` outside
@@ -352,6 +354,7 @@ class Trajectory:
         if then is not None:
             self.replays.run(("then", self._slot(t), getattr(then, "__qualname__", id(then))), lambda: then(buffers))
         self.length = t + 1
+        self._next_backward = 0  # a new step: the next backward call starts a new pass
         return buffers
 
     def set_replay_mode(self, mode: str | None) -> None:
@@ -395,20 +398,7 @@ class Trajectory:
 
     def backward(self, seed: Callable[[Sequence[StepBuffers]], None]) -> None:
         """Zero all gradients, let ``seed`` write the adjoints of the objective, run every tape backwards."""
-        if not self.differentiable:
-            raise GradientError("gradients are unavailable: the env was built with differentiable=False")
-        if self.length == 0:
-            raise GradientError("no step recorded since the last reset: call step() before grad()")
-        for array in walk_arrays(self.initial):
-            array.grad.zero_()
-        for entry in self._entries.values():
-            if 0 <= entry.step < self.length:
-                for array in walk_arrays([entry.fresh, entry.state]):
-                    array.grad.zero_()
-        # Every step shares one set of scratch gradients, zeroed before each step's backward pass
-        # below (tape-cleared ones aside); each step's outputs' gradients lie in one buffer.
-        for grads in self._output_grads[: self.length]:
-            grads.zero_()
+        self._zero_grads()
         seed(self.recorded)
         pending: Future | None = None
         # Checkpointing: each step's tape was recorded in the forward pass and reads its scratch
@@ -433,6 +423,43 @@ class Trajectory:
                 pending.result()
             if pool is not None:
                 pool.shutdown()
+        self._next_backward = 0
+
+    def backward_step(self, t: int, seed: Callable[[StepBuffers], None]) -> None:
+        """Differentiate one step: a backward pass driven step by step from outside (PyTorch's
+        autograd calls the steps of a rollout newest first).
+
+        ``seed(buffers)`` writes the adjoints of step ``t``'s outputs that come from outside (its
+        reward and observation: nothing inside the trajectory reads them); the adjoint of its state
+        comes from the later steps already differentiated. A call for a step at or after the last
+        one differentiated starts a new pass (all gradients zeroed); steps skipped at the end of a
+        pass (their outputs unused) contribute nothing.
+        """
+        if not 0 <= t < self.length:
+            raise IndexError(f"step {t} is outside the recorded 0..{self.length - 1}")
+        if t >= self._next_backward:
+            self._zero_grads()
+        seed(self.buffers(t))
+        if self.checkpoint and self._holder.get(t % SCRATCH_SETS) != t:
+            self._refill_scratch(t)
+        self._backward_step(t)
+        self._next_backward = t
+
+    def _zero_grads(self) -> None:
+        if not self.differentiable:
+            raise GradientError("gradients are unavailable: the env was built with differentiable=False")
+        if self.length == 0:
+            raise GradientError("no step recorded since the last reset: call step() before grad()")
+        for array in walk_arrays(self.initial):
+            array.grad.zero_()
+        for entry in self._entries.values():
+            if 0 <= entry.step < self.length:
+                for array in walk_arrays([entry.fresh, entry.state]):
+                    array.grad.zero_()
+        # Every step shares one set of scratch gradients, zeroed before each step's backward pass
+        # (tape-cleared ones aside); each step's outputs' gradients lie in one buffer.
+        for grads in self._output_grads[: self.length]:
+            grads.zero_()
 
     def _backward_step(self, t: int) -> None:
         """Run step ``t``'s tape backwards (replayed where the tape is one captured with its step)."""

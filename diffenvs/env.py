@@ -274,6 +274,50 @@ class WorldBatch:
         return Gradients(objective=objective, value=value, actions=actions, initial_state=initial)
 
 
+    @property
+    def length(self) -> int:
+        """Steps recorded since the last reset (or :meth:`EnvCore.detach`)."""
+        return self.trajectory.length
+
+    def vjp_step(self, t: int, obs_grad: np.ndarray | None, reward_grad: np.ndarray | None) -> np.ndarray:
+        """Differentiate recorded step ``t`` given the adjoints of its observation (world_count,
+        obs_dim) and reward (world_count,) (``None``: zero); return the adjoint of its action
+        (world_count, action_dim).
+
+        For a backward pass driven from outside, newest step first (PyTorch's autograd; see
+        :meth:`Trajectory.backward_step`): the adjoint of step ``t``'s state comes from the steps
+        after it differentiated before; a call for a step at or after the last one starts a new
+        pass. After step 0, :meth:`initial_state_grad` holds the adjoint of the initial state.
+
+        Raises:
+            ValueError: an adjoint of the wrong shape or with non-finite entries.
+            GradientError: nothing recorded, or the env is not differentiable.
+        """
+        n, task = self.task.world_count, self.task
+
+        def checked(value: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+            if value is None:
+                return np.zeros(shape)
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != shape or not np.all(np.isfinite(value)):
+                raise ValueError(f"{name} must be finite with shape {shape}, got {value.shape}")
+            return value
+
+        obs_grad = checked(obs_grad, (n, task.obs_dim), "obs_grad")
+        reward_grad = checked(reward_grad, (n,), "reward_grad")
+        self._check_remedies()
+
+        def seed(buffers: StepBuffers) -> None:
+            buffers.obs.grad.assign(obs_grad.astype(np.float32))
+            buffers.reward.grad.assign(reward_grad)
+
+        self.trajectory.backward_step(t, seed)
+        return self.trajectory.buffers(t).action.grad.numpy().copy()
+
+    def initial_state_grad(self) -> dict[str, np.ndarray]:
+        """Adjoint of the trajectory's initial state after a backward pass reached step 0."""
+        return {name: array.grad.numpy().copy() for name, array in self.trajectory.initial.items()}
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchStep:
@@ -419,6 +463,14 @@ class EnvCore:
             raise RuntimeError("call reset() before get_state()")
         return self.batch.get_state()
 
+    def detach(self) -> None:
+        """Start a new recording at the current state of every world; the episodes go on (their
+        step counts, starts and metrics are kept). Gradients stop here, and the recorded steps'
+        memory is reused from here on: truncated backpropagation windows over long runs."""
+        if self.obs is None:
+            raise RuntimeError("call reset() before detach()")
+        self.batch.reset(self.batch.get_state())
+
     def check_actions(self, actions: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
         """``actions`` checked against ``shape`` and clipped, as (num_envs, action_dim) float64."""
         return checked_actions(actions, shape, name).reshape(self.num_envs, self.task.action_dim)
@@ -541,6 +593,16 @@ class _CoreEnv:
     def remedies(self) -> dict[str, float]:
         """Current gradient remedies of the task (e.g. ``contact_weight``, ``softness``)."""
         return self._core.task.get_remedies()
+
+    def detach(self) -> None:
+        """Start a new recording at the current state; the episodes go on.
+
+        ``grad()`` then differentiates from here (gradients stop at this point: truncated
+        backpropagation windows), and the memory of the steps recorded so far is reused, so a
+        differentiable env stepped for thousands of steps (autoresets included) stays at the
+        memory of its longest window.
+        """
+        self._core.detach()
 
     def set_remedies(self, **values: float) -> None:
         """Change the gradient remedies (the names of :attr:`remedies`) of later episodes.
