@@ -40,7 +40,7 @@ __all__ = ["TorchRollout"]
 
 
 class _Step(torch.autograd.Function):
-    """One env step: (action, token, *initial state) -> (observation, reward, token)."""
+    """One env step: (action, token, *initial state) -> (observation, reward, token, the step's own observation)."""
 
     @staticmethod
     def forward(ctx: Any, action: torch.Tensor, token: torch.Tensor, rollout: TorchRollout, *state: torch.Tensor):
@@ -48,21 +48,29 @@ class _Step(torch.autograd.Function):
         ctx.rollout, ctx.t, ctx.window = rollout, rollout.env.batch.length - 1, rollout._window
         ctx.ended, ctx.diverged = ended, np.asarray(info["diverged"], dtype=bool)
         ctx.action_dtype, ctx.state_like = action.dtype, state
+        own = obs.copy() if info.get("final_obs") is None else np.where(ended[:, None], info["final_obs"], obs).astype(np.float32)
+        device = rollout.torch_device
         # The token stays differentiable: its edge makes autograd differentiate step t + 1 before step t.
-        return (torch.as_tensor(obs, device=rollout.torch_device), torch.as_tensor(reward, device=rollout.torch_device),
-                torch.zeros((), dtype=torch.float64, device=rollout.torch_device))
+        return (torch.as_tensor(obs, device=device), torch.as_tensor(reward, device=device),
+                torch.zeros((), dtype=torch.float64, device=device), torch.as_tensor(own, device=device))
 
     @staticmethod
-    def backward(ctx: Any, obs_grad: torch.Tensor | None, reward_grad: torch.Tensor | None, _token_grad: Any):
+    def backward(ctx: Any, obs_grad: torch.Tensor | None, reward_grad: torch.Tensor | None, _token_grad: Any,
+                 own_grad: torch.Tensor | None):
         rollout: TorchRollout = ctx.rollout
         if ctx.window != rollout._window:
             raise RuntimeError("backward() through steps of an earlier window: the rollout was reset or detached "
                                "since; call backward() before detach()")
-        blocked = ctx.ended | ctx.diverged
-        obs = None if obs_grad is None else obs_grad.detach().to("cpu", torch.float64).numpy().copy()
-        reward = None if reward_grad is None else reward_grad.detach().to("cpu", torch.float64).numpy().copy()
+
+        def host(grad: torch.Tensor | None) -> np.ndarray | None:
+            return None if grad is None else grad.detach().to("cpu", torch.float64).numpy().copy()
+
+        obs, reward, own = host(obs_grad), host(reward_grad), host(own_grad)
         if obs is not None:
-            obs[blocked] = 0.0  # a new episode's first observation, or a diverged world's kept one
+            obs[ctx.ended | ctx.diverged] = 0.0  # a new episode's first observation, or a diverged world's kept one
+        if own is not None:
+            own[ctx.diverged] = 0.0
+            obs = own if obs is None else obs + own
         if reward is not None:
             reward[ctx.diverged] = 0.0
         action = rollout.env.batch.vjp_step(ctx.t, obs, reward)
@@ -151,7 +159,10 @@ class TorchRollout:
 
         Returns:
             Observations (num_envs, obs_dim, float32) and rewards (num_envs, float64) as tensors in
-            torch's graph, then terminated and truncated (numpy bool arrays) and the env's info.
+            torch's graph, then terminated and truncated (numpy bool arrays) and the env's info, whose
+            ``final_obs`` is a tensor in the graph too: every world's observation after the step
+            before any autoreset (the last observation of an ended episode, e.g. for a value
+            function's bootstrap; equal to the observation elsewhere).
 
         Raises:
             TypeError: actions that are not a tensor.
@@ -163,9 +174,10 @@ class TorchRollout:
         if not isinstance(actions, torch.Tensor):
             raise TypeError(f"actions must be a torch tensor, got {type(actions).__name__}")
         state = self._state if self.env.batch.length == 0 else ()
-        obs, reward, token = _Step.apply(actions, self._token, self, *state)
+        obs, reward, token, own = _Step.apply(actions, self._token, self, *state)
         self._token = token
         terminated, truncated, info = self._last_extra
+        info = {**info, "final_obs": own}
         return obs, reward, terminated, truncated, info
 
     # internals ----------------------------------------------------------------------------------

@@ -116,9 +116,17 @@ def test_no_gradient_crosses_an_autoreset():
     rollout = TorchRollout(env)
     rollout.reset(seed=0)
     actions = torch.tensor(np.random.default_rng(2).uniform(-1, 1, (3, 2, 2)), requires_grad=True)
-    rewards = [rollout.step(actions[t])[1] for t in range(3)]
-    rewards[2].sum().backward()  # the third step belongs to the second episode
+    steps = [rollout.step(actions[t]) for t in range(3)]
+    steps[2][1].sum().backward()  # the third step belongs to the second episode
     assert torch.all(actions.grad[:2] == 0) and torch.any(actions.grad[2] != 0)
+    # the last observation of the first episode (step 2, before the autoreset) carries its gradient
+    obs, _, _, truncated, info = steps[1]
+    assert truncated.all() and not torch.equal(obs, info["final_obs"])
+    actions.grad = None
+    obs[:, 0].sum().backward(retain_graph=True)  # the new episode's first observation (pusher x): no gradient
+    assert actions.grad is None or torch.all(actions.grad == 0)
+    info["final_obs"][:, 0].sum().backward()  # the first episode's last pusher x: its actions move it
+    assert torch.all(actions.grad[2] == 0) and torch.all(actions.grad[:2, :, 0] > 0)
 
 
 def test_bad_use_raises_clear_errors():
