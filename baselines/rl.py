@@ -1,4 +1,4 @@
-"""RL baselines with stable-baselines3: the code behind ``diffenvs train``.
+"""RL baselines with stable-baselines3, and policies trained through the simulator: the code behind ``diffenvs train``.
 
 Hyperparameters live in ``configs/rl/<algo>.yaml`` in rl-zoo3's format (one section per env id:
 ``n_envs``, ``n_timesteps``, ``policy``, optional ``normalize`` and ``policy_kwargs`` as rl-zoo3
@@ -7,6 +7,9 @@ writes them, e.g. ``"dict(net_arch=[64, 64])"``, and the algorithm's own keyword
 :class:`~diffenvs.baselines.sb3.SB3VecEnv` (one Warp launch for all worlds, ``differentiable=False``)
 on fresh random instances every episode, or on one instance (``instance``: every episode starts
 from the instance of that reset seed, the protocol of the RL-versus-gradient comparison).
+``apg`` and ``shac`` (:mod:`diffenvs.baselines.diffrl`) train through the differentiable vector
+env instead; their sections in ``configs/rl/apg.yaml`` and ``shac.yaml`` hold the fields of
+:class:`~diffenvs.baselines.diffrl.DiffRLConfig`, and their env steps count forward and backward.
 
 A run writes, into ``<out_dir>/<Task>-<algo>-s<seed>-<time>/`` (or ``out_dir/run_name``):
 
@@ -18,7 +21,8 @@ A run writes, into ``<out_dir>/<Task>-<algo>-s<seed>-<time>/`` (or ``out_dir/run
   ``diffenvs optimize``), with their mean;
 - ``model.zip`` (and ``vecnormalize.pkl`` with ``normalize``): the policy, saved at the end or on
   Ctrl-C; ``best_model.zip`` (and ``best_vecnormalize.pkl``): the policy of the best evaluation so
-  far (highest mean metric), saved when it improves, as rl-zoo3 keeps its best model;
+  far (highest mean metric), saved when it improves, as rl-zoo3 keeps its best model
+  (``apg``/``shac``: ``model.pt`` and ``best_model.pt``, the networks' state dicts);
 - ``summary.json``: status (``finished`` or ``interrupted``), env steps, wall time, the last
   and the best evaluation; ``tensorboard/`` with ``tensorboard=True``.
 """
@@ -38,8 +42,11 @@ import numpy as np
 
 from diffenvs.config import ConfigError, read_yaml, to_dict, write_yaml
 
-Algo = Literal["ppo", "sac", "td3"]
+Algo = Literal["ppo", "sac", "td3", "apg", "shac"]
+SB3_ALGOS: tuple[str, ...] = ("ppo", "sac", "td3")
+"""The stable-baselines3 algorithms (rl-zoo3's hyperparameter format)."""
 ALGOS: tuple[str, ...] = typing.get_args(Algo)
+"""Every algorithm of ``diffenvs train``: stable-baselines3's and the ones through the simulator (:mod:`.diffrl`)."""
 SPECIAL_KEYS = ("n_envs", "n_timesteps", "policy", "normalize", "policy_kwargs", "noise_type", "noise_std")
 """Keys of an rl-zoo3 section that are not the algorithm's keyword arguments."""
 
@@ -50,7 +57,8 @@ class TrainConfig:
 
     Attributes:
         env_id: A registered diffenvs id.
-        algo: ``ppo``, ``sac`` or ``td3`` (stable-baselines3).
+        algo: ``ppo``, ``sac`` or ``td3`` (stable-baselines3), or ``apg`` or ``shac`` (through the
+            simulator's gradients, :mod:`diffenvs.baselines.diffrl`).
         steps: Env steps to train (all worlds together); ``None``: the section's ``n_timesteps``.
         seed: Seed of the algorithm and of the training instances.
         n_envs: Worlds of the training vector env; ``None``: the section's ``n_envs``.
@@ -190,6 +198,36 @@ class TrainResult:
     evaluations: list[dict[str, Any]]
 
 
+class _EvaluationLog:
+    """``evaluations.csv``, the best policy so far and the progress bar of a training run."""
+
+    def __init__(self, run_dir: Path, env: Any, seeds: tuple[int, ...], bar: Any):
+        self.run_dir, self.env, self.seeds, self.bar = run_dir, env, seeds, bar
+        self.start = time.perf_counter()
+        self.rows: list[dict[str, Any]] = []
+        self.best = -np.inf
+        self.handle = open(run_dir / "evaluations.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self.writer = csv.writer(self.handle)
+        header = ["env_steps", "wall_time", "return_mean", "metric_mean"]
+        self.writer.writerow(header + [f"{kind}_seed{s}" for kind in ("return", "metric") for s in seeds])
+
+    def evaluate(self, policy: Any, env_steps: int, save_best: Any, normalizer: Any = None) -> None:
+        """Evaluate ``policy`` (``predict`` as SB3's) on the seeds; ``save_best()`` when its mean metric is the best so far."""
+        result = evaluate_policy_on_instances(policy, self.env, self.seeds, normalizer=normalizer)
+        row = {"env_steps": env_steps, "wall_time": time.perf_counter() - self.start, **result}
+        self.rows.append(row)
+        if result["metric_mean"] > self.best:  # rl-zoo3's best_model: the policy a study is judged by
+            self.best = result["metric_mean"]
+            save_best()
+        self.writer.writerow([env_steps, f"{row['wall_time']:.3f}", result["return_mean"], result["metric_mean"],
+                              *result["returns"], *result["metrics"]])
+        self.handle.flush()
+        self.bar.set_postfix({result["metric_name"]: f"{result['metric_mean']:.3f}"})
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: str | Path | None = None) -> TrainResult:
     """Train ``config.algo`` on ``config.env_id`` into a run directory (see the module docstring).
 
@@ -197,23 +235,22 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     with status ``interrupted``.
     """
     import gymnasium as gym
-    import stable_baselines3 as sb3
-    import torch
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.noise import NormalActionNoise
-    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
     from tqdm.auto import tqdm
 
     import diffenvs  # noqa: F401  (registers the ids)
-    from diffenvs.baselines.sb3 import SB3VecEnv
+    from diffenvs.baselines.diffrl import DIFF_ALGOS, diffrl_config
 
     if config.env_id not in gym.registry:
         raise ConfigError(f"unknown env id {config.env_id!r}; see `diffenvs list`")
     where = f"configs/rl/{config.algo}.yaml [{config.env_id}]"
     section = {**load_hyperparams(config.algo, config.env_id, hyperparams_path), **config.hyperparams}
-    kwargs, special = algo_kwargs(section, where=where)
-    steps = int(config.steps or float(special.get("n_timesteps", 0)))
-    n_envs = int(config.n_envs or special.get("n_envs", 1))
+    if config.algo in DIFF_ALGOS:
+        diff = diffrl_config(section, {} if config.n_envs is None else {"n_envs": config.n_envs}, where=where)
+        steps, n_envs = int(config.steps or diff.n_timesteps), diff.n_envs
+    else:
+        kwargs, special = algo_kwargs(section, where=where)
+        steps = int(config.steps or float(special.get("n_timesteps", 0)))
+        n_envs = int(config.n_envs or special.get("n_envs", 1))
     if steps < 1:
         raise ConfigError(f"{where}: no n_timesteps and no --steps")
     name = config.run_name or f"{config.env_id.split('/')[-1].removesuffix('-v0')}-{config.algo}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -221,8 +258,40 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     run_dir.mkdir(parents=True, exist_ok=False)
     write_yaml(run_dir / "config.yaml", {**to_dict(config), "resolved": {"steps": steps, "n_envs": n_envs, **section}})
 
-    torch.set_num_threads(1)  # small networks: threads cost more than they give on a 2-core CPU
     eval_seeds = config.eval_seeds if config.instance is None else (config.instance,)
+    # one evaluation env for the whole run (with instance: its one instance is drawn once)
+    eval_env = gym.make(config.env_id, differentiable=False, instance_seed=config.instance, **config.env_kwargs)
+    bar = tqdm(total=steps, disable=not progress, unit="step", desc=f"{config.algo} {config.env_id}")
+    log = _EvaluationLog(run_dir, eval_env, eval_seeds, bar)
+    try:
+        if config.algo in DIFF_ALGOS:
+            status, env_steps = _learn_through_sim(config, diff, steps, run_dir, log)
+        else:
+            status, env_steps = _learn_sb3(config, kwargs, special, steps, n_envs, run_dir, log)
+    finally:
+        bar.close()
+        log.close()
+        eval_env.close()
+    summary = {"status": status, "env_id": config.env_id, "algo": config.algo, "seed": config.seed,
+               "env_steps": env_steps, "wall_time": time.perf_counter() - log.start,
+               "last_evaluation": log.rows[-1],
+               "best_evaluation": max(log.rows, key=lambda row: row["metric_mean"])}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return TrainResult(run_dir=run_dir, status=status, env_steps=env_steps, evaluations=log.rows)
+
+
+def _learn_sb3(config: TrainConfig, kwargs: dict[str, Any], special: dict[str, Any], steps: int, n_envs: int,
+               run_dir: Path, log: _EvaluationLog) -> tuple[str, int]:
+    import gymnasium as gym
+    import stable_baselines3 as sb3
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.noise import NormalActionNoise
+    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+
+    from diffenvs.baselines.sb3 import SB3VecEnv
+
+    torch.set_num_threads(1)  # small networks: threads cost more than they give on a 2-core CPU
     venv = VecMonitor(SB3VecEnv(gym.make_vec(config.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point",
                                              differentiable=False, instance_seed=config.instance, **config.env_kwargs)))
     venv.seed(config.seed)
@@ -236,66 +305,70 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     model = algo_class(special.get("policy", "MlpPolicy"), venv, seed=config.seed, device=config.torch_device, verbose=0,
                        policy_kwargs=special.get("policy_kwargs"),
                        tensorboard_log=str(run_dir / "tensorboard") if config.tensorboard else None, **kwargs)
-    # one evaluation env for the whole run (with instance: its one instance is drawn once)
-    eval_env = gym.make(config.env_id, differentiable=False, instance_seed=config.instance, **config.env_kwargs)
-    evaluations: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    bar = tqdm(total=steps, disable=not progress, unit="step", desc=f"{config.algo} {config.env_id}")
+    normalizer = venv if isinstance(venv, VecNormalize) else None
 
-    with open(run_dir / "evaluations.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        header = ["env_steps", "wall_time", "return_mean", "metric_mean"]
-        header += [f"{kind}_seed{s}" for kind in ("return", "metric") for s in eval_seeds]
-        writer.writerow(header)
+    def save_best() -> None:
+        model.save(run_dir / "best_model.zip")
+        if normalizer is not None:
+            normalizer.save(str(run_dir / "best_vecnormalize.pkl"))
 
-        best = [-np.inf]
+    def evaluate(env_steps: int) -> None:
+        log.evaluate(model, env_steps, save_best, normalizer)
 
-        def evaluate(env_steps: int) -> None:
-            normalizer = venv if isinstance(venv, VecNormalize) else None
-            result = evaluate_policy_on_instances(model, eval_env, eval_seeds, normalizer=normalizer)
-            row = {"env_steps": env_steps, "wall_time": time.perf_counter() - start, **result}
-            evaluations.append(row)
-            if result["metric_mean"] > best[0]:  # rl-zoo3's best_model: the policy a study is judged by
-                best[0] = result["metric_mean"]
-                model.save(run_dir / "best_model.zip")
-                if normalizer is not None:
-                    normalizer.save(str(run_dir / "best_vecnormalize.pkl"))
-            writer.writerow([env_steps, f"{row['wall_time']:.3f}", result["return_mean"], result["metric_mean"],
-                             *result["returns"], *result["metrics"]])
-            handle.flush()
-            bar.set_postfix({result["metric_name"]: f"{result['metric_mean']:.3f}"})
+    class Evaluations(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_eval = config.eval_every
+            self.seen = 0
 
-        class Evaluations(BaseCallback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.next_eval = config.eval_every
-                self.seen = 0
+        def _on_step(self) -> bool:
+            log.bar.update(self.num_timesteps - self.seen)
+            self.seen = self.num_timesteps
+            if self.num_timesteps >= self.next_eval:
+                evaluate(self.num_timesteps)
+                self.next_eval += config.eval_every
+            return True
 
-            def _on_step(self) -> bool:
-                bar.update(self.num_timesteps - self.seen)
-                self.seen = self.num_timesteps
-                if self.num_timesteps >= self.next_eval:
-                    evaluate(self.num_timesteps)
-                    self.next_eval += config.eval_every
-                return True
-
-        evaluate(0)
-        status = "finished"
-        try:
-            model.learn(total_timesteps=steps, callback=Evaluations())
-        except KeyboardInterrupt:
-            status = "interrupted"
-        bar.close()
-        if status == "finished" and evaluations[-1]["env_steps"] != model.num_timesteps:
-            evaluate(model.num_timesteps)
+    evaluate(0)
+    status = "finished"
+    try:
+        model.learn(total_timesteps=steps, callback=Evaluations())
+    except KeyboardInterrupt:
+        status = "interrupted"
+    if status == "finished" and log.rows[-1]["env_steps"] != model.num_timesteps:
+        evaluate(model.num_timesteps)
     model.save(run_dir / "model.zip")
-    if isinstance(venv, VecNormalize):
-        venv.save(str(run_dir / "vecnormalize.pkl"))
+    if normalizer is not None:
+        normalizer.save(str(run_dir / "vecnormalize.pkl"))
     venv.close()
-    eval_env.close()
-    summary = {"status": status, "env_id": config.env_id, "algo": config.algo, "seed": config.seed,
-               "env_steps": int(model.num_timesteps), "wall_time": time.perf_counter() - start,
-               "last_evaluation": evaluations[-1],
-               "best_evaluation": max(evaluations, key=lambda row: row["metric_mean"])}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return TrainResult(run_dir=run_dir, status=status, env_steps=int(model.num_timesteps), evaluations=evaluations)
+    return status, int(model.num_timesteps)
+
+
+def _learn_through_sim(config: TrainConfig, diff: Any, steps: int, run_dir: Path, log: _EvaluationLog) -> tuple[str, int]:
+    import torch
+
+    from diffenvs.baselines.diffrl import train
+
+    latest: dict[str, Any] = {"agent": None, "env_steps": 0, "next_eval": config.eval_every}
+
+    def on_window(agent: Any, env_steps: int, stats: dict[str, float]) -> None:
+        latest["agent"] = agent
+        log.bar.update(env_steps - latest["env_steps"])
+        latest["env_steps"] = env_steps
+        if env_steps == 0 or env_steps >= latest["next_eval"]:
+            log.evaluate(agent, env_steps, lambda: torch.save(agent.state_dict(), run_dir / "best_model.pt"))
+            while latest["next_eval"] <= env_steps:
+                latest["next_eval"] += config.eval_every
+
+    status = "finished"
+    try:
+        train(config.algo, config.env_id, diff, steps=steps, seed=config.seed, instance=config.instance,
+              env_kwargs=config.env_kwargs, on_window=on_window)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    agent = latest["agent"]
+    if agent is not None:
+        if status == "finished" and log.rows[-1]["env_steps"] != latest["env_steps"]:
+            log.evaluate(agent, latest["env_steps"], lambda: torch.save(agent.state_dict(), run_dir / "best_model.pt"))
+        torch.save(agent.state_dict(), run_dir / "model.pt")
+    return status, int(latest["env_steps"])

@@ -72,7 +72,7 @@ class MethodSpec:
     Attributes:
         kind: ``optimize`` (a trajectory optimizer) or ``train`` (an RL algorithm).
         method: The optimizer (one of :data:`~diffenvs.baselines.trajopt.METHODS`) or the
-            algorithm (``ppo``, ``sac``, ``td3``).
+            algorithm (``ppo``, ``sac``, ``td3``; ``apg``, ``shac`` through the simulator).
         budget: Env steps the method may simulate on one instance.
         set: Overrides: for ``optimize``, dotted keys of ``configs/optimize.yaml``
             (``solver.cem.population``); for ``train``, rl-zoo3 hyperparameters (``learning_rate``).
@@ -242,9 +242,13 @@ def _episode_steps(env_id: str) -> int:
 def _check_hyperparams(job: RunJob) -> None:
     import stable_baselines3 as sb3
 
+    from diffenvs.baselines.diffrl import DIFF_ALGOS, diffrl_config
     from diffenvs.baselines.rl import SPECIAL_KEYS, load_hyperparams
 
-    load_hyperparams(job.spec.method, job.env_id)
+    section = load_hyperparams(job.spec.method, job.env_id)
+    if job.spec.method in DIFF_ALGOS:
+        diffrl_config(section, dict(job.spec.set), where=f"set ({job.spec.method})")
+        return
     algo_class = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[job.spec.method]
     valid = set(inspect.signature(algo_class.__init__).parameters) - {"self", "env", "policy"} | set(SPECIAL_KEYS)
     unknown = sorted(set(job.spec.set) - valid)

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_gradcheck)
     train = sub.add_parser("train", help="train an RL baseline (stable-baselines3) on an env; writes a run directory")
     train.add_argument("--env", required=True, help="env id")
-    train.add_argument("--algo", choices=["ppo", "sac", "td3"], default="ppo")
+    train.add_argument("--algo", choices=["ppo", "sac", "td3", "apg", "shac"], default="ppo",
+                       help="stable-baselines3 (ppo, sac, td3) or through the simulator's gradients (apg, shac)")
     train.add_argument("--steps", type=int, help="env steps (default: the config's n_timesteps)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--n-envs", type=int, help="worlds of the training vector env (default: the config's n_envs)")

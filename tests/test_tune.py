@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from diffenvs.baselines.rl import ALGOS, algo_kwargs
+from diffenvs.baselines.rl import SB3_ALGOS, algo_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def _tune_module():
     return module
 
 
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", SB3_ALGOS)
 def test_search_spaces_give_valid_hyperparameters(algo):
     import optuna
 
