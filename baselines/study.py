@@ -117,6 +117,12 @@ class StudyConfig:
         out_dir: The study directory.
         workers: Runs at the same time (processes of the pool; Ray tasks in flight).
         bootstrap_reps: Bootstrap resamples of the confidence intervals.
+        protocol: ``instance``: every method on each instance of ``seeds`` (optimizers optimize it,
+            learners train on it). ``generalize``: policies train on random instances (``seeds``
+            seed their training) and are judged, by their final policy, on the held-out instances
+            ``test_seeds``; the optimizers solve each held-out instance with an equal share of the
+            same total budget (per-instance Adam against one policy for all).
+        test_seeds: ``generalize``: the held-out instances (reset seeds).
     """
 
     name: str
@@ -127,10 +133,16 @@ class StudyConfig:
     out_dir: str = "runs/study"
     workers: int = 2
     bootstrap_reps: int = 2000
+    protocol: Literal["instance", "generalize"] = "instance"
+    test_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.envs or not self.seeds or not self.methods:
             raise ValueError("envs, seeds and methods must not be empty")
+        if (self.protocol == "generalize") != bool(self.test_seeds):
+            raise ValueError("test_seeds: needed by protocol generalize, and only by it")
+        if len(set(self.test_seeds)) != len(self.test_seeds):
+            raise ValueError("test_seeds must not repeat")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.envs)) != len(self.envs):
             raise ValueError("envs and seeds must not repeat")
         unknown = sorted(set(self.env_kwargs) - set(self.envs))
@@ -157,6 +169,7 @@ class RunJob:
     seed: int
     spec: MethodSpec
     env_kwargs: dict[str, Any]
+    test_seeds: tuple[int, ...] = ()  # protocol generalize: the held-out instances
 
 
 def task_name(env_id: str) -> str:
@@ -206,23 +219,27 @@ def jobs(config: StudyConfig) -> list[RunJob]:
     """Every run of the study, method by method (in the config's order: put the cheap ones first, so
     that a study stopped early has every task's cheap rows), env by env, seed by seed."""
     return [RunJob(name=f"{task_name(env_id)}-{label}-s{seed}", env_id=env_id, label=label, seed=seed, spec=spec,
-                   env_kwargs=dict(config.env_kwargs.get(env_id, {})))
+                   env_kwargs=dict(config.env_kwargs.get(env_id, {})), test_seeds=tuple(config.test_seeds))
             for label, spec in config.methods.items() for env_id in config.envs for seed in config.seeds]
 
 
 # Running one job (in a worker process) ----------------------------------------------------------------
 
 
-def _optimize_config(job: RunJob, out_dir: str = "runs", run_name: str = "run") -> Any:
+def _optimize_config(job: RunJob, out_dir: str = "runs", run_name: str = "run", instance: int | None = None) -> Any:
+    """The optimizer's run config: on the job's instance, or (protocol generalize) on held-out ``instance``
+    with an equal share of the budget."""
     from diffenvs.baselines.runner import resolve_config
     from diffenvs.configs import CONFIG_DIR
 
-    overrides = {"problem.env_id": job.env_id, "problem.seed": job.seed, "solver.seed": job.seed,
-                 "solver.method": job.spec.method, "solver.budget": job.spec.budget}
+    budget = job.spec.budget if not job.test_seeds else max(1, job.spec.budget // len(job.test_seeds))
+    instance = job.seed if instance is None else instance
+    overrides = {"problem.env_id": job.env_id, "problem.seed": instance, "solver.seed": job.seed,
+                 "solver.method": job.spec.method, "solver.budget": budget}
     config = resolve_config(CONFIG_DIR / "optimize.yaml", overrides)
     # The budget decides the length: every iteration costs at least one rollout, so this many always suffice.
     horizon = config.problem.horizon or _episode_steps(job.env_id)
-    longest = math.ceil(job.spec.budget / horizon)
+    longest = math.ceil(budget / horizon)
     defaults = {"solver.iters": longest, "solver.random.samples": longest, "out_dir": out_dir, "run_name": run_name,
                 "gif": False, "plot": False}
     if job.env_kwargs:
@@ -269,11 +286,13 @@ def execute(job: RunJob) -> dict[str, bytes]:
     wp.config.log_level = 30
     logging.getLogger("diffenvs").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="diffenvs-run-") as scratch:
-        if job.spec.kind == "optimize":
+        if job.spec.kind == "optimize" and job.test_seeds:
+            status, curve, run_dir = _optimize_held_out(job, Path(scratch) / "run")
+        elif job.spec.kind == "optimize":
             from diffenvs.baselines.runner import run_optimize
 
             run = run_optimize(_optimize_config(job, out_dir=scratch), progress=False)
-            status = run.status
+            status, run_dir = run.status, Path(run.run_dir)
             records = _read_csv(run.run_dir / "history.csv")
             curve = [(int(r["env_steps"]), float(r["wall_time"]), float(r["best_metric"])) for r in records]
         else:
@@ -281,17 +300,18 @@ def execute(job: RunJob) -> dict[str, bytes]:
 
             spec = job.spec
             config = TrainConfig(env_id=job.env_id, algo=spec.method, steps=spec.budget, seed=job.seed, n_envs=spec.n_envs,
-                                 eval_every=spec.eval_every or max(1, spec.budget // 20), instance=job.seed,
+                                 eval_every=spec.eval_every or max(1, spec.budget // 20),
+                                 instance=None if job.test_seeds else job.seed, eval_seeds=job.test_seeds or (job.seed,),
                                  env_kwargs=job.env_kwargs, hyperparams=dict(spec.set), out_dir=scratch, run_name="run")
             run = run_train(config, progress=False)
-            status = run.status
+            status, run_dir = run.status, Path(run.run_dir)
             curve, best = [], -math.inf
             for evaluation in run.evaluations:
-                best = max(best, evaluation["metric_mean"])
+                # one instance: the best policy so far (its best_model); held-out instances: the current policy
+                best = max(best, evaluation["metric_mean"]) if not job.test_seeds else evaluation["metric_mean"]
                 curve.append((int(evaluation["env_steps"]), float(evaluation["wall_time"]), best))
         if status == "interrupted":  # Ctrl-C reaches the workers too: such a run is not finished
             raise RunInterrupted(f"{job.name} was interrupted")
-        run_dir = Path(run.run_dir)
         with open(run_dir / "curve.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["env_steps", "wall_time", "metric"])
@@ -305,6 +325,32 @@ def execute(job: RunJob) -> dict[str, bytes]:
                 for path in sorted(run_dir.rglob("*")) if path.is_file() and "tensorboard" not in path.parts}
 
 
+def _optimize_held_out(job: RunJob, run_dir: Path) -> tuple[str, list[tuple[int, float, float]], Path]:
+    """Protocol generalize: the optimizer on every held-out instance, each with an equal share of the
+    budget, one after the other (``run_dir/instance-<seed>/``). The curve is the mean best metric
+    over the instances against the total env steps and seconds spent, as if they ran side by side."""
+    from diffenvs.baselines.runner import run_optimize
+
+    histories, status = [], "finished"
+    for instance in job.test_seeds:
+        run = run_optimize(_optimize_config(job, out_dir=str(run_dir), run_name=f"instance-{instance}", instance=instance),
+                           progress=False)
+        if run.status == "interrupted":
+            return run.status, [], run_dir
+        rows = _read_csv(run.run_dir / "history.csv")
+        histories.append(np.array([[float(r["env_steps"]), float(r["wall_time"]), float(r["best_metric"])] for r in rows]))
+    grid = np.unique(np.concatenate([history[:, 0] for history in histories]))
+    curve = []
+    for steps in grid:
+        values, seconds = [], []
+        for history in histories:
+            index = np.searchsorted(history[:, 0], steps, side="right") - 1
+            values.append(history[index, 2] if index >= 0 else 0.0)
+            seconds.append(history[max(index, 0), 1] if index >= 0 else 0.0)
+        curve.append((int(steps * len(histories)), float(np.sum(seconds)), float(np.mean(values))))
+    return status, curve, run_dir
+
+
 def _job_dict(job: RunJob) -> dict[str, Any]:
     """The job and the configuration it resolves to (``configs/optimize.yaml`` or ``configs/rl``): a
     finished run counts for a restarted study only if both are unchanged (e.g. after a re-tuning)."""
@@ -316,7 +362,10 @@ def _job_dict(job: RunJob) -> dict[str, Any]:
         from diffenvs.baselines.rl import load_hyperparams
 
         resolved = {**load_hyperparams(job.spec.method, job.env_id), **job.spec.set}
-    return json.loads(json.dumps({**dataclasses.asdict(job), "resolved": resolved}))
+    values = dataclasses.asdict(job)
+    if not job.test_seeds:
+        values.pop("test_seeds")  # protocol instance: as before the generalize protocol existed
+    return json.loads(json.dumps({**values, "resolved": resolved}))
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -551,15 +600,24 @@ def write_report(config: StudyConfig) -> Path:
     plots = [_plot_curves(config, records, column, out / f"{column_name}.png")
              for column, column_name in ((0, "steps"), (1, "time"))]
     total = len(jobs(config))
-    lines = [f"# {config.name}", "",
-             (f"{len(records)} of {total} runs finished ({len(config.seeds)} instances: seeds "
-             f"{', '.join(map(str, config.seeds))}). Metric: the task's metric in the reported setting "
-             "(0 at the start state, 1 solved); optimizers by their best sequence, RL by its best evaluated "
-             "policy's deterministic episode. Final metric: interquartile mean over instances with its 95% "
-             f"stratified-bootstrap interval (rliable, {config.bootstrap_reps} resamples). Cost to reach 50% / 90% "
-             "of the best method's IQM: median over instances of the env steps (forward, backward and replays; "
-             "RL: training steps) and seconds of the first evaluation at or above it (`-`: fewer than half the "
-              "instances reached it; reached: instances that did)."), ""]
+    seeds = ", ".join(map(str, config.seeds))
+    if config.protocol == "instance":
+        protocol = (f"Protocol: one instance per run ({len(config.seeds)} instances: seeds {seeds}); the task's metric "
+                    "in the reported setting (0 at the start state, 1 solved); optimizers by their best sequence, "
+                    "learners (RL, APG, SHAC) by their best evaluated policy's deterministic episode.")
+        unit = "instances"
+    else:
+        protocol = (f"Protocol: generalization. Policies train on random instances (training seeds {seeds}) and are "
+                    f"judged by their final policy's mean metric on the held-out instances "
+                    f"{', '.join(map(str, config.test_seeds))}; optimizers solve each held-out instance with "
+                    f"1/{len(config.test_seeds)} of the budget (the same total), judged by the mean of their best "
+                    "sequences. Metric: the task's metric in the reported setting (0 at the start state, 1 solved).")
+        unit = "training seeds"
+    lines = [f"# {config.name}", "", f"{len(records)} of {total} runs finished. {protocol}", "",
+             (f"Final metric: interquartile mean over {unit} with its 95% stratified-bootstrap interval (rliable, "
+              f"{config.bootstrap_reps} resamples). Cost to reach 50% / 90% of the best method's IQM: median over "
+              f"{unit} of the env steps (forward, backward and replays; RL: training steps) and seconds of the "
+              f"first evaluation at or above it (`-`: fewer than half reached it; reached: how many did)."), ""]
     for env_id, rows in tables.items():
         spec = {label: config.methods[label] for label in (row["method"] for row in rows)}
         lines += [f"## {env_id}", "",

@@ -162,15 +162,16 @@ def test_compare_cli_reports_and_rejects(tmp_path, capsys):
     assert main(["compare", "--config", str(path)]) == 2
     assert "a2c" in capsys.readouterr().err
     # the shipped studies load, and --report-only writes a report from whatever runs exist
-    for name in ("quick", "full"):
+    for name in ("quick", "full", "generalize"):
         config = load_study(_shipped(name), {"out_dir": str(tmp_path / name)})
         assert "DiffEnvs/Pusher-v0" in config.envs and len(config.seeds) >= 3
+        assert {"apg", "shac"} <= set(config.methods)
     full = load_study(_shipped("full"))
     assert all(spec.budget >= 10_000 for spec in full.methods.values())
     assert all(spec.budget >= 100_000 for spec in full.methods.values() if spec.kind == "train")
     assert set(full.envs) == {"DiffEnvs/Pusher-v0", "DiffEnvs/RollingPin-v0", "DiffEnvs/Move-v0", "DiffEnvs/Shape-v0"}
     assert main(["compare", "--config", "quick", "--out-dir", str(tmp_path / "q"), "--report-only"]) == 0
-    assert "0 of 30 runs finished" in (tmp_path / "q" / "report.md").read_text()
+    assert "0 of 42 runs finished" in (tmp_path / "q" / "report.md").read_text()
     write_report(load_study(_shipped("quick"), {"out_dir": str(tmp_path / "q")}))
 
 
@@ -193,3 +194,29 @@ def test_an_interrupted_run_is_not_stored(tmp_path, monkeypatch):
     with pytest.raises(study.RunInterrupted, match=job.name):
         study.execute(job)
 
+
+
+def test_the_generalization_protocol_judges_policies_on_held_out_instances(tmp_path):
+    values = {**TINY, "seeds": [0], "protocol": "generalize", "test_seeds": [1000, 1001], "methods": {
+        "adam": {"kind": "optimize", "method": "adam", "budget": 800},
+        "apg": {"kind": "train", "method": "apg", "budget": 2048, "eval_every": 1024, "set": {"n_envs": 4, "window": 16}}}}
+    config = load_study(_write(tmp_path, values), {"out_dir": str(tmp_path / "gen")})
+    result = run_study(config, progress=False)
+    assert not result.failed
+    runs = tmp_path / "gen" / "runs"
+    # Adam: each held-out instance with half of the budget
+    for instance in (1000, 1001):
+        run_config = (runs / "Pusher-adam-s0" / f"instance-{instance}" / "config.yaml").read_text()
+        assert f"seed: {instance}" in run_config and "budget: 400" in run_config
+    adam = json.loads((runs / "Pusher-adam-s0" / "result.json").read_text())
+    assert adam["env_steps"] == 800
+    # APG: trained on random instances, evaluated on the held-out ones, judged by its final policy
+    with open(runs / "Pusher-apg-s0" / "evaluations.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"metric_seed1000", "metric_seed1001"} <= set(rows[0]) and [int(r["env_steps"]) for r in rows] == [0, 1024, 2048]
+    apg = json.loads((runs / "Pusher-apg-s0" / "result.json").read_text())
+    assert apg["metric"] == pytest.approx(float(rows[-1]["metric_mean"]))
+    assert "instance: null" in (runs / "Pusher-apg-s0" / "config.yaml").read_text()
+    assert "held-out instances 1000, 1001" in (tmp_path / "gen" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="test_seeds"):
+        load_study(_write(tmp_path, {**TINY, "protocol": "generalize"}, name="bad.yaml"))
