@@ -1,7 +1,9 @@
 """The RL-versus-gradient comparison study: the code behind ``diffenvs compare``.
 
 A study runs every method on every task and problem instance (a reset seed: its start state and
-target) and reports which wins, by how much, and at what cost. The protocol:
+target) and reports which wins, by how much, and at what cost. The protocol (``protocol:
+instance``; ``protocol: generalize`` instead judges policies trained on random instances on
+held-out ones, see :class:`StudyConfig`):
 
 - every method gets the same instance: the optimizers (``kind: optimize``, the methods of
   :func:`~diffenvs.baselines.trajopt.optimize` with ``configs/optimize.yaml`` and its per-env
