@@ -1,14 +1,21 @@
 """Tune an RL baseline's hyperparameters with Optuna on the task metric, for ``configs/rl/<algo>.yaml``.
 
-Each trial trains ``diffenvs train`` style (the native vector env, fresh random instances) for
-``--steps`` env steps and is scored by its deterministic policy's mean task metric on the tuning
-instances ``--seeds`` (default 100, 101, 102: not the instances 0, 1, 2 that comparisons report,
-so the reported numbers are not tuned on). TPE sampler, median pruner on the intermediate
-evaluations; the study lives in an SQLite file, so an interrupted tuning resumes where it stopped.
-Writes ``trials.csv`` (every trial: its values and score) and ``best.yaml`` (the best trial as an
-rl-zoo3 section to paste into ``configs/rl/<algo>.yaml``)::
+A trial is scored the way the comparison study judges, on tuning instances ``--seeds`` (default 100,
+101, 102: not the instances 0, 1, 2 that comparisons report, so the reported numbers are not tuned
+on). ``--protocol instance`` (the default, the study's single-instance protocol): the trial trains
+on each tuning instance in turn (every episode resets to it) and scores the mean over instances of
+its best evaluation there. ``--protocol random``: one training on fresh random instances, scored by
+its last evaluation's mean metric on the tuning instances. ``--train-seeds`` repeats each training
+with several seeds (their mean), against the spread between seeds that a single seed leaves.
+TPE sampler, median pruner on the intermediate scores; the study lives in an SQLite file, so an
+interrupted tuning resumes where it stopped. Writes ``trials.csv`` (every trial: its values and
+score) and ``best.yaml`` (the best trial as a section to paste into ``configs/rl/<algo>.yaml``)::
 
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo ppo --trials 16 --steps 30000
+    python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo shac --trials 16 --steps 100000
+
+Search spaces: rl-zoo3's for PPO, SAC and TD3; for APG and SHAC the step sizes, window, discount,
+network size (and SHAC's critic step size, lambda and target rate).
 """
 
 from __future__ import annotations
@@ -49,10 +56,37 @@ def suggest(trial: Any, algo: str) -> dict[str, Any]:
     return values
 
 
+def suggest_through_sim(trial: Any, algo: str) -> dict[str, Any]:
+    """One trial's hyperparameters of APG or SHAC (fields of ``DiffRLConfig``)."""
+    width = trial.suggest_categorical("width", [64, 128])
+    values: dict[str, Any] = {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
+        "window": trial.suggest_categorical("window", [8, 16, 32]),
+        "gamma": trial.suggest_categorical("gamma", [0.95, 0.98, 0.99, 0.995]),
+        "net_arch": [width, width],
+    }
+    if algo == "shac":
+        values.update(
+            critic_lr=trial.suggest_float("critic_lr", 1e-4, 1e-2, log=True),
+            lam=trial.suggest_categorical("lam", [0.9, 0.95, 0.98]),
+            target_alpha=trial.suggest_categorical("target_alpha", [0.2, 0.4, 0.6]),
+        )
+    else:
+        values["action_noise"] = trial.suggest_categorical("action_noise", [0.0, 0.05, 0.1])
+    return values
+
+
+def suggest_any(trial: Any, algo: str) -> dict[str, Any]:
+    return suggest_through_sim(trial, algo) if algo in ("apg", "shac") else suggest(trial, algo)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="DiffEnvs/Pusher-v0")
-    parser.add_argument("--algo", choices=["ppo", "sac", "td3"], default="ppo")
+    parser.add_argument("--algo", choices=["ppo", "sac", "td3", "apg", "shac"], default="ppo")
+    parser.add_argument("--protocol", choices=["instance", "random"], default="instance",
+                        help="train on each tuning instance (the study's protocol), or once on random instances")
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="training seeds per trial (their mean)")
     parser.add_argument("--trials", type=int, default=16, help="trials in all (a resumed study counts its earlier ones)")
     parser.add_argument("--steps", type=int, default=30_000, help="env steps per trial")
     parser.add_argument("--evaluations", type=int, default=3, help="evaluations per trial (the pruner's checkpoints)")
@@ -78,18 +112,31 @@ def main() -> None:
         sampler=optuna.samplers.TPESampler(seed=args.seed), pruner=optuna.pruners.MedianPruner(n_startup_trials=4),
     )
 
-    def objective(trial: optuna.Trial) -> float:
-        values = suggest(trial, args.algo)
+    def train(values: dict[str, Any], seed: int, instance: int | None) -> list[dict[str, Any]]:
         eval_every = max(args.steps // args.evaluations, 1)
         with tempfile.TemporaryDirectory() as runs:
-            config = TrainConfig(env_id=args.env, algo=args.algo, steps=args.steps, seed=args.seed, eval_every=eval_every,
-                                 eval_seeds=tuple(args.seeds), hyperparams=values, out_dir=runs, run_name="trial")
-            run = run_train(config, progress=False)
-        for evaluation in run.evaluations[1:-1]:
-            trial.report(evaluation["metric_mean"], evaluation["env_steps"])
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        score = run.evaluations[-1]["metric_mean"]
+            config = TrainConfig(env_id=args.env, algo=args.algo, steps=args.steps, seed=seed, eval_every=eval_every,
+                                 eval_seeds=tuple(args.seeds), instance=instance, hyperparams=values, out_dir=runs,
+                                 run_name="trial")
+            return run_train(config, progress=False).evaluations
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest_any(trial, args.algo)
+        scores = []
+        if args.protocol == "instance":  # one training per instance and seed: the study's best policy on it
+            for index, instance in enumerate(args.seeds):
+                scores += [max(e["metric_mean"] for e in train(values, seed, instance)) for seed in args.train_seeds]
+                trial.report(sum(scores) / len(scores), index)
+                if index < len(args.seeds) - 1 and trial.should_prune():
+                    raise optuna.TrialPruned()
+        else:
+            runs = [train(values, seed, None) for seed in args.train_seeds]
+            for step in range(1, len(runs[0]) - 1):
+                trial.report(sum(run[step]["metric_mean"] for run in runs) / len(runs), runs[0][step]["env_steps"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            scores = [run[-1]["metric_mean"] for run in runs]
+        score = sum(scores) / len(scores)
         print(f"trial {trial.number}: {score:.3f} {values}", flush=True)
         return score
 
@@ -104,7 +151,7 @@ def main() -> None:
         for t in trials:
             writer.writerow([t.number, t.state.name, t.value, *(t.params.get(key, "") for key in keys)])
     best = study.best_trial
-    section = {**base, **suggest(optuna.trial.FixedTrial(best.params), args.algo)}
+    section = {**base, **suggest_any(optuna.trial.FixedTrial(best.params), args.algo)}
     (out / "best.yaml").write_text(yaml.safe_dump({args.env: section}, sort_keys=False), encoding="utf-8")
     print(f"best of {len(trials)} trials: trial {best.number}, {args.seeds} metric {best.value:.3f}; wrote {out / 'best.yaml'}")
 

@@ -34,6 +34,22 @@ def test_search_spaces_give_valid_hyperparameters(algo):
         study.tell(trial, 0.0)
 
 
+@pytest.mark.parametrize("algo", ["apg", "shac"])
+def test_through_sim_search_spaces_give_valid_configs(algo):
+    import optuna
+
+    from diffenvs.baselines.diffrl import diffrl_config
+    from diffenvs.baselines.rl import load_hyperparams
+
+    tune = _tune_module()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        config = diffrl_config(load_hyperparams(algo, "DiffEnvs/Pusher-v0"), tune.suggest_any(trial, algo), where=algo)
+        assert 0 < config.learning_rate < 1 and config.window in (8, 16, 32)
+        study.tell(trial, 0.0)
+
+
 @pytest.mark.slow
 def test_tiny_tuning_writes_trials_and_best_and_resumes(tmp_path):
     import yaml
