@@ -167,6 +167,27 @@ class Agent:
             action = self.mean_action(batch).double().numpy()
         return action.reshape(np.shape(obs)[:-1] + (action.shape[-1],)), None
 
+    @classmethod
+    def load(cls, path: str | Any) -> Agent:
+        """An agent from a run's ``model.pt`` or ``best_model.pt`` (``predict`` works as after training)."""
+        import torch
+
+        state = torch.load(path, weights_only=False)
+        config = DiffRLConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                 for key, value in state["config"].items()})
+        obs_dim = state["actor"]["0.weight"].shape[1]
+        action_dim = state["log_std"].shape[0]
+        agent = cls(obs_dim, action_dim, config, critic="critic" in state, seed=0)
+        agent.actor.load_state_dict(state["actor"])
+        with torch.no_grad():
+            agent.log_std.copy_(state["log_std"])
+        if "critic" in state:
+            agent.critic.load_state_dict(state["critic"])
+        if "obs_rms" in state:
+            agent.obs_rms.mean, agent.obs_rms.var = state["obs_rms"]["mean"], state["obs_rms"]["var"]
+            agent.obs_rms.count = state["obs_rms"]["count"]
+        return agent
+
     def state_dict(self) -> dict[str, Any]:
         state = {"actor": self.actor.state_dict(), "log_std": self.log_std.detach().clone(),
                  "config": dataclasses.asdict(self.config)}

@@ -139,6 +139,11 @@ def test_policies_through_the_simulator_learn_the_pusher(tmp_path, algo):
     assert best["metric_mean"] > first["metric_mean"] + 0.1, run.evaluations
     for name in ("model.pt", "best_model.pt", "evaluations.csv", "summary.json", "config.yaml"):
         assert (run.run_dir / name).exists()
+    from diffenvs.baselines.diffrl import Agent
+    from diffenvs.baselines.rl import evaluate_policy_on_instances
+
+    replay = evaluate_policy_on_instances(Agent.load(run.run_dir / "best_model.pt"), "DiffEnvs/Pusher-v0", (0, 1, 2))
+    assert replay["metric_mean"] == pytest.approx(best["metric_mean"], abs=1e-6)
 
 
 def test_through_sim_configs_cover_every_id_and_reject_bad_keys(tmp_path):
