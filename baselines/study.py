@@ -661,7 +661,7 @@ def _plot_curves(config: StudyConfig, records: list[RunRecord], column: int, pat
     envs = [env_id for env_id in config.envs if any(r.env_id == env_id for r in records)]
     if not envs:
         return None
-    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs) + 0.9, 3.4), squeeze=False)
     colors = plt.get_cmap("tab10")
     for ax, env_id in zip(axes[0], envs):
         for index, label in enumerate(config.methods):
@@ -683,8 +683,13 @@ def _plot_curves(config: StudyConfig, records: list[RunRecord], column: int, pat
         if column == 0:
             ax.set_xscale("symlog", linthresh=100)
         ax.set_ylabel("metric (best so far)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    ordered = [label for label in config.methods if label in handles]  # every method once, in the config's order
+    fig.legend([handles[label] for label in ordered], ordered, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 0.9 / (4.2 * len(envs) + 0.9), 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
