@@ -534,18 +534,24 @@ def load_runs(config: StudyConfig) -> list[RunRecord]:
 def interval(values: Iterable[float], *, reps: int, seed: int = 0) -> tuple[float, float, float]:
     """Interquartile mean of ``values`` and its 95% stratified-bootstrap (percentile) interval (rliable).
 
-    Seeded through the bootstrap's generator: rliable's ``random_state`` argument is ignored by
-    arch 7 (the same data gave different intervals), which would break a reproducible report.
+    Seeded: rliable's bootstrap draws its resamples from NumPy's global generator (and its
+    ``random_state`` argument is ignored by arch 7), so the same data gave different intervals; the
+    subclass below draws them from the bootstrap's own seeded generator instead.
     """
     from rliable import metrics
     from rliable.library import StratifiedBootstrap
+
+    class SeededStratifiedBootstrap(StratifiedBootstrap):
+        def update_indices(self) -> tuple[np.ndarray, ...]:
+            indices = self.generator.choice(self._num_items, self._args_shape, replace=True)
+            return (indices, *self._strata_indices)
 
     scores = np.asarray(list(values), dtype=np.float64).reshape(-1, 1)
 
     def iqm(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x)])
 
-    bootstrap = StratifiedBootstrap(scores)
+    bootstrap = SeededStratifiedBootstrap(scores)
     bootstrap.generator = np.random.default_rng(seed)
     low, high = bootstrap.conf_int(iqm, reps=reps, size=0.95, method="percentile").ravel()
     return float(iqm(scores)[0]), float(low), float(high)

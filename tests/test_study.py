@@ -151,7 +151,11 @@ def test_the_report_gives_intervals_and_the_cost_of_reaching_the_best():
     low, high = rows["slow"]["ci_low"], rows["slow"]["ci_high"]
     assert low <= rows["slow"]["iqm"] <= high and low < high
     assert first_reaching(np.array([[0, 0, 0.2], [5, 1, 0.7]]), 0.5) == (5.0, 1.0)
-    assert interval([1.0, 2.0, 3.0, 4.0], reps=200) == interval([1.0, 2.0, 3.0, 4.0], reps=200)  # seeded
+    first = interval([1.0, 2.0, 3.0, 4.0], reps=200)
+    np.random.rand(7)  # rliable's own bootstrap would draw from NumPy's global generator
+    assert interval([1.0, 2.0, 3.0, 4.0], reps=200) == first  # seeded
+    spread = list(np.linspace(0.0, 1.0, 9) ** 2)
+    assert interval(spread, reps=200, seed=1) != interval(spread, reps=200, seed=2)  # the seed is used
 
 
 def test_compare_cli_reports_and_rejects(tmp_path, capsys):
