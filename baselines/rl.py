@@ -305,6 +305,10 @@ def _learn_sb3(config: TrainConfig, kwargs: dict[str, Any], special: dict[str, A
     model = algo_class(special.get("policy", "MlpPolicy"), venv, seed=config.seed, device=config.torch_device, verbose=0,
                        policy_kwargs=special.get("policy_kwargs"),
                        tensorboard_log=str(run_dir / "tensorboard") if config.tensorboard else None, **kwargs)
+    if not config.tensorboard:  # SB3's default logger would leave an empty SB3-<date> folder in the temp dir
+        from stable_baselines3.common.logger import configure
+
+        model.set_logger(configure(str(run_dir), format_strings=[]))
     normalizer = venv if isinstance(venv, VecNormalize) else None
 
     def save_best() -> None:

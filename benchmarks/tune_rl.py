@@ -15,7 +15,8 @@ score) and ``best.yaml`` (the best trial as a section to paste into ``configs/rl
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo shac --trials 16 --steps 100000
 
 Search spaces: rl-zoo3's for PPO, SAC and TD3; for APG and SHAC the step sizes, window, discount,
-network size (and SHAC's critic step size, lambda and target rate).
+network size, the contact loss's start weight (and SHAC's critic step size, lambda, target rate and
+initial exploration).
 """
 
 from __future__ import annotations
@@ -56,12 +57,13 @@ def suggest(trial: Any, algo: str) -> dict[str, Any]:
     return values
 
 
-def suggest_through_sim(trial: Any, algo: str) -> dict[str, Any]:
-    """One trial's hyperparameters of APG or SHAC (fields of ``DiffRLConfig``)."""
+def suggest_through_sim(trial: Any, algo: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One trial's hyperparameters of APG or SHAC (fields of ``DiffRLConfig``); with the env's
+    ``base`` section, also the start weight of its contact loss (a factor on the base's)."""
     width = trial.suggest_categorical("width", [64, 128])
     values: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
-        "window": trial.suggest_categorical("window", [8, 16, 32]),
+        "window": trial.suggest_categorical("window", [8, 16, 32, 64]),
         "gamma": trial.suggest_categorical("gamma", [0.95, 0.98, 0.99, 0.995]),
         "net_arch": [width, width],
     }
@@ -70,14 +72,19 @@ def suggest_through_sim(trial: Any, algo: str) -> dict[str, Any]:
             critic_lr=trial.suggest_float("critic_lr", 1e-4, 1e-2, log=True),
             lam=trial.suggest_categorical("lam", [0.9, 0.95, 0.98]),
             target_alpha=trial.suggest_categorical("target_alpha", [0.2, 0.4, 0.6]),
+            init_log_std=trial.suggest_categorical("init_log_std", [-1.5, -1.0, -0.5]),
         )
     else:
         values["action_noise"] = trial.suggest_categorical("action_noise", [0.0, 0.05, 0.1])
+    remedies = dict((base or {}).get("remedies") or {})
+    if "contact_weight" in remedies:
+        factor = trial.suggest_categorical("contact_factor", [0.3, 1.0, 3.0])
+        values["remedies"] = {**remedies, "contact_weight": remedies["contact_weight"] * factor}
     return values
 
 
-def suggest_any(trial: Any, algo: str) -> dict[str, Any]:
-    return suggest_through_sim(trial, algo) if algo in ("apg", "shac") else suggest(trial, algo)
+def suggest_any(trial: Any, algo: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    return suggest_through_sim(trial, algo, base) if algo in ("apg", "shac") else suggest(trial, algo)
 
 
 def main() -> None:
@@ -121,7 +128,7 @@ def main() -> None:
             return run_train(config, progress=False).evaluations
 
     def objective(trial: optuna.Trial) -> float:
-        values = suggest_any(trial, args.algo)
+        values = suggest_any(trial, args.algo, base)
         scores = []
         if args.protocol == "instance":  # one training per instance and seed: the study's best policy on it
             for index, instance in enumerate(args.seeds):
@@ -151,7 +158,7 @@ def main() -> None:
         for t in trials:
             writer.writerow([t.number, t.state.name, t.value, *(t.params.get(key, "") for key in keys)])
     best = study.best_trial
-    section = {**base, **suggest_any(optuna.trial.FixedTrial(best.params), args.algo)}
+    section = {**base, **suggest_any(optuna.trial.FixedTrial(best.params), args.algo, base)}
     (out / "best.yaml").write_text(yaml.safe_dump({args.env: section}, sort_keys=False), encoding="utf-8")
     print(f"best of {len(trials)} trials: trial {best.number}, {args.seeds} metric {best.value:.3f}; wrote {out / 'best.yaml'}")
 

@@ -39,14 +39,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parse_sets(pairs: list[str], *, sections: bool = True) -> dict:
-    import yaml
+    from diffenvs.config import parse_yaml
 
     overrides = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects {'section.key' if sections else 'key'}=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(text)
+        overrides[key.strip()] = parse_yaml(text)
     return overrides
 
 
@@ -189,6 +189,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.report_only:
         print(f"wrote {write_report(config)}")
         return 0
+    if args.robustness:
+        from diffenvs.baselines.robustness import run_robustness
+
+        paths = run_robustness(config, noise=tuple(args.noise), episodes=args.episodes,
+                               methods=tuple(args.methods) if args.methods else None, progress=not args.no_progress)
+        print("wrote " + ", ".join(str(path) for path in paths))
+        return 0
     try:
         result = run_study(config, backend=args.backend, address=args.address, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -317,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--workers", type=int, help="runs at the same time (default: the config's)")
     compare.add_argument("--out-dir", help="study directory (default: the config's out_dir)")
     compare.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished runs")
+    compare.add_argument("--robustness", action="store_true",
+                         help="replay the finished runs under actuation noise (open-loop sequences against policies)")
+    compare.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4],
+                         help="--robustness: standard deviations of the noise added to every action")
+    compare.add_argument("--episodes", type=int, default=16, help="--robustness: noisy episodes per run and level")
+    compare.add_argument("--methods", nargs="+", help="--robustness: only these methods (labels of the study)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare.set_defaults(func=_cmd_compare)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -46,8 +48,36 @@ def load_yaml(cls: type[T], path: str | Path, overrides: Mapping[str, Any] | Non
     return from_dict(cls, apply_overrides(read_yaml(path), overrides or {}), where=str(path))
 
 
+@functools.cache
+def _loader() -> Any:
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: ``5e-4`` and ``1e5`` are numbers
+    (YAML 1.1, PyYAML's default, wants ``5.0e-4`` and reads ``5e-4`` as a string)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+def parse_yaml(text: str | Any) -> Any:
+    """The value of YAML ``text`` (a string or a stream) with :func:`read_yaml`'s number rules."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())  # a subclass of SafeLoader
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping of a YAML file (empty for an empty file).
+    """The mapping of a YAML file (empty for an empty file); ``1e-4`` reads as a number.
 
     Raises:
         ConfigError: the file is not valid YAML or does not hold a mapping.
@@ -56,7 +86,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
     with open(path, encoding="utf-8") as handle:
         try:
-            values = yaml.safe_load(handle) or {}
+            values = parse_yaml(handle) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(values, dict):

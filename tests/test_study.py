@@ -224,3 +224,51 @@ def test_the_generalization_protocol_judges_policies_on_held_out_instances(tmp_p
     assert "held-out instances 1000, 1001" in (tmp_path / "gen" / "report.md").read_text()
     with pytest.raises(ConfigError, match="test_seeds"):
         load_study(_write(tmp_path, {**TINY, "protocol": "generalize"}, name="bad.yaml"))
+
+
+def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
+    """`compare --robustness`: noiseless replays reproduce the study, noisy ones use shared draws."""
+    import gymnasium as gym
+
+    from diffenvs.baselines.robustness import noise_draws, run_robustness
+    from diffenvs.cli import main
+
+    values = {**TINY, "seeds": [0], "workers": 1,
+              "methods": {key: TINY["methods"][key] for key in ("adam", "ppo")}, "out_dir": str(tmp_path / "s")}
+    config = load_study(_write(tmp_path, values))
+    assert not run_study(config, progress=False).failed
+    csv_path, md_path = run_robustness(config, noise=(0.0, 0.3), episodes=3, progress=False)
+    with open(csv_path, encoding="utf-8") as handle:
+        rows = {(r["method"], float(r["noise"])): r for r in csv.DictReader(handle)}
+    assert sorted(rows) == [("adam", 0.0), ("adam", 0.3), ("ppo", 0.0), ("ppo", 0.3)]
+    for method in ("adam", "ppo"):
+        result = json.loads((tmp_path / "s" / "runs" / f"Pusher-{method}-s0" / "result.json").read_text())
+        assert float(rows[(method, 0.0)]["metric_mean"]) == pytest.approx(result["metric"], abs=1e-9)
+        assert rows[(method, 0.3)]["episodes"] == "3"
+
+    # the noisy episodes are single-env episodes on the instance with actions + 0.3 * the shared draws
+    actions = np.load(tmp_path / "s" / "runs" / "Pusher-adam-s0" / "best.npz")["actions"]
+    draws = noise_draws(0, 3, len(actions), actions.shape[1])
+    env = gym.make("DiffEnvs/Pusher-v0", differentiable=False)
+    metrics = []
+    for episode in range(3):
+        env.reset(seed=0)
+        for t in range(len(actions)):
+            *_, info = env.step(actions[t] + 0.3 * draws[t, episode])
+        metrics.append(info["loss_reduction"])
+    env.close()
+    assert float(rows[("adam", 0.3)]["metric_mean"]) == pytest.approx(np.mean(metrics), abs=1e-9)
+    assert "## Pusher" in md_path.read_text() and "| adam |" in md_path.read_text()
+
+    # a run without its model is listed, not silently dropped; an artifact that does not match raises
+    (tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "best_model.zip").unlink()
+    assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--robustness", "--noise", "0",
+                 "--no-progress"]) == 0
+    assert "Pusher-ppo-s0" in md_path.read_text().split("without an artifact")[1]
+    np.savez(tmp_path / "s" / "runs" / "Pusher-adam-s0" / "best.npz", actions=np.zeros_like(actions))
+    with pytest.raises(RuntimeError, match="does not match"):
+        run_robustness(config, noise=(0.0,), episodes=1, progress=False)
+    with pytest.raises(ConfigError, match="sac"):
+        run_robustness(config, methods=("sac",), progress=False)
+    with pytest.raises(ConfigError, match="protocol"):
+        run_robustness(load_study(_shipped("generalize")), progress=False)

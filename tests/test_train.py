@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 
 import pytest
 
@@ -43,12 +44,16 @@ def test_ppo_learns_the_pusher(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["sac", "td3"])
-def test_off_policy_algorithms_run_and_write_their_run(tmp_path, algo):
+def test_off_policy_algorithms_run_and_write_their_run(tmp_path, algo, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # SB3's default logger makes a folder there
     config = TrainConfig(algo=algo, steps=300, eval_every=200, eval_seeds=(0,), out_dir=str(tmp_path), run_name=algo,
                          hyperparams={"learning_starts": 100, "batch_size": 32})
     run = run_train(config, progress=False)
     assert run.status == "finished" and [e["env_steps"] for e in run.evaluations] == [0, 200, 300]
     assert (run.run_dir / "model.zip").exists()
+    assert not list(temp.glob("SB3-*"))  # no empty SB3-<date> folder left behind
 
 
 def test_ppo_on_dough_with_normalization(tmp_path):

@@ -45,8 +45,12 @@ def test_through_sim_search_spaces_give_valid_configs(algo):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         trial = study.ask()
-        config = diffrl_config(load_hyperparams(algo, "DiffEnvs/Pusher-v0"), tune.suggest_any(trial, algo), where=algo)
-        assert 0 < config.learning_rate < 1 and config.window in (8, 16, 32)
+        base = load_hyperparams(algo, "DiffEnvs/Pusher-v0")
+        config = diffrl_config(base, tune.suggest_any(trial, algo, base), where=algo)
+        assert 0 < config.learning_rate < 1 and config.window in (8, 16, 32, 64)
+        factor = config.remedies["contact_weight"] / base["remedies"]["contact_weight"]
+        assert factor == pytest.approx(trial.params["contact_factor"])
+        assert config.remedies_final == base["remedies_final"]  # the schedule still ends without the remedy
         study.tell(trial, 0.0)
 
 

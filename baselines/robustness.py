@@ -1,0 +1,229 @@
+"""Closed-loop robustness: a study's results replayed under actuation noise.
+
+An optimizer's result is an open-loop action sequence; an RL algorithm's (or APG's, SHAC's) is a
+policy that sees every observation. On its own instance without noise both are judged by one
+deterministic episode (the study's table). Here every finished run of an ``instance``-protocol
+study is replayed ``episodes`` times on its instance with Gaussian noise of standard deviation
+``noise`` added to every executed action (then clipped to [-1, 1] by the env, as any action):
+the sequence cannot react to it, a policy can. All methods see the same noise draws (common random
+numbers: the draws depend only on the instance, the episode and the step), so differences between
+methods are not differences in luck.
+
+Reads each run's artifact (``best.npz``'s actions for an optimizer, ``best_model.zip`` or
+``best_model.pt`` for a learner: the model files are kept in the study directory but not
+committed, so this runs where the study ran); runs without one are listed as missing. Writes
+``robustness.csv`` (one row per run and noise level: mean and standard deviation of the metric
+over the episodes) and ``robustness.md`` (per task: each method's interquartile mean over instances
+at every noise level, with its 95% bootstrap interval, and the fraction of its noiseless result
+that it keeps at the largest level).
+
+The noiseless replay must reproduce the study's result: a mismatch (beyond 1e-6) raises, since the
+replay would then not measure what the study measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffenvs.config import ConfigError
+
+
+def noise_draws(instance: int, episodes: int, steps: int, action_dim: int) -> np.ndarray:
+    """Standard normal draws (steps, episodes, action_dim) of one instance, the same for every method."""
+    return np.random.default_rng([20261130, instance]).standard_normal((steps, episodes, action_dim))
+
+
+class _Sequence:
+    """An open-loop action sequence as a policy that ignores its observations."""
+
+    def __init__(self, actions: np.ndarray):
+        self.actions = np.asarray(actions, dtype=np.float64)
+        self.t = 0
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        action = self.actions[min(self.t, len(self.actions) - 1)]
+        self.t += 1
+        return np.broadcast_to(action, (obs.shape[0], action.shape[0]))
+
+
+class _Model:
+    """A trained policy's deterministic actions for a batch of observations."""
+
+    def __init__(self, model: Any, normalizer: Any = None):
+        self.model, self.normalizer = model, normalizer
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self.normalizer is not None:
+            obs = self.normalizer.normalize_obs(obs)
+        action, _ = self.model.predict(obs, deterministic=True)
+        return np.asarray(action, dtype=np.float64)
+
+
+def load_policy(run_dir: Path, job: dict[str, Any]) -> Any | None:
+    """The run's result as a callable ``obs batch -> action batch``, or ``None`` without an artifact.
+
+    A sequence restarts at its first action on every call of the returned object's episode (make a
+    new one per episode)."""
+    spec = job["spec"]
+    if spec["kind"] == "optimize":
+        path = run_dir / "best.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as saved:
+            actions = saved["actions"]
+        return lambda: _Sequence(actions)
+    method = spec["method"]
+    if method in ("apg", "shac"):
+        path = run_dir / "best_model.pt"
+        if not path.exists():
+            return None
+        from diffenvs.baselines.diffrl import Agent
+
+        agent = Agent.load(path)
+        return lambda: _Model(agent)
+    path = run_dir / "best_model.zip"
+    if not path.exists():
+        return None
+    import pickle
+
+    import stable_baselines3 as sb3
+
+    model = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[method].load(path, device="cpu")
+    normalizer = None
+    stats = run_dir / "best_vecnormalize.pkl"
+    if stats.exists():
+        with open(stats, "rb") as handle:
+            normalizer = pickle.load(handle)  # a file this run wrote
+        normalizer.training = False
+    return lambda: _Model(model, normalizer)
+
+
+def replay(env_id: str, instance: int, env_kwargs: dict[str, Any], make_policy: Any, noise: float,
+           episodes: int) -> np.ndarray:
+    """Task metric of ``episodes`` noisy episodes on ``instance`` (worlds of one vector env)."""
+    import gymnasium as gym
+
+    import diffenvs  # noqa: F401  (registers the ids)
+
+    count = 1 if noise == 0 else episodes
+    env = gym.make_vec(env_id, num_envs=count, vectorization_mode="vector_entry_point", differentiable=False,
+                       instance_seed=instance, **env_kwargs)
+    try:
+        steps = gym.spec(env_id).max_episode_steps
+        metric_name = env.unwrapped.task.metric
+        draws = noise_draws(instance, episodes, steps, env.single_action_space.shape[0])[:, :count]
+        policy = make_policy()
+        obs, _ = env.reset(seed=instance)
+        metric = np.full(count, np.nan)
+        done = np.zeros(count, dtype=bool)
+        for t in range(steps):
+            action = policy(obs) + noise * draws[t]
+            obs, _, terminated, truncated, info = env.step(action)
+            ended = (terminated | truncated) & ~done
+            metric[ended] = np.asarray(info[metric_name])[ended]
+            done |= ended
+            if done.all():
+                break
+    finally:
+        env.close()
+    return metric
+
+
+def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4), episodes: int = 16,
+                   methods: tuple[str, ...] | None = None, progress: bool = True) -> tuple[Path, Path]:
+    """Replay every finished run of ``config`` (a :class:`~diffenvs.baselines.study.StudyConfig`)
+    under each ``noise`` level; write and return ``robustness.csv`` and ``robustness.md``.
+
+    Raises:
+        ConfigError: a ``generalize`` study, bad levels or episodes, unknown methods.
+        RuntimeError: a noiseless replay that does not reproduce the study's result.
+    """
+    import warp as wp
+    from tqdm import tqdm
+
+    from diffenvs.baselines.study import jobs
+
+    wp.config.quiet = True
+
+    if config.protocol != "instance":
+        raise ConfigError("robustness replays single-instance results: the study's protocol must be 'instance'")
+    if episodes < 1 or not noise or any(not (0 <= level < math.inf) for level in noise):
+        raise ConfigError(f"need episodes >= 1 and noise levels >= 0, got {episodes} and {list(noise)}")
+    unknown = sorted(set(methods or ()) - set(config.methods))
+    if unknown:
+        raise ConfigError(f"methods {unknown} are not in the study ({sorted(config.methods)})")
+    out = Path(config.out_dir)
+    rows, missing = [], []
+    todo = [job for job in jobs(config) if methods is None or job.label in methods]
+    for job in tqdm(todo, desc="robustness", disable=not progress):
+        run_dir = out / "runs" / job.name
+        if not (run_dir / "result.json").exists():
+            continue
+        saved_job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+        make_policy = load_policy(run_dir, saved_job)
+        if make_policy is None:
+            missing.append(job.name)
+            continue
+        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+        for level in sorted(set(noise) | {0.0}):
+            metrics = replay(job.env_id, job.seed, job.env_kwargs, make_policy, level, episodes)
+            if level == 0 and abs(float(metrics[0]) - float(result["metric"])) > 1e-6:
+                raise RuntimeError(f"{job.name}: the noiseless replay gives {metrics[0]:.6f}, the study "
+                                   f"{result['metric']:.6f}: the artifact does not match the result")
+            rows.append({"env_id": job.env_id, "method": job.label, "seed": job.seed, "noise": level,
+                         "episodes": len(metrics), "metric_mean": float(np.mean(metrics)),
+                         "metric_std": float(np.std(metrics))})
+    csv_path = out / "robustness.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["env_id", "method", "seed", "noise", "episodes", "metric_mean",
+                                                    "metric_std"])
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path = out / "robustness.md"
+    md_path.write_text(_table(config, rows, sorted(set(noise) | {0.0}), episodes, missing), encoding="utf-8")
+    return csv_path, md_path
+
+
+def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episodes: int, missing: list[str]) -> str:
+    from diffenvs.baselines.study import interval, task_name
+
+    lines = [f"# Robustness: {config.name}", "",
+             (f"Task metric under Gaussian actuation noise (standard deviation per action component, actions in "
+              f"[-1, 1]), {episodes} episodes per instance with the same noise draws for every method; "
+              "interquartile mean over instances with its 95% stratified-bootstrap interval. `kept`: the "
+              "interquartile mean at the largest level over the noiseless one."), ""]
+    for env_id in config.envs:
+        lines += [f"## {task_name(env_id)}", "",
+                  "| method | " + " | ".join(f"noise {level:g}" for level in levels) + " | kept |",
+                  "|---|" + "---|" * (len(levels) + 1)]
+        for method in config.methods:
+            cells, iqms = [], []
+            for level in levels:
+                values = [r["metric_mean"] for r in rows
+                          if r["env_id"] == env_id and r["method"] == method and r["noise"] == level]
+                if not values:
+                    cells.append("-")
+                    iqms.append(math.nan)
+                    continue
+                iqm, low, high = interval(values, reps=2000)
+                cells.append(f"{iqm:.2f} [{low:.2f}, {high:.2f}]" + ("" if len(values) >= len(config.seeds)
+                                                                     else f" ({len(values)} of {len(config.seeds)})"))
+                iqms.append(iqm)
+            if all(cell == "-" for cell in cells):
+                continue
+            kept = iqms[-1] / iqms[0] if iqms[0] and not math.isnan(iqms[0]) and not math.isnan(iqms[-1]) else math.nan
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {kept:.2f} |")
+        lines.append("")
+    if missing:
+        lines += ["Runs without an artifact (model files are not committed: replay where the study ran): "
+                  + ", ".join(missing), ""]
+    return "\n".join(lines)
+
+
+__all__ = ["load_policy", "noise_draws", "replay", "run_robustness"]
