@@ -10,8 +10,9 @@ keeps memory flat over any number of iterations), across autoresets.
   (``tanh`` outputs), optional Gaussian exploration noise (reparameterized).
 - ``shac``: short-horizon actor-critic (Xu et al., ICLR 2022): the window's discounted return plus
   the target critic's value of the state it ends in (and of the last state of an episode that is
-  truncated inside it; zero after a divergence), a stochastic Gaussian policy (reparameterized,
-  state-independent log standard deviation), a critic trained on TD(lambda) targets of the
+  truncated inside it; zero after a divergence), a stochastic policy (``tanh`` of a Gaussian around
+  the network's output, reparameterized, state-independent log standard deviation, as the paper's:
+  actions stay inside [-1, 1]; evaluation takes ``tanh`` of the mean), a critic trained on TD(lambda) targets of the
   window (``critic_iters`` epochs of ``critic_batches`` minibatches), a target critic updated as
   ``alpha * target + (1 - alpha) * critic``.
 
@@ -319,8 +320,8 @@ def _shac_window(agent: Agent, rollout: Any, obs: Any, config: DiffRLConfig, gen
         raw.append(obs.detach().numpy())
         normalized = agent.normalize(obs)
         inputs.append(normalized.detach())
-        mean = torch.tanh(agent.actor(normalized))
-        action = mean + std * torch.randn(mean.shape, generator=generator)
+        mean = agent.actor(normalized)  # the Gaussian lives before the tanh: actions stay inside [-1, 1]
+        action = torch.tanh(mean + std * torch.randn(mean.shape, generator=generator))
         obs, reward, terminated, truncated, info = rollout.step(action)
         terminated_t, truncated_t = torch.as_tensor(terminated), torch.as_tensor(truncated)
         ended = terminated_t | truncated_t

@@ -15,8 +15,8 @@ score) and ``best.yaml`` (the best trial as a section to paste into ``configs/rl
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo shac --trials 16 --steps 100000
 
 Search spaces: rl-zoo3's for PPO, SAC and TD3; for APG and SHAC the step sizes, window, discount,
-network size, the contact loss's start weight (and SHAC's critic step size, lambda, target rate and
-initial exploration).
+network size, the contact loss's start weight (and SHAC's critic step size, lambda, target rate,
+initial exploration and number of worlds).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def suggest_through_sim(trial: Any, algo: str, base: dict[str, Any] | None = Non
             lam=trial.suggest_categorical("lam", [0.9, 0.95, 0.98]),
             target_alpha=trial.suggest_categorical("target_alpha", [0.2, 0.4, 0.6]),
             init_log_std=trial.suggest_categorical("init_log_std", [-1.5, -1.0, -0.5]),
+            n_envs=trial.suggest_categorical("n_envs", [4, 8, 16, 32]),
         )
     else:
         values["action_noise"] = trial.suggest_categorical("action_noise", [0.0, 0.05, 0.1])
