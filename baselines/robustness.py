@@ -13,7 +13,7 @@ Reads each run's artifact (``best.npz``'s actions for an optimizer, ``best_model
 ``best_model.pt`` for a learner: the model files are kept in the study directory but not
 committed, so this runs where the study ran); runs without one are listed as missing. Writes
 ``robustness.csv`` (one row per run and noise level: mean and standard deviation of the metric
-over the episodes) and ``robustness.md`` (per task: each method's interquartile mean over instances
+over the episodes; a later call for some methods replaces their rows and keeps the others') and ``robustness.md`` (per task: each method's interquartile mean over instances
 at every noise level, with its 95% bootstrap interval, and the fraction of its noiseless result
 that it keeps at the largest level).
 
@@ -180,13 +180,25 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
                          "episodes": len(metrics), "metric_mean": float(np.mean(metrics)),
                          "metric_std": float(np.std(metrics))})
     csv_path = out / "robustness.csv"
+    replayed = {(job.env_id, job.label, job.seed) for job in todo}
+    levels = sorted(set(noise) | {0.0})
+    if csv_path.exists():  # keep the earlier rows of runs not replayed now, if measured the same way
+        with open(csv_path, encoding="utf-8") as handle:
+            earlier = [{**row, "seed": int(row["seed"]), "noise": float(row["noise"]), "episodes": int(row["episodes"]),
+                        "metric_mean": float(row["metric_mean"]), "metric_std": float(row["metric_std"])}
+                       for row in csv.DictReader(handle)]
+        rows = [row for row in earlier if (row["env_id"], row["method"], row["seed"]) not in replayed
+                and row["noise"] in levels and row["episodes"] in (1, episodes)
+                and row["method"] in config.methods] + rows
+    order = {(job.env_id, job.label): index for index, job in enumerate(jobs(config))}
+    rows.sort(key=lambda row: (order[(row["env_id"], row["method"])], row["seed"], row["noise"]))
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["env_id", "method", "seed", "noise", "episodes", "metric_mean",
                                                     "metric_std"])
         writer.writeheader()
         writer.writerows(rows)
     md_path = out / "robustness.md"
-    md_path.write_text(_table(config, rows, sorted(set(noise) | {0.0}), episodes, missing), encoding="utf-8")
+    md_path.write_text(_table(config, rows, levels, episodes, missing), encoding="utf-8")
     return csv_path, md_path
 
 

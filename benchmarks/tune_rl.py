@@ -80,7 +80,7 @@ def suggest_through_sim(trial: Any, algo: str, base: dict[str, Any] | None = Non
     remedies = dict((base or {}).get("remedies") or {})
     if "contact_weight" in remedies:
         factor = trial.suggest_categorical("contact_factor", [0.3, 1.0, 3.0])
-        values["remedies"] = {**remedies, "contact_weight": remedies["contact_weight"] * factor}
+        values["remedies"] = {**remedies, "contact_weight": float(f"{remedies['contact_weight'] * factor:.6g}")}
     return values
 
 

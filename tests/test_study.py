@@ -259,6 +259,9 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
     env.close()
     assert float(rows[("adam", 0.3)]["metric_mean"]) == pytest.approx(np.mean(metrics), abs=1e-9)
     assert "## Pusher" in md_path.read_text() and "| adam |" in md_path.read_text()
+    before = csv_path.read_text()
+    run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("adam",), progress=False)
+    assert csv_path.read_text() == before  # adam's rows replaced by the same ones, ppo's kept
 
     # a run without its model is listed, not silently dropped; an artifact that does not match raises
     (tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "best_model.zip").unlink()
