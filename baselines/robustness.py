@@ -149,7 +149,8 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
 
     from diffenvs.baselines.study import jobs
 
-    wp.config.quiet = True
+    wp.config.quiet = True  # no module-load lines (as the study's workers)
+    wp.config.log_level = 30
 
     if config.protocol != "instance":
         raise ConfigError("robustness replays single-instance results: the study's protocol must be 'instance'")
