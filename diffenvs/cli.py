@@ -186,13 +186,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("out_dir", args.out_dir), ("workers", args.workers)) if value is not None}
     config = load_study(_study_path(args.config), overrides)
+    replay_flags = [flag for flag, value in (("--noise", args.noise), ("--episodes", args.episodes),
+                                             ("--methods", args.methods)) if value is not None]
+    if replay_flags and not args.robustness:
+        raise ValueError(f"{', '.join(replay_flags)} only apply with --robustness")
     if args.report_only:
         print(f"wrote {write_report(config)}")
         return 0
     if args.robustness:
         from diffenvs.baselines.robustness import run_robustness
 
-        paths = run_robustness(config, noise=tuple(args.noise), episodes=args.episodes,
+        paths = run_robustness(config, noise=tuple(args.noise or (0.0, 0.1, 0.2, 0.4)), episodes=16 if args.episodes is None else args.episodes,
                                methods=tuple(args.methods) if args.methods else None, progress=not args.no_progress)
         print("wrote " + ", ".join(str(path) for path in paths))
         return 0
@@ -326,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished runs")
     compare.add_argument("--robustness", action="store_true",
                          help="replay the finished runs under actuation noise (open-loop sequences against policies)")
-    compare.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4],
-                         help="--robustness: standard deviations of the noise added to every action")
-    compare.add_argument("--episodes", type=int, default=16, help="--robustness: noisy episodes per run and level")
+    compare.add_argument("--noise", type=float, nargs="+",
+                         help="--robustness: standard deviations of the noise added to every action (0 0.1 0.2 0.4)")
+    compare.add_argument("--episodes", type=int, help="--robustness: noisy episodes per run and level (16)")
     compare.add_argument("--methods", nargs="+", help="--robustness: only these methods (labels of the study)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare.set_defaults(func=_cmd_compare)

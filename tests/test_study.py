@@ -268,6 +268,9 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
     assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--robustness", "--noise", "0",
                  "--no-progress"]) == 0
     assert "Pusher-ppo-s0" in md_path.read_text().split("without an artifact")[1]
+    assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--noise", "0.1"]) == 2
+    assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--robustness",
+                 "--episodes", "0"]) == 2
     np.savez(tmp_path / "s" / "runs" / "Pusher-adam-s0" / "best.npz", actions=np.zeros_like(actions))
     with pytest.raises(RuntimeError, match="does not match"):
         run_robustness(config, noise=(0.0,), episodes=1, progress=False)
