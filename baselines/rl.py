@@ -44,6 +44,13 @@ from diffenvs.config import ConfigError, read_yaml, to_dict, write_yaml
 
 Algo = Literal["ppo", "sac", "td3", "apg", "shac"]
 SB3_ALGOS: tuple[str, ...] = ("ppo", "sac", "td3")
+
+
+def sb3_class(algo: str) -> Any:
+    """The stable-baselines3 class of ``algo`` (one of :data:`SB3_ALGOS`)."""
+    import stable_baselines3 as sb3
+
+    return {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[algo]
 """The stable-baselines3 algorithms (rl-zoo3's hyperparameter format)."""
 ALGOS: tuple[str, ...] = typing.get_args(Algo)
 """Every algorithm of ``diffenvs train``: stable-baselines3's and the ones through the simulator (:mod:`.diffrl`)."""
@@ -283,7 +290,6 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
 def _learn_sb3(config: TrainConfig, kwargs: dict[str, Any], special: dict[str, Any], steps: int, n_envs: int,
                run_dir: Path, log: _EvaluationLog) -> tuple[str, int]:
     import gymnasium as gym
-    import stable_baselines3 as sb3
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.noise import NormalActionNoise
@@ -301,7 +307,7 @@ def _learn_sb3(config: TrainConfig, kwargs: dict[str, Any], special: dict[str, A
     if special.get("noise_type") == "normal":  # rl-zoo3's exploration noise for off-policy algorithms
         dim = venv.action_space.shape[0]
         kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), float(special.get("noise_std", 0.1)) * np.ones(dim))
-    algo_class = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[config.algo]
+    algo_class = sb3_class(config.algo)
     model = algo_class(special.get("policy", "MlpPolicy"), venv, seed=config.seed, device=config.torch_device, verbose=0,
                        policy_kwargs=special.get("policy_kwargs"),
                        tensorboard_log=str(run_dir / "tensorboard") if config.tensorboard else None, **kwargs)

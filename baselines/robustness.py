@@ -92,9 +92,9 @@ def load_policy(run_dir: Path, job: dict[str, Any]) -> Any | None:
         return None
     import pickle
 
-    import stable_baselines3 as sb3
+    from diffenvs.baselines.rl import sb3_class
 
-    model = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[method].load(path, device="cpu")
+    model = sb3_class(method).load(path, device="cpu")
     normalizer = None
     stats = run_dir / "best_vecnormalize.pkl"
     if stats.exists():
@@ -224,7 +224,7 @@ def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episode
                     cells.append("-")
                     iqms.append(math.nan)
                     continue
-                iqm, low, high = interval(values, reps=2000)
+                iqm, low, high = interval(values, reps=config.bootstrap_reps)
                 cells.append(f"{iqm:.2f} [{low:.2f}, {high:.2f}]" + ("" if len(values) >= len(config.seeds)
                                                                      else f" ({len(values)} of {len(config.seeds)})"))
                 iqms.append(iqm)

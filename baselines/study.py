@@ -259,16 +259,14 @@ def _episode_steps(env_id: str) -> int:
 
 
 def _check_hyperparams(job: RunJob) -> None:
-    import stable_baselines3 as sb3
-
     from diffenvs.baselines.diffrl import DIFF_ALGOS, diffrl_config
-    from diffenvs.baselines.rl import SPECIAL_KEYS, load_hyperparams
+    from diffenvs.baselines.rl import SPECIAL_KEYS, load_hyperparams, sb3_class
 
     section = load_hyperparams(job.spec.method, job.env_id)
     if job.spec.method in DIFF_ALGOS:
         diffrl_config(section, dict(job.spec.set), where=f"set ({job.spec.method})")
         return
-    algo_class = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[job.spec.method]
+    algo_class = sb3_class(job.spec.method)
     valid = set(inspect.signature(algo_class.__init__).parameters) - {"self", "env", "policy"} | set(SPECIAL_KEYS)
     unknown = sorted(set(job.spec.set) - valid)
     if unknown:
