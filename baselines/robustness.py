@@ -115,7 +115,7 @@ def replay(env_id: str, instance: int, env_kwargs: dict[str, Any], make_policy: 
     env = gym.make_vec(env_id, num_envs=count, vectorization_mode="vector_entry_point", differentiable=False,
                        instance_seed=instance, **env_kwargs)
     try:
-        steps = gym.spec(env_id).max_episode_steps
+        steps = env_kwargs.get("max_episode_steps") or gym.spec(env_id).max_episode_steps
         metric_name = env.unwrapped.task.metric
         draws = noise_draws(instance, episodes, steps, env.single_action_space.shape[0])[:, :count]
         policy = make_policy()

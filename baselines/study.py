@@ -20,7 +20,7 @@ held-out ones, see :class:`StudyConfig`):
   last rollout (PPO: up to ``n_envs * n_steps`` steps past the budget), as stable-baselines3 does.
   Each run's spent env steps are in the report.
 
-The study directory (``out_dir``) holds ``study.yaml`` (the config), ``runs/<Task>-<method>-s<seed>/``
+The study directory (``out_dir``) holds ``study.yaml`` (the config, less ``out_dir`` and ``workers``), ``runs/<Task>-<method>-s<seed>/``
 (each run's own directory, as ``diffenvs optimize`` or ``diffenvs train`` write it, plus ``job.json``,
 ``curve.csv``: env steps, wall time and the best metric so far at every evaluation, and
 ``result.json``), and the report: ``report.md`` (a table per task), ``final.csv`` (one row per
@@ -116,6 +116,8 @@ class StudyConfig:
         methods: Label -> method (the labels name the runs and the rows of the tables).
         env_kwargs: Env id -> env keyword arguments of the reported setting, for every method on
             that env (e.g. ``{tool_softness: 0.0}``: hard tools); envs not listed use their defaults.
+            ``max_episode_steps`` (``gym.make``'s) sets the episode length for every method: the
+            learners' episodes and the optimizers' sequence length (``problem.horizon``).
         out_dir: The study directory.
         workers: Runs at the same time (processes of the pool; Ray tasks in flight).
         bootstrap_reps: Bootstrap resamples of the confidence intervals.
@@ -240,12 +242,16 @@ def _optimize_config(job: RunJob, out_dir: str = "runs", run_name: str = "run", 
                  "solver.method": job.spec.method, "solver.budget": budget}
     config = resolve_config(CONFIG_DIR / "optimize.yaml", overrides)
     # The budget decides the length: every iteration costs at least one rollout, so this many always suffice.
-    horizon = config.problem.horizon or _episode_steps(job.env_id)
+    env_kwargs = dict(job.env_kwargs)
+    episode = env_kwargs.pop("max_episode_steps", None)  # the episode length: the sequence's length here
+    horizon = episode or config.problem.horizon or _episode_steps(job.env_id)
     longest = math.ceil(budget / horizon)
     defaults = {"solver.iters": longest, "solver.random.samples": longest, "out_dir": out_dir, "run_name": run_name,
                 "gif": False, "plot": False}
-    if job.env_kwargs:
-        defaults["problem.env_kwargs"] = {**config.problem.env_kwargs, **job.env_kwargs}
+    if episode is not None:
+        defaults["problem.horizon"] = episode
+    if env_kwargs:
+        defaults["problem.env_kwargs"] = {**config.problem.env_kwargs, **env_kwargs}
     for key in job.spec.set:
         if key in ("problem.env_id", "problem.seed", "solver.seed", "solver.method", "solver.budget"):
             raise ConfigError(f"set: {key!r} is chosen by the study")
@@ -402,7 +408,8 @@ def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | 
     out = Path(config.out_dir)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "study.yaml", to_dict(config))
+    # what was studied; not where or with how many workers (command-line choices of one sitting)
+    write_yaml(out / "study.yaml", {k: v for k, v in to_dict(config).items() if k not in ("out_dir", "workers")})
     for stale in runs_dir.glob(".*.tmp"):  # runs in flight when a previous study was killed
         shutil.rmtree(stale)
     todo, skipped = [], []

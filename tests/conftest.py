@@ -36,6 +36,22 @@ def replay(env, state: dict[str, np.ndarray], actions: np.ndarray, objective: st
     return total if objective == "return" else info["loss"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_dir(tmp_path_factory):
+    """stable-baselines3's default logger makes a ``SB3-<date>`` folder in the system temp dir on every
+    ``learn()`` (the tests that train SB3 models directly, as a user would, and rl-zoo3's subprocess):
+    keep them in pytest's temp dir instead."""
+    import os
+
+    previous = os.environ.get("SB3_LOGDIR")
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3-logs"))
+    yield
+    if previous is None:
+        os.environ.pop("SB3_LOGDIR", None)
+    else:
+        os.environ["SB3_LOGDIR"] = previous
+
+
 @pytest.fixture
 def cuda_device():
     if not wp.is_cuda_available():

@@ -278,3 +278,49 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
         run_robustness(config, methods=("sac",), progress=False)
     with pytest.raises(ConfigError, match="protocol"):
         run_robustness(load_study(_shipped("generalize")), progress=False)
+
+
+@pytest.mark.slow
+def test_max_episode_steps_sets_every_methods_episode_and_the_horizon_script_scales_budgets(tmp_path):
+    """``env_kwargs: {max_episode_steps: T}``: the optimizers' sequences and the learners' episodes
+    have T steps, robustness replays T steps; benchmarks/horizon.py runs one such study per length
+    with budgets scaled by T / the default length and tabulates them."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from diffenvs.baselines.robustness import run_robustness
+
+    root = Path(__file__).resolve().parents[1]
+    values = {**TINY, "seeds": [0], "workers": 1, "env_kwargs": {"DiffEnvs/Pusher-v0": {"max_episode_steps": 20}},
+              "methods": {key: TINY["methods"][key] for key in ("adam", "ppo")}, "out_dir": str(tmp_path / "s")}
+    config = load_study(_write(tmp_path, values))
+    assert not run_study(config, progress=False).failed
+    runs = tmp_path / "s" / "runs"
+    recorded = (tmp_path / "s" / "study.yaml").read_text()  # what was studied, not where or how many at once
+    assert "max_episode_steps: 20" in recorded and "out_dir" not in recorded and "workers" not in recorded
+    assert np.load(runs / "Pusher-adam-s0" / "best.npz")["actions"].shape == (20, 2)
+    assert "horizon: 20" in (runs / "Pusher-adam-s0" / "config.yaml").read_text()
+    assert "max_episode_steps: 20" in (runs / "Pusher-ppo-s0" / "config.yaml").read_text()
+    csv_path, _ = run_robustness(config, noise=(0.0,), episodes=1, progress=False)  # raises unless it reproduces
+    assert csv_path.exists()
+
+    spec = importlib.util.spec_from_file_location("horizon", root / "benchmarks" / "horizon.py")
+    horizon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(horizon)
+    scaled = horizon.study_for(load_study(_write(tmp_path, TINY, name="base.yaml")), 50, 100, tmp_path / "h")
+    assert [m.budget for m in scaled.methods.values()] == [200, 400, 128]
+    assert scaled.env_kwargs == {"DiffEnvs/Pusher-v0": {"max_episode_steps": 50}} and scaled.out_dir == str(tmp_path / "h" / "T50")
+
+    base = {**TINY, "seeds": [0], "workers": 1, "methods": {"adam": TINY["methods"]["adam"]}}
+    command = [sys.executable, str(root / "benchmarks" / "horizon.py"), "--config", str(_write(tmp_path, base, name="h.yaml")),
+               "--lengths", "10", "20", "--out-dir", str(tmp_path / "h"), "--sequences", "2", "--no-progress"]
+    subprocess.run(command, check=True, capture_output=True, cwd=tmp_path)
+    with open(tmp_path / "h" / "horizon.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["length"], r["method"], r["env_steps"]) for r in rows] == [("10", "adam", "40.0"), ("20", "adam", "80.0")]
+    with open(tmp_path / "h" / "T20" / "gradients.csv", encoding="utf-8") as handle:
+        grads = list(csv.DictReader(handle))
+    assert len(grads) == 1 and float(grads[0]["grad_norm"]) > 0
+    assert "| adam |" in (tmp_path / "h" / "report.md").read_text() and (tmp_path / "h" / "horizon.png").exists()
