@@ -1,6 +1,6 @@
 """Long horizons: does the analytic gradient lose its edge as the episode grows?
 
-Runs a study (``configs/study/horizon.yaml``: the Pusher, Adam, CEM, PPO and APG) once per episode
+Runs a study (``configs/study/horizon.yaml``: the Pusher, Adam, CEM, PPO, APG and SHAC) once per episode
 length (``--lengths``; the env option ``max_episode_steps``, which sets the learners' episodes
 and the optimizers' sequence length), every method's budget scaled by length / the env's
 default episode length, so that every method gets the same number of episodes at every length.

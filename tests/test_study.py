@@ -166,7 +166,7 @@ def test_compare_cli_reports_and_rejects(tmp_path, capsys):
     assert main(["compare", "--config", str(path)]) == 2
     assert "a2c" in capsys.readouterr().err
     # the shipped studies load, and --report-only writes a report from whatever runs exist
-    for name in ("quick", "full", "generalize"):
+    for name in ("quick", "full", "generalize", "generalize_long", "horizon"):
         config = load_study(_shipped(name), {"out_dir": str(tmp_path / name)})
         assert "DiffEnvs/Pusher-v0" in config.envs and len(config.seeds) >= 3
         assert {"apg", "shac"} <= set(config.methods)
