@@ -408,8 +408,7 @@ def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | 
     out = Path(config.out_dir)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    # what was studied; not where or with how many workers (command-line choices of one sitting)
-    write_yaml(out / "study.yaml", {k: v for k, v in to_dict(config).items() if k not in ("out_dir", "workers")})
+    _write_config(config)
     for stale in runs_dir.glob(".*.tmp"):  # runs in flight when a previous study was killed
         shutil.rmtree(stale)
     todo, skipped = [], []
@@ -600,10 +599,19 @@ def summarize(config: StudyConfig, records: list[RunRecord]) -> dict[str, list[d
     return tables
 
 
+def _write_config(config: StudyConfig) -> None:
+    """``study.yaml``: what was studied (not where, nor with how many workers: choices of one sitting)."""
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    write_yaml(Path(config.out_dir) / "study.yaml",
+               {key: value for key, value in to_dict(config).items() if key not in ("out_dir", "workers")})
+
+
 def write_report(config: StudyConfig) -> Path:
-    """Write ``report.md``, ``final.csv``, ``steps.png`` and ``time.png`` from the finished runs."""
+    """Write ``report.md``, ``final.csv``, ``steps.png`` and ``time.png`` from the finished runs, and
+    ``study.yaml`` (the config of this report: a study run with a subset of the config's methods or
+    seeds into the same directory rewrites it; the full config's report restores it)."""
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _write_config(config)
     records = load_runs(config)
     tables = summarize(config, records)
     with open(out / "final.csv", "w", newline="", encoding="utf-8") as handle:

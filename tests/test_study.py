@@ -300,6 +300,11 @@ def test_max_episode_steps_sets_every_methods_episode_and_the_horizon_script_sca
     runs = tmp_path / "s" / "runs"
     recorded = (tmp_path / "s" / "study.yaml").read_text()  # what was studied, not where or how many at once
     assert "max_episode_steps: 20" in recorded and "out_dir" not in recorded and "workers" not in recorded
+    subset = load_study(_write(tmp_path, {**values, "methods": {"adam": values["methods"]["adam"]}}, name="subset.yaml"))
+    write_report(subset)  # a subset's report records the subset, the full config's report restores it
+    assert "ppo" not in (tmp_path / "s" / "study.yaml").read_text()
+    write_report(config)
+    assert (tmp_path / "s" / "study.yaml").read_text() == recorded
     assert np.load(runs / "Pusher-adam-s0" / "best.npz")["actions"].shape == (20, 2)
     assert "horizon: 20" in (runs / "Pusher-adam-s0" / "config.yaml").read_text()
     assert "max_episode_steps: 20" in (runs / "Pusher-ppo-s0" / "config.yaml").read_text()
