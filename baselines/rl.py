@@ -44,6 +44,11 @@ from diffenvs.config import ConfigError, read_yaml, to_dict, write_yaml
 
 Algo = Literal["ppo", "sac", "td3", "apg", "shac"]
 SB3_ALGOS: tuple[str, ...] = ("ppo", "sac", "td3")
+"""The stable-baselines3 algorithms (rl-zoo3's hyperparameter format)."""
+ALGOS: tuple[str, ...] = typing.get_args(Algo)
+"""Every algorithm of ``diffenvs train``: stable-baselines3's and the ones through the simulator (:mod:`.diffrl`)."""
+SPECIAL_KEYS = ("n_envs", "n_timesteps", "policy", "normalize", "policy_kwargs", "noise_type", "noise_std")
+"""Keys of an rl-zoo3 section that are not the algorithm's keyword arguments."""
 
 
 def sb3_class(algo: str) -> Any:
@@ -51,11 +56,6 @@ def sb3_class(algo: str) -> Any:
     import stable_baselines3 as sb3
 
     return {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[algo]
-"""The stable-baselines3 algorithms (rl-zoo3's hyperparameter format)."""
-ALGOS: tuple[str, ...] = typing.get_args(Algo)
-"""Every algorithm of ``diffenvs train``: stable-baselines3's and the ones through the simulator (:mod:`.diffrl`)."""
-SPECIAL_KEYS = ("n_envs", "n_timesteps", "policy", "normalize", "policy_kwargs", "noise_type", "noise_std")
-"""Keys of an rl-zoo3 section that are not the algorithm's keyword arguments."""
 
 
 @dataclasses.dataclass(frozen=True)

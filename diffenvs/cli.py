@@ -196,8 +196,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.robustness:
         from diffenvs.baselines.robustness import run_robustness
 
-        paths = run_robustness(config, noise=tuple(args.noise or (0.0, 0.1, 0.2, 0.4)), episodes=16 if args.episodes is None else args.episodes,
-                               methods=tuple(args.methods) if args.methods else None, progress=not args.no_progress)
+        given = {key: value for key, value in (("noise", args.noise and tuple(args.noise)), ("episodes", args.episodes))
+                 if value is not None}  # the rest: run_robustness's defaults
+        paths = run_robustness(config, **given, methods=tuple(args.methods) if args.methods else None,
+                               progress=not args.no_progress)
         print("wrote " + ", ".join(str(path) for path in paths))
         return 0
     try:
