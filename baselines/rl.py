@@ -10,6 +10,8 @@ from the instance of that reset seed, the protocol of the RL-versus-gradient com
 ``apg`` and ``shac`` (:mod:`diffenvs.baselines.diffrl`) train through the differentiable vector
 env instead; their sections in ``configs/rl/apg.yaml`` and ``shac.yaml`` hold the fields of
 :class:`~diffenvs.baselines.diffrl.DiffRLConfig`, and their env steps count forward and backward.
+Their ``random_instances`` values replace a section's own when training on random instances
+(:func:`load_hyperparams`).
 
 A run writes, into ``<out_dir>/<Task>-<algo>-s<seed>-<time>/`` (or ``out_dir/run_name``):
 
@@ -111,11 +113,18 @@ class TrainConfig:
                 raise ConfigError(f"env_kwargs may not set {key!r}: training chooses it")
 
 
-def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
+def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None, *,
+                     random_instances: bool = False) -> dict[str, Any]:
     """The rl-zoo3 section of ``env_id`` in ``configs/rl/<algo>.yaml`` (or ``path``).
 
+    A section may hold ``random_instances``: values that replace the section's own when training on
+    fresh random instances (``random_instances=True``: ``diffenvs train`` without ``--instance``, a
+    study's ``generalize`` protocol) instead of one instance, e.g. a longer budget or a contact term
+    kept to the end (replaced key by key: a ``remedies_final`` there is the whole new value). Only
+    the sections of ``apg`` and ``shac`` use it: rl-zoo3 would pass it to an SB3 algorithm.
+
     Raises:
-        ConfigError: no such algorithm, file or section.
+        ConfigError: no such algorithm, file or section, or a ``random_instances`` that is not a mapping.
     """
     if algo not in ALGOS:
         raise ConfigError(f"algo must be one of {ALGOS}, got {algo!r}")
@@ -126,7 +135,11 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
     sections = read_yaml(path)
     if env_id not in sections:
         raise ConfigError(f"{path}: no section for {env_id!r} (sections: {sorted(sections)})")
-    return dict(sections[env_id])
+    section = dict(sections[env_id])
+    overrides = section.pop("random_instances", None) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path} [{env_id}]: random_instances must be a mapping of keys to values, got {overrides!r}")
+    return {**section, **overrides} if random_instances else section
 
 
 def parse_call_dict(text: str, *, where: str) -> dict[str, Any]:
@@ -250,7 +263,8 @@ def run_train(config: TrainConfig, *, progress: bool = True, hyperparams_path: s
     if config.env_id not in gym.registry:
         raise ConfigError(f"unknown env id {config.env_id!r}; see `diffenvs list`")
     where = f"configs/rl/{config.algo}.yaml [{config.env_id}]"
-    section = {**load_hyperparams(config.algo, config.env_id, hyperparams_path), **config.hyperparams}
+    section = {**load_hyperparams(config.algo, config.env_id, hyperparams_path, random_instances=config.instance is None),
+               **config.hyperparams}
     if config.algo in DIFF_ALGOS:
         diff = diffrl_config(section, {} if config.n_envs is None else {"n_envs": config.n_envs}, where=where)
         steps, n_envs = int(config.steps or diff.n_timesteps), diff.n_envs

@@ -268,7 +268,7 @@ def _check_hyperparams(job: RunJob) -> None:
     from diffenvs.baselines.diffrl import DIFF_ALGOS, diffrl_config
     from diffenvs.baselines.rl import SPECIAL_KEYS, load_hyperparams, sb3_class
 
-    section = load_hyperparams(job.spec.method, job.env_id)
+    section = load_hyperparams(job.spec.method, job.env_id, random_instances=bool(job.test_seeds))
     if job.spec.method in DIFF_ALGOS:
         diffrl_config(section, dict(job.spec.set), where=f"set ({job.spec.method})")
         return
@@ -367,7 +367,7 @@ def _job_dict(job: RunJob) -> dict[str, Any]:
     else:
         from diffenvs.baselines.rl import load_hyperparams
 
-        resolved = {**load_hyperparams(job.spec.method, job.env_id), **job.spec.set}
+        resolved = {**load_hyperparams(job.spec.method, job.env_id, random_instances=bool(job.test_seeds)), **job.spec.set}
     values = dataclasses.asdict(job)
     if not job.test_seeds:
         values.pop("test_seeds")  # protocol instance: as before the generalize protocol existed

@@ -14,7 +14,8 @@ score) and ``best.yaml`` (the best trial as a section to paste into ``configs/rl
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo ppo --trials 16 --steps 30000
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo shac --trials 16 --steps 100000
 
-Search spaces: rl-zoo3's for PPO, SAC and TD3; for APG and SHAC the step sizes, window, discount,
+Search spaces: rl-zoo3's for PPO, SAC and TD3 (SAC and TD3 also with a replay ratio below one: fewer
+gradient steps than env steps); for APG and SHAC the step sizes, window, discount,
 network size, the contact loss's start weight (and SHAC's critic step size, lambda, target rate,
 initial exploration and number of worlds).
 """
@@ -49,9 +50,12 @@ def suggest(trial: Any, algo: str) -> dict[str, Any]:
         values.update(
             batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
             tau=trial.suggest_categorical("tau", [0.005, 0.01, 0.02]),
-            train_freq=trial.suggest_categorical("train_freq", [1, 4, 8]),
+            train_freq=trial.suggest_categorical("train_freq", [1, 4, 8, 16]),
         )
-        values["gradient_steps"] = values["train_freq"]
+        # rl-zoo3 ties gradient_steps to train_freq (one update per env step); a replay ratio below
+        # one is also searched: on a CPU the updates cost most of an off-policy algorithm's time
+        ratio = trial.suggest_categorical("replay_ratio", [0.25, 0.5, 1.0])
+        values["gradient_steps"] = max(1, round(values["train_freq"] * ratio))
         if algo == "td3":
             values["noise_std"] = trial.suggest_categorical("noise_std", [0.05, 0.1, 0.2, 0.3])
     return values
@@ -113,7 +117,7 @@ def main() -> None:
     task = args.env.split("/")[-1].removesuffix("-v0")
     out = Path(args.out or f"runs/tune/{task}-{args.algo}")
     out.mkdir(parents=True, exist_ok=True)
-    base = load_hyperparams(args.algo, args.env)
+    base = load_hyperparams(args.algo, args.env, random_instances=args.protocol == "random")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=f"{task}-{args.algo}", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True, direction="maximize",

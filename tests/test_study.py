@@ -226,6 +226,22 @@ def test_the_generalization_protocol_judges_policies_on_held_out_instances(tmp_p
         load_study(_write(tmp_path, {**TINY, "protocol": "generalize"}, name="bad.yaml"))
 
 
+def test_the_generalization_protocol_trains_with_the_random_instances_values(tmp_path):
+    """A job of the generalize protocol resolves (and records in job.json) the section's
+    random_instances values; a job of the instance protocol the section's own."""
+    from diffenvs.baselines.rl import load_hyperparams
+    from diffenvs.baselines.study import _job_dict
+
+    methods = {"shac": {"kind": "train", "method": "shac", "budget": 2048}}
+    one = load_study(_write(tmp_path, {**TINY, "methods": methods}, name="one.yaml"))
+    gen = load_study(_write(tmp_path, {**TINY, "methods": methods, "protocol": "generalize", "test_seeds": [1000]},
+                            name="gen.yaml"))
+    [job_one, *_], [job_gen, *_] = jobs(one), jobs(gen)
+    assert _job_dict(job_one)["resolved"] == load_hyperparams("shac", "DiffEnvs/Pusher-v0")
+    assert _job_dict(job_gen)["resolved"] == load_hyperparams("shac", "DiffEnvs/Pusher-v0", random_instances=True)
+    assert _job_dict(job_gen)["resolved"]["remedies_final"] != _job_dict(job_one)["resolved"]["remedies_final"]
+
+
 def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
     """`compare --robustness`: noiseless replays reproduce the study, noisy ones use shared draws."""
     import gymnasium as gym

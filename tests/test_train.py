@@ -10,7 +10,8 @@ import pytest
 
 import diffenvs
 from diffenvs.baselines.rl import SB3_ALGOS, TrainConfig, algo_kwargs, load_hyperparams, parse_call_dict, run_train
-from diffenvs.config import ConfigError
+from diffenvs.config import ConfigError, read_yaml
+from diffenvs.configs import CONFIG_DIR
 from tests.conftest import SMALL
 
 
@@ -111,6 +112,21 @@ def test_bad_configs_name_their_key(tmp_path):
         run_train(TrainConfig(env_id="DiffEnvs/Nope-v0", out_dir=str(tmp_path)), progress=False)
 
 
+def test_random_instances_section_replaces_values_only_when_training_on_random_instances(tmp_path):
+    path = tmp_path / "shac.yaml"
+    path.write_text("X-v0:\n  window: 8\n  remedies: {contact_weight: 0.1}\n  remedies_final: {contact_weight: 0.0}\n"
+                    "  random_instances:\n    n_timesteps: 2000000\n    remedies_final: {contact_weight: 0.05}\n"
+                    "Y-v0: {window: 4, random_instances: [1, 2]}\n")
+    one = load_hyperparams("shac", "X-v0", path)
+    assert one == {"window": 8, "remedies": {"contact_weight": 0.1}, "remedies_final": {"contact_weight": 0.0}}
+    assert load_hyperparams("shac", "X-v0", path, random_instances=True) == {
+        **one, "n_timesteps": 2000000, "remedies_final": {"contact_weight": 0.05}}
+    with pytest.raises(ConfigError, match="random_instances must be a mapping"):
+        load_hyperparams("shac", "Y-v0", path)
+    for algo in SB3_ALGOS:  # rl-zoo3 would hand the key to the algorithm
+        assert all("random_instances" not in section for section in read_yaml(CONFIG_DIR / "rl" / f"{algo}.yaml").values())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", SB3_ALGOS)
 def test_rl_zoo3_trains_our_ids_from_our_hyperparameter_files(tmp_path, algo):
@@ -156,8 +172,10 @@ def test_through_sim_configs_cover_every_id_and_reject_bad_keys(tmp_path):
 
     for algo in DIFF_ALGOS:
         for info in diffenvs.ENVS:
-            config = diffrl_config(load_hyperparams(algo, info.id), {}, where=algo)
-            assert config.n_timesteps >= 1e4 and config.remedies
+            for random_instances in (False, True):
+                section = load_hyperparams(algo, info.id, random_instances=random_instances)
+                config = diffrl_config(section, {}, where=algo)
+                assert config.n_timesteps >= 1e4 and config.remedies
     with pytest.raises(ConfigError, match="windw"):
         run_train(TrainConfig(algo="apg", steps=10, hyperparams={"windw": 3}, out_dir=str(tmp_path)), progress=False)
     with pytest.raises(ConfigError, match="remedies"):

@@ -27,10 +27,12 @@ def test_search_spaces_give_valid_hyperparameters(algo):
 
     tune = _tune_module()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(5):
+    for _ in range(12):
         trial = study.ask()
         kwargs, special = algo_kwargs(tune.suggest(trial, algo), where=algo)
         assert 0 < kwargs["learning_rate"] < 1 and special["policy_kwargs"]["net_arch"] in ([64, 64], [256, 256])
+        if algo != "ppo":  # a replay ratio of at most one update per env step
+            assert 1 <= kwargs["gradient_steps"] <= kwargs["train_freq"]
         study.tell(trial, 0.0)
 
 
