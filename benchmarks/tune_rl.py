@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30_000, help="env steps per trial")
     parser.add_argument("--evaluations", type=int, default=3, help="evaluations per trial (the pruner's checkpoints)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102], help="tuning instances (reset seeds)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the trainings' seeds are --train-seeds); a second "
+                        "process tuning the same study in parallel needs its own, or it repeats the first one's trials")
     parser.add_argument("--out", default=None, help="results folder (default runs/tune/<Task>-<algo>)")
     args = parser.parse_args()
 
