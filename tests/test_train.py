@@ -52,7 +52,10 @@ def test_off_policy_algorithms_run_and_write_their_run(tmp_path, algo, monkeypat
     config = TrainConfig(algo=algo, steps=300, eval_every=200, eval_seeds=(0,), out_dir=str(tmp_path), run_name=algo,
                          hyperparams={"learning_starts": 100, "batch_size": 32})
     run = run_train(config, progress=False)
-    assert run.status == "finished" and [e["env_steps"] for e in run.evaluations] == [0, 200, 300]
+    # SB3 collects whole rollouts of train_freq steps: the budget rounds up to one, as PPO's to n_steps
+    train_freq = load_hyperparams(algo, config.env_id)["train_freq"]
+    assert run.status == "finished" and 300 <= run.env_steps < 300 + train_freq
+    assert [e["env_steps"] for e in run.evaluations] == [0, 200, run.env_steps]
     assert (run.run_dir / "model.zip").exists()
     assert not list(temp.glob("SB3-*"))  # no empty SB3-<date> folder left behind
 
