@@ -92,6 +92,19 @@ def suggest_any(trial: Any, algo: str, base: dict[str, Any] | None = None) -> di
     return suggest_through_sim(trial, algo, base) if algo in ("apg", "shac") else suggest(trial, algo)
 
 
+def retry_interrupted(study: Any) -> list[int]:
+    """Mark the trials a killed tuning left running as failed and queue their values again, so that
+    a resumed tuning retrains them first (this script runs one process per study; a second process
+    on the same study would lose its running trials). Returns the numbers of the interrupted trials."""
+    import optuna
+
+    interrupted = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in interrupted:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, skip_if_exists=False)
+    return [t.number for t in interrupted]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="DiffEnvs/Pusher-v0")
@@ -153,7 +166,10 @@ def main() -> None:
         print(f"trial {trial.number}: {score:.3f} {values}", flush=True)
         return score
 
-    remaining = args.trials - len([t for t in study.trials if t.state.is_finished()])
+    for number in retry_interrupted(study):
+        print(f"trial {number} was interrupted: its values are trained again first", flush=True)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a failed trial is retried, not counted
+    remaining = args.trials - len([t for t in study.trials if t.state in done])
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
     trials = [t for t in study.trials if t.state.is_finished()]

@@ -56,6 +56,25 @@ def test_through_sim_search_spaces_give_valid_configs(algo):
         study.tell(trial, 0.0)
 
 
+def test_interrupted_trial_is_failed_and_retried_with_its_values(tmp_path):
+    import optuna
+
+    tune = _tune_module()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    done = study.ask()
+    tune.suggest_any(done, "td3")
+    study.tell(done, 0.5)
+    killed = study.ask()  # a process killed mid-trial leaves it RUNNING in the file
+    values = tune.suggest_any(killed, "td3")
+    resumed = optuna.load_study(study_name="s", storage=storage, sampler=optuna.samplers.RandomSampler(seed=1))
+    assert tune.retry_interrupted(resumed) == [killed.number]
+    assert resumed.trials[killed.number].state == optuna.trial.TrialState.FAIL
+    assert tune.retry_interrupted(resumed) == []  # nothing left running
+    retry = resumed.ask()
+    assert tune.suggest_any(retry, "td3") == values and retry.number == killed.number + 1
+
+
 @pytest.mark.slow
 def test_tiny_tuning_writes_trials_and_best_and_resumes(tmp_path):
     import yaml
