@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 
-def suggest(trial: Any, algo: str) -> dict[str, Any]:
-    """One trial's hyperparameters (rl-zoo3 keys); the search spaces follow rl-zoo3's own."""
+def suggest(trial: Any, algo: str, n_envs: int = 1) -> dict[str, Any]:
+    """One trial's hyperparameters (rl-zoo3 keys); the search spaces follow rl-zoo3's own. ``n_envs``:
+    worlds of the training vector env (the section's, not searched); an off-policy algorithm's replay
+    ratio counts gradient steps per transition, and each of ``train_freq`` vector steps brings ``n_envs``."""
     arch = trial.suggest_categorical("net_arch", ["small", "medium"])
     values: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
@@ -55,7 +57,7 @@ def suggest(trial: Any, algo: str) -> dict[str, Any]:
         # rl-zoo3 ties gradient_steps to train_freq (one update per env step); a replay ratio below
         # one is also searched: on a CPU the updates cost most of an off-policy algorithm's time
         ratio = trial.suggest_categorical("replay_ratio", [0.25, 0.5, 1.0])
-        values["gradient_steps"] = max(1, round(values["train_freq"] * ratio))
+        values["gradient_steps"] = max(1, round(values["train_freq"] * n_envs * ratio))
         if algo == "td3":
             values["noise_std"] = trial.suggest_categorical("noise_std", [0.05, 0.1, 0.2, 0.3])
     return values
@@ -89,7 +91,9 @@ def suggest_through_sim(trial: Any, algo: str, base: dict[str, Any] | None = Non
 
 
 def suggest_any(trial: Any, algo: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    return suggest_through_sim(trial, algo, base) if algo in ("apg", "shac") else suggest(trial, algo)
+    if algo in ("apg", "shac"):
+        return suggest_through_sim(trial, algo, base)
+    return suggest(trial, algo, int((base or {}).get("n_envs", 1)))
 
 
 def retry_interrupted(study: Any) -> list[int]:

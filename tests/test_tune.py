@@ -21,18 +21,23 @@ def _tune_module():
     return module
 
 
+@pytest.mark.parametrize("n_envs", [1, 8])
 @pytest.mark.parametrize("algo", SB3_ALGOS)
-def test_search_spaces_give_valid_hyperparameters(algo):
+def test_search_spaces_give_valid_hyperparameters(algo, n_envs):
     import optuna
 
     tune = _tune_module()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(12):
         trial = study.ask()
-        kwargs, special = algo_kwargs(tune.suggest(trial, algo), where=algo)
+        kwargs, special = algo_kwargs(tune.suggest_any(trial, algo, {"n_envs": n_envs}), where=algo)
         assert 0 < kwargs["learning_rate"] < 1 and special["policy_kwargs"]["net_arch"] in ([64, 64], [256, 256])
-        if algo != "ppo":  # a replay ratio of at most one update per env step
-            assert 1 <= kwargs["gradient_steps"] <= kwargs["train_freq"]
+        if algo != "ppo":  # the replay ratio: gradient steps per transition, n_envs transitions per vector step
+            transitions = kwargs["train_freq"] * n_envs
+            assert 1 <= kwargs["gradient_steps"] <= transitions
+            if transitions * trial.params["replay_ratio"] >= 1:  # else one update: the fewest there can be
+                ratio = kwargs["gradient_steps"] / transitions
+                assert ratio == pytest.approx(trial.params["replay_ratio"], abs=0.5 / transitions)
         study.tell(trial, 0.0)
 
 
