@@ -8,11 +8,15 @@ its best evaluation there. ``--protocol random``: one training on fresh random i
 its last evaluation's mean metric on the tuning instances. ``--train-seeds`` repeats each training
 with several seeds (their mean), against the spread between seeds that a single seed leaves.
 TPE sampler, median pruner on the intermediate scores; the study lives in an SQLite file, so an
-interrupted tuning resumes where it stopped. Writes ``trials.csv`` (every trial: its values and
-score) and ``best.yaml`` (the best trial as a section to paste into ``configs/rl/<algo>.yaml``)::
+interrupted tuning resumes where it stopped (a trial the kill interrupted is trained again first).
+``--set`` passes env options, as ``diffenvs train`` does: the dough studies' hard tools need
+``--set tool_softness=0``. Writes ``tuning.yaml`` (the settings; resuming with others refuses),
+``trials.csv`` (every trial: its values and score) and ``best.yaml`` (the best trial as a section to
+paste into ``configs/rl/<algo>.yaml``)::
 
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo ppo --trials 16 --steps 30000
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo shac --trials 16 --steps 100000
+    python benchmarks/tune_rl.py --env DiffEnvs/RollingPin-v0 --algo sac --trials 10 --steps 30000 --set tool_softness=0
 
 Search spaces: rl-zoo3's for PPO, SAC and TD3 (SAC and TD3 also with a replay ratio below one: fewer
 gradient steps than env steps); for APG and SHAC the step sizes, window, discount,
@@ -122,6 +126,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102], help="tuning instances (reset seeds)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the trainings' seeds are --train-seeds); a second "
                         "process tuning the same study in parallel needs its own, or it repeats the first one's trials")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an env option of training and evaluation (repeatable), e.g. --set tool_softness=0 for the "
+                             "studies' hard tools")
     parser.add_argument("--out", default=None, help="results folder (default runs/tune/<Task>-<algo>)")
     args = parser.parse_args()
 
@@ -131,10 +138,20 @@ def main() -> None:
 
     wp.config.log_level = 30
     from diffenvs.baselines.rl import TrainConfig, load_hyperparams, run_train
+    from diffenvs.cli import _parse_sets
+
+    env_kwargs = _parse_sets(args.set, sections=False)
 
     task = args.env.split("/")[-1].removesuffix("-v0")
     out = Path(args.out or f"runs/tune/{task}-{args.algo}")
     out.mkdir(parents=True, exist_ok=True)
+    settings = out / "tuning.yaml"  # what the trials were scored on: a resumed tuning must not change it
+    recorded = {"env": args.env, "algo": args.algo, "protocol": args.protocol, "steps": args.steps,
+                "evaluations": args.evaluations, "seeds": args.seeds, "train_seeds": args.train_seeds, "env_kwargs": env_kwargs}
+    if settings.exists() and (before := yaml.safe_load(settings.read_text(encoding="utf-8"))) != recorded:
+        changed = sorted(key for key in recorded if before.get(key) != recorded[key])
+        raise SystemExit(f"{out} holds a tuning with other settings ({', '.join(changed)}): give --out another folder")
+    settings.write_text(yaml.safe_dump(recorded, sort_keys=False), encoding="utf-8")
     base = load_hyperparams(args.algo, args.env, random_instances=args.protocol == "random")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -146,7 +163,7 @@ def main() -> None:
         eval_every = max(args.steps // args.evaluations, 1)
         with tempfile.TemporaryDirectory() as runs:
             config = TrainConfig(env_id=args.env, algo=args.algo, steps=args.steps, seed=seed, eval_every=eval_every,
-                                 eval_seeds=tuple(args.seeds), instance=instance, hyperparams=values, out_dir=runs,
+                                 eval_seeds=tuple(args.seeds), instance=instance, hyperparams=values, out_dir=runs, env_kwargs=env_kwargs,
                                  run_name="trial")
             return run_train(config, progress=False).evaluations
 
