@@ -187,6 +187,8 @@ def main() -> None:
         print(f"trial {trial.number}: {score:.3f} {values}", flush=True)
         return score
 
+    if study.trials:  # resumed: a sampler seeded as the first process was would draw its first trials again
+        study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
     for number in retry_interrupted(study):
         print(f"trial {number} was interrupted: its values are trained again first", flush=True)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a failed trial is retried, not counted

@@ -93,6 +93,8 @@ def test_tiny_tuning_writes_trials_and_best_and_resumes(tmp_path):
         assert len(rows) == 1 + trials
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())["DiffEnvs/Pusher-v0"]
     assert best["policy"] == "MlpPolicy" and "learning_rate" in best and "n_timesteps" in best
+    first, _, resumed = (row.split(",")[3:] for row in rows[1:])
+    assert resumed != first  # the resumed sampler does not repeat the first process's draws
     assert yaml.safe_load((tmp_path / "tuning.yaml").read_text())["steps"] == 256
     other = subprocess.run([*command, "--trials", "4", "--set", "contact_weight=0"], check=False, capture_output=True,
                            text=True, timeout=600)  # resuming with other settings would mix scores of two problems
