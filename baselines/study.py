@@ -374,6 +374,13 @@ def _job_dict(job: RunJob) -> dict[str, Any]:
     return json.loads(json.dumps({**values, "resolved": resolved}))
 
 
+def _comparable(job: dict[str, Any]) -> dict[str, Any]:
+    """A job dict without what its run ignores: a learner trains for the study's budget, not for its
+    section's ``n_timesteps`` (a changed default training length keeps finished runs valid)."""
+    resolved = {key: value for key, value in job.get("resolved", {}).items() if key != "n_timesteps"}
+    return {**job, "resolved": resolved}
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -415,7 +422,7 @@ def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | 
     for job in jobs(config):
         done = runs_dir / job.name / "job.json"
         if done.exists():
-            if json.loads(done.read_text(encoding="utf-8")) != _job_dict(job):
+            if _comparable(json.loads(done.read_text(encoding="utf-8"))) != _comparable(_job_dict(job)):
                 raise ConfigError(f"{runs_dir / job.name} was run by a different job or configuration than the "
                                   f"config's (compare its job.json); choose another out_dir or remove it")
             skipped.append(job.name)

@@ -226,6 +226,26 @@ def test_the_generalization_protocol_judges_policies_on_held_out_instances(tmp_p
         load_study(_write(tmp_path, {**TINY, "protocol": "generalize"}, name="bad.yaml"))
 
 
+def test_a_finished_run_stays_valid_when_only_the_section_s_training_length_changes(tmp_path):
+    """A study trains for its budget, so a section's n_timesteps does not decide whether a finished
+    run counts; any other changed hyperparameter stops the study."""
+    from diffenvs.baselines.study import _job_dict
+
+    values = {**TINY, "seeds": [0], "methods": {"ppo": TINY["methods"]["ppo"]}, "out_dir": str(tmp_path / "out")}
+    config = load_study(_write(tmp_path, values))
+    [job] = jobs(config)
+    recorded = _job_dict(job)
+    recorded["resolved"]["n_timesteps"] = 12345.0  # finished before the default training length changed
+    (tmp_path / "out" / "runs" / job.name).mkdir(parents=True)
+    (tmp_path / "out" / "runs" / job.name / "job.json").write_text(json.dumps(recorded))
+    result = run_study(config, progress=False, report=False)
+    assert result.skipped == [job.name] and result.ran == []
+    recorded["resolved"]["learning_rate"] = 1.0
+    (tmp_path / "out" / "runs" / job.name / "job.json").write_text(json.dumps(recorded))
+    with pytest.raises(ConfigError, match=job.name):
+        run_study(config, progress=False, report=False)
+
+
 def test_the_generalization_protocol_trains_with_the_random_instances_values(tmp_path):
     """A job of the generalize protocol resolves (and records in job.json) the section's
     random_instances values; a job of the instance protocol the section's own."""
