@@ -102,8 +102,9 @@ def suggest_any(trial: Any, algo: str, base: dict[str, Any] | None = None) -> di
 
 def retry_interrupted(study: Any) -> list[int]:
     """Mark the trials a killed tuning left running as failed and queue their values again, so that
-    a resumed tuning retrains them first (this script runs one process per study; a second process
-    on the same study would lose its running trials). Returns the numbers of the interrupted trials."""
+    a resumed tuning retrains them first. Every running trial counts as interrupted: a second process
+    tuning the same study in parallel must skip this (``--no-retry-interrupted``). Returns the numbers
+    of the interrupted trials."""
     import optuna
 
     interrupted = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
@@ -125,7 +126,11 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=3, help="evaluations per trial (the pruner's checkpoints)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102], help="tuning instances (reset seeds)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the trainings' seeds are --train-seeds); a second "
-                        "process tuning the same study in parallel needs its own, or it repeats the first one's trials")
+                        "process tuning the same study in parallel needs its own, or it repeats the first one's trials, "
+                        "and --no-retry-interrupted, or it fails the first one's running trial")
+    parser.add_argument("--retry-interrupted", action=argparse.BooleanOptionalAction, default=True,
+                        help="at the start, fail the trials left running in the study (a killed tuning's) and train "
+                             "their values again first")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an env option of training and evaluation (repeatable), e.g. --set tool_softness=0 for the "
                              "studies' hard tools")
@@ -189,7 +194,7 @@ def main() -> None:
 
     if study.trials:  # resumed: a sampler seeded as the first process was would draw its first trials again
         study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
-    for number in retry_interrupted(study):
+    for number in retry_interrupted(study) if args.retry_interrupted else []:
         print(f"trial {number} was interrupted: its values are trained again first", flush=True)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a failed trial is retried, not counted
     remaining = args.trials - len([t for t in study.trials if t.state in done])
