@@ -12,7 +12,7 @@ interrupted tuning resumes where it stopped (a trial the kill interrupted is tra
 ``--set`` passes env options, as ``diffenvs train`` does: the dough studies' hard tools need
 ``--set tool_softness=0``. Writes ``tuning.yaml`` (the settings; resuming with others refuses),
 ``trials.csv`` (every trial: its values and score) and ``best.yaml`` (the best trial as a section to
-paste into ``configs/rl/<algo>.yaml``)::
+paste into ``configs/rl/<algo>.yaml``), both rewritten after every trial::
 
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo ppo --trials 16 --steps 30000
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo shac --trials 16 --steps 100000
@@ -114,6 +114,27 @@ def retry_interrupted(study: Any) -> list[int]:
     return [t.number for t in interrupted]
 
 
+def write_results(study: Any, out: Path, env_id: str, algo: str, base: dict[str, Any]) -> None:
+    """Write ``trials.csv`` (every finished trial) and, once a trial completed, ``best.yaml`` into ``out``.
+
+    Called after every trial, so that a tuning spread over several sittings shows its progress.
+    """
+    import optuna
+    import yaml
+
+    trials = [t for t in study.trials if t.state.is_finished()]
+    keys = sorted({key for t in trials for key in t.params})
+    with open(out / "trials.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["number", "state", "score", *keys])
+        for t in trials:
+            writer.writerow([t.number, t.state.name, t.value, *(t.params.get(key, "") for key in keys)])
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        best = study.best_trial
+        section = {**base, **suggest_any(optuna.trial.FixedTrial(best.params), algo, base)}
+        (out / "best.yaml").write_text(yaml.safe_dump({env_id: section}, sort_keys=False), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="DiffEnvs/Pusher-v0")
@@ -198,18 +219,12 @@ def main() -> None:
         print(f"trial {number} was interrupted: its values are trained again first", flush=True)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a failed trial is retried, not counted
     remaining = args.trials - len([t for t in study.trials if t.state in done])
+
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining)
+        study.optimize(objective, n_trials=remaining, callbacks=[lambda study, _trial: write_results(study, out, args.env, args.algo, base)])
+    write_results(study, out, args.env, args.algo, base)
     trials = [t for t in study.trials if t.state.is_finished()]
-    keys = sorted({key for t in trials for key in t.params})
-    with open(out / "trials.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["number", "state", "score", *keys])
-        for t in trials:
-            writer.writerow([t.number, t.state.name, t.value, *(t.params.get(key, "") for key in keys)])
     best = study.best_trial
-    section = {**base, **suggest_any(optuna.trial.FixedTrial(best.params), args.algo, base)}
-    (out / "best.yaml").write_text(yaml.safe_dump({args.env: section}, sort_keys=False), encoding="utf-8")
     print(f"best of {len(trials)} trials: trial {best.number}, {args.seeds} metric {best.value:.3f}; wrote {out / 'best.yaml'}")
 
 

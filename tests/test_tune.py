@@ -80,6 +80,28 @@ def test_interrupted_trial_is_failed_and_retried_with_its_values(tmp_path):
     assert tune.suggest_any(retry, "td3") == values and retry.number == killed.number + 1
 
 
+def test_results_written_after_each_trial_list_finished_trials_only(tmp_path):
+    import optuna
+    import yaml
+
+    tune = _tune_module()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    tune.write_results(study, tmp_path, "DiffEnvs/Pusher-v0", "sac", {"policy": "MlpPolicy"})  # nothing finished yet
+    assert (tmp_path / "trials.csv").read_text().strip().splitlines() == ["number,state,score"]
+    assert not (tmp_path / "best.yaml").exists()
+    scores = {}
+    for score in (0.2, 0.7, None):  # two complete trials, one pruned
+        trial = study.ask()
+        scores[trial.number] = (score, tune.suggest_any(trial, "sac"))
+        study.tell(trial, score, state=None if score is not None else optuna.trial.TrialState.PRUNED)
+    study.ask()  # running: the tuning is still on it
+    tune.write_results(study, tmp_path, "DiffEnvs/Pusher-v0", "sac", {"policy": "MlpPolicy"})
+    rows = (tmp_path / "trials.csv").read_text().strip().splitlines()
+    assert [row.split(",")[1] for row in rows[1:]] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())["DiffEnvs/Pusher-v0"]
+    assert best["policy"] == "MlpPolicy" and best["learning_rate"] == scores[1][1]["learning_rate"]
+
+
 @pytest.mark.slow
 def test_tiny_tuning_writes_trials_and_best_and_resumes(tmp_path):
     import yaml
