@@ -11,9 +11,11 @@ methods are not differences in luck.
 
 Reads each run's artifact (``best.npz``'s actions for an optimizer, ``best_model.zip`` or
 ``best_model.pt`` for a learner: the model files are kept in the study directory but not
-committed, so this runs where the study ran); runs without one are listed as missing. Writes
-``robustness.csv`` (one row per run and noise level: mean and standard deviation of the metric
-over the episodes; a later call for some methods replaces their rows and keeps the others') and ``robustness.md`` (per task: each method's interquartile mean over instances
+committed, so this runs where the study ran). Writes ``robustness.csv`` (one row per run and noise
+level: mean and standard deviation of the metric over the episodes; a later call replays the runs
+whose artifact it finds, for the chosen methods, and keeps every other row, so a run replayed on
+another machine keeps its rows; a run with neither an artifact nor earlier rows at every level is
+listed as missing) and ``robustness.md`` (per task: each method's interquartile mean over instances
 at every noise level, with its 95% bootstrap interval, and the fraction of its noiseless result
 that it keeps at the largest level).
 
@@ -160,7 +162,17 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
     if unknown:
         raise ConfigError(f"methods {unknown} are not in the study ({sorted(config.methods)})")
     out = Path(config.out_dir)
-    rows, missing = [], []
+    csv_path = out / "robustness.csv"
+    levels = sorted(set(noise) | {0.0})
+    earlier = []
+    if csv_path.exists():  # rows of earlier calls, kept where measured the same way and not replayed now
+        with open(csv_path, encoding="utf-8") as handle:
+            earlier = [{**row, "seed": int(row["seed"]), "noise": float(row["noise"]), "episodes": int(row["episodes"]),
+                        "metric_mean": float(row["metric_mean"]), "metric_std": float(row["metric_std"])}
+                       for row in csv.DictReader(handle)]
+        earlier = [row for row in earlier if row["noise"] in levels and row["episodes"] in (1, episodes)
+                   and row["method"] in config.methods]
+    rows, missing, replayed = [], [], set()
     todo = [job for job in jobs(config) if methods is None or job.label in methods]
     for job in tqdm(todo, desc="robustness", disable=not progress):
         run_dir = out / "runs" / job.name
@@ -168,9 +180,13 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
             continue
         saved_job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
         make_policy = load_policy(run_dir, saved_job)
-        if make_policy is None:
-            missing.append(job.name)
+        if make_policy is None:  # keep its earlier rows (model files are not committed); list what they lack
+            have = {row["noise"] for row in earlier
+                    if (row["env_id"], row["method"], row["seed"]) == (job.env_id, job.label, job.seed)}
+            if not set(levels) <= have:
+                missing.append(job.name)
             continue
+        replayed.add((job.env_id, job.label, job.seed))
         result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
         for level in sorted(set(noise) | {0.0}):
             metrics = replay(job.env_id, job.seed, job.env_kwargs, make_policy, level, episodes)
@@ -180,17 +196,7 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
             rows.append({"env_id": job.env_id, "method": job.label, "seed": job.seed, "noise": level,
                          "episodes": len(metrics), "metric_mean": float(np.mean(metrics)),
                          "metric_std": float(np.std(metrics))})
-    csv_path = out / "robustness.csv"
-    replayed = {(job.env_id, job.label, job.seed) for job in todo}
-    levels = sorted(set(noise) | {0.0})
-    if csv_path.exists():  # keep the earlier rows of runs not replayed now, if measured the same way
-        with open(csv_path, encoding="utf-8") as handle:
-            earlier = [{**row, "seed": int(row["seed"]), "noise": float(row["noise"]), "episodes": int(row["episodes"]),
-                        "metric_mean": float(row["metric_mean"]), "metric_std": float(row["metric_std"])}
-                       for row in csv.DictReader(handle)]
-        rows = [row for row in earlier if (row["env_id"], row["method"], row["seed"]) not in replayed
-                and row["noise"] in levels and row["episodes"] in (1, episodes)
-                and row["method"] in config.methods] + rows
+    rows = [row for row in earlier if (row["env_id"], row["method"], row["seed"]) not in replayed] + rows
     order = {(job.env_id, job.label): index for index, job in enumerate(jobs(config))}
     rows.sort(key=lambda row: (order[(row["env_id"], row["method"])], row["seed"], row["noise"]))
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
@@ -234,7 +240,8 @@ def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episode
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {kept:.2f} |")
         lines.append("")
     if missing:
-        lines += ["Runs without an artifact (model files are not committed: replay where the study ran): "
+        lines += ["Runs without an artifact and without earlier rows at every level (model files are not "
+                  "committed: replay where the study ran): "
                   + ", ".join(missing), ""]
     return "\n".join(lines)
 

@@ -299,10 +299,16 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
     run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("adam",), progress=False)
     assert csv_path.read_text() == before  # adam's rows replaced by the same ones, ppo's kept
 
-    # a run without its model is listed, not silently dropped; an artifact that does not match raises
+    # a run without its model (a fresh clone: models are not committed) keeps its earlier rows, and is
+    # listed as missing where they lack a level; an artifact that does not match raises
     (tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "best_model.zip").unlink()
+    run_robustness(config, noise=(0.0, 0.3), episodes=3, progress=False)
+    assert csv_path.read_text() == before and "without an artifact" not in md_path.read_text()
     assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--robustness", "--noise", "0",
-                 "--no-progress"]) == 0
+                 "0.2", "--episodes", "3", "--no-progress"]) == 0
+    with open(csv_path, encoding="utf-8") as handle:
+        assert sorted((r["method"], float(r["noise"])) for r in csv.DictReader(handle)) == [
+            ("adam", 0.0), ("adam", 0.2), ("ppo", 0.0)]
     assert "Pusher-ppo-s0" in md_path.read_text().split("without an artifact")[1]
     assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--noise", "0.1"]) == 2
     assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--robustness",
