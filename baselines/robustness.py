@@ -172,11 +172,12 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
                        for row in csv.DictReader(handle)]
         earlier = [row for row in earlier if row["noise"] in levels and row["episodes"] in (1, episodes)
                    and row["method"] in config.methods]
-    rows, missing, replayed = [], [], set()
+    rows, missing, replaced = [], [], set()
     todo = [job for job in jobs(config) if methods is None or job.label in methods]
     for job in tqdm(todo, desc="robustness", disable=not progress):
         run_dir = out / "runs" / job.name
-        if not (run_dir / "result.json").exists():
+        if not (run_dir / "result.json").exists():  # not finished (or removed): no rows
+            replaced.add((job.env_id, job.label, job.seed))
             continue
         saved_job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
         make_policy = load_policy(run_dir, saved_job)
@@ -186,7 +187,7 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
             if not set(levels) <= have:
                 missing.append(job.name)
             continue
-        replayed.add((job.env_id, job.label, job.seed))
+        replaced.add((job.env_id, job.label, job.seed))
         result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
         for level in sorted(set(noise) | {0.0}):
             metrics = replay(job.env_id, job.seed, job.env_kwargs, make_policy, level, episodes)
@@ -196,7 +197,7 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
             rows.append({"env_id": job.env_id, "method": job.label, "seed": job.seed, "noise": level,
                          "episodes": len(metrics), "metric_mean": float(np.mean(metrics)),
                          "metric_std": float(np.std(metrics))})
-    rows = [row for row in earlier if (row["env_id"], row["method"], row["seed"]) not in replayed] + rows
+    rows = [row for row in earlier if (row["env_id"], row["method"], row["seed"]) not in replaced] + rows
     order = {(job.env_id, job.label): index for index, job in enumerate(jobs(config))}
     rows.sort(key=lambda row: (order[(row["env_id"], row["method"])], row["seed"], row["noise"]))
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:

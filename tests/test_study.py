@@ -310,6 +310,10 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
         assert sorted((r["method"], float(r["noise"])) for r in csv.DictReader(handle)) == [
             ("adam", 0.0), ("adam", 0.2), ("ppo", 0.0)]
     assert "Pusher-ppo-s0" in md_path.read_text().split("without an artifact")[1]
+    (tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "result.json").unlink()  # a removed run loses its rows
+    run_robustness(config, noise=(0.0, 0.2), episodes=3, methods=("ppo",), progress=False)
+    with open(csv_path, encoding="utf-8") as handle:
+        assert {r["method"] for r in csv.DictReader(handle)} == {"adam"}
     assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--noise", "0.1"]) == 2
     assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--robustness",
                  "--episodes", "0"]) == 2
