@@ -189,7 +189,7 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
             continue
         replaced.add((job.env_id, job.label, job.seed))
         result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-        for level in sorted(set(noise) | {0.0}):
+        for level in levels:
             metrics = replay(job.env_id, job.seed, job.env_kwargs, make_policy, level, episodes)
             if level == 0 and abs(float(metrics[0]) - float(result["metric"])) > 1e-6:
                 raise RuntimeError(f"{job.name}: the noiseless replay gives {metrics[0]:.6f}, the study "
