@@ -138,18 +138,20 @@ def replay(env_id: str, instance: int, env_kwargs: dict[str, Any], make_policy: 
 
 
 def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4), episodes: int = 16,
-                   methods: tuple[str, ...] | None = None, progress: bool = True) -> tuple[Path, Path]:
+                   methods: tuple[str, ...] | None = None, envs: tuple[str, ...] | None = None,
+                   progress: bool = True) -> tuple[Path, Path]:
     """Replay every finished run of ``config`` (a :class:`~diffenvs.baselines.study.StudyConfig`)
     under each ``noise`` level; write and return ``robustness.csv`` and ``robustness.md``.
+    ``methods`` and ``envs`` replay only those runs (the other rows are kept).
 
     Raises:
-        ConfigError: a ``generalize`` study, bad levels or episodes, unknown methods.
+        ConfigError: a ``generalize`` study, bad levels or episodes, unknown methods or envs.
         RuntimeError: a noiseless replay that does not reproduce the study's result.
     """
     import warp as wp
     from tqdm import tqdm
 
-    from diffenvs.baselines.study import jobs
+    from diffenvs.baselines.study import jobs, select
 
     wp.config.quiet = True  # no module-load lines (as the study's workers)
     wp.config.log_level = 30
@@ -158,9 +160,7 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
         raise ConfigError("robustness replays single-instance results: the study's protocol must be 'instance'")
     if episodes < 1 or not noise or any(not (0 <= level < math.inf) for level in noise):
         raise ConfigError(f"need episodes >= 1 and noise levels >= 0, got {episodes} and {list(noise)}")
-    unknown = sorted(set(methods or ()) - set(config.methods))
-    if unknown:
-        raise ConfigError(f"methods {unknown} are not in the study ({sorted(config.methods)})")
+    todo = select(config, methods=methods, envs=envs)
     out = Path(config.out_dir)
     csv_path = out / "robustness.csv"
     levels = sorted(set(noise) | {0.0})
@@ -173,7 +173,6 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
         earlier = [row for row in earlier if row["noise"] in levels and row["episodes"] in (1, episodes)
                    and row["method"] in config.methods]
     rows, missing, replaced = [], [], set()
-    todo = [job for job in jobs(config) if methods is None or job.label in methods]
     for job in tqdm(todo, desc="robustness", disable=not progress):
         run_dir = out / "runs" / job.name
         if not (run_dir / "result.json").exists():  # not finished (or removed): no rows

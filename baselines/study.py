@@ -227,6 +227,21 @@ def jobs(config: StudyConfig) -> list[RunJob]:
             for label, spec in config.methods.items() for env_id in config.envs for seed in config.seeds]
 
 
+def select(config: StudyConfig, *, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None) -> list[RunJob]:
+    """The study's runs of some methods (labels) on some envs (ids); ``None``: all of them.
+
+    Raises:
+        ConfigError: a label or env id that is not in the study.
+    """
+    for key, given, known in (("methods", methods, config.methods), ("envs", envs, config.envs)):
+        unknown = sorted(set(given or ()) - set(known))
+        if unknown:
+            raise ConfigError(f"{key} {unknown} are not in the study ({sorted(known)})")
+    methods = None if methods is None else set(methods)
+    envs = None if envs is None else set(envs)
+    return [job for job in jobs(config) if (methods is None or job.label in methods) and (envs is None or job.env_id in envs)]
+
+
 # Running one job (in a worker process) ----------------------------------------------------------------
 
 
@@ -401,17 +416,21 @@ class StudyResult:
 
 
 def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | None = None, progress: bool = True,
-              report: bool = True) -> StudyResult:
+              report: bool = True, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None) -> StudyResult:
     """Run the study's unfinished runs, then write the report (see the module docstring).
 
+    ``methods`` and ``envs`` (labels and env ids of the study) run only part of it, e.g. one method's
+    runs on one task in a sitting; the report is the whole study's (every finished run).
+
     Raises:
-        ConfigError: an unknown backend, or a finished run in ``out_dir`` made by a different job
-            (another config wrote there: choose another ``out_dir``).
+        ConfigError: an unknown backend, method or env, or a finished run in ``out_dir`` made by a
+            different job (another config wrote there: choose another ``out_dir``).
     """
     from tqdm.auto import tqdm
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    chosen = select(config, methods=methods, envs=envs)
     out = Path(config.out_dir)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -419,7 +438,7 @@ def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | 
     for stale in runs_dir.glob(".*.tmp"):  # runs in flight when a previous study was killed
         shutil.rmtree(stale)
     todo, skipped = [], []
-    for job in jobs(config):
+    for job in chosen:
         done = runs_dir / job.name / "job.json"
         if done.exists():
             if _comparable(json.loads(done.read_text(encoding="utf-8"))) != _comparable(_job_dict(job)):

@@ -186,11 +186,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("out_dir", args.out_dir), ("workers", args.workers)) if value is not None}
     config = load_study(_study_path(args.config), overrides)
-    replay_flags = [flag for flag, value in (("--noise", args.noise), ("--episodes", args.episodes),
-                                             ("--methods", args.methods)) if value is not None]
+    replay_flags = [flag for flag, value in (("--noise", args.noise), ("--episodes", args.episodes)) if value is not None]
     if replay_flags and not args.robustness:
         raise ValueError(f"{', '.join(replay_flags)} only apply with --robustness")
+    part = {"methods": tuple(args.methods) if args.methods else None, "envs": tuple(args.envs) if args.envs else None}
     if args.report_only:
+        if args.methods or args.envs:
+            raise ValueError("--report-only reports the whole study: drop --methods and --envs")
         print(f"wrote {write_report(config)}")
         return 0
     if args.robustness:
@@ -198,12 +200,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
         given = {key: value for key, value in (("noise", args.noise and tuple(args.noise)), ("episodes", args.episodes))
                  if value is not None}  # the rest: run_robustness's defaults
-        paths = run_robustness(config, **given, methods=tuple(args.methods) if args.methods else None,
-                               progress=not args.no_progress)
+        paths = run_robustness(config, **given, **part, progress=not args.no_progress)
         print("wrote " + ", ".join(str(path) for path in paths))
         return 0
     try:
-        result = run_study(config, backend=args.backend, address=args.address, progress=not args.no_progress)
+        result = run_study(config, backend=args.backend, address=args.address, progress=not args.no_progress, **part)
     except KeyboardInterrupt:
         print(f"interrupted; finished runs are kept in {config.out_dir}/runs: run the same command to resume",
               file=sys.stderr)
@@ -335,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--noise", type=float, nargs="+",
                          help="--robustness: standard deviations of the noise added to every action (0 0.1 0.2 0.4)")
     compare.add_argument("--episodes", type=int, help="--robustness: noisy episodes per run and level (16)")
-    compare.add_argument("--methods", nargs="+", help="--robustness: only these methods (labels of the study)")
+    compare.add_argument("--methods", nargs="+",
+                         help="run (or, with --robustness, replay) only these methods (labels of the study); "
+                              "the report covers every finished run")
+    compare.add_argument("--envs", nargs="+", help="run (or replay) only these env ids of the study")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare.set_defaults(func=_cmd_compare)
 

@@ -99,10 +99,20 @@ def test_the_study_runs_every_method_on_the_same_instances_and_resumes(tmp_path)
     shutil.rmtree(out / "runs" / "Pusher-cem-s0")
     (out / "runs" / ".Pusher-cem-s0.tmp").mkdir()
     (out / "runs" / ".Pusher-cem-s0.tmp" / "history.csv").write_text("iteration\n0\n")
-    resumed = run_study(config, progress=False)
-    assert resumed.ran == ["Pusher-cem-s0"] and len(resumed.skipped) == 5
+    study_yaml = (out / "study.yaml").read_text()
+    with pytest.raises(ConfigError, match="cme"):  # part of the study: labels and env ids of the study only
+        run_study(config, methods=["cme"], progress=False)
+    with pytest.raises(ConfigError, match="Move"):
+        run_study(config, envs=["DiffEnvs/Move-v0"], progress=False)
+    adam_only = run_study(config, methods=["adam"], progress=False)
+    assert adam_only.ran == [] and sorted(adam_only.skipped) == ["Pusher-adam-s0", "Pusher-adam-s1"]
+    assert "5 of 6 runs finished" in (out / "report.md").read_text()  # the report is the whole study's
+    resumed = run_study(config, methods=["cem"], envs=["DiffEnvs/Pusher-v0"], progress=False)
+    assert resumed.ran == ["Pusher-cem-s0"] and resumed.skipped == ["Pusher-cem-s1"]
+    assert (out / "study.yaml").read_text() == study_yaml  # a part does not rewrite the study's config
     assert not list((out / "runs").glob(".*.tmp"))
     assert _table(out) == table  # the same results: runs are deterministic in their seeds
+    assert "6 of 6 runs finished" in (out / "report.md").read_text()  # and the whole study's report again
 
     # another config must not write into this study's runs
     changed = StudyConfig(**{**config.__dict__, "methods": {**config.methods, "adam": MethodSpec("optimize", "adam", 800)}})
@@ -174,6 +184,8 @@ def test_compare_cli_reports_and_rejects(tmp_path, capsys):
     assert all(spec.budget >= 10_000 for spec in full.methods.values())
     assert all(spec.budget >= 100_000 for spec in full.methods.values() if spec.kind == "train")
     assert set(full.envs) == {"DiffEnvs/Pusher-v0", "DiffEnvs/RollingPin-v0", "DiffEnvs/Move-v0", "DiffEnvs/Shape-v0"}
+    assert main(["compare", "--config", "quick", "--out-dir", str(tmp_path / "q"), "--report-only", "--methods", "adam"]) == 2
+    assert "--report-only" in capsys.readouterr().err
     assert main(["compare", "--config", "quick", "--out-dir", str(tmp_path / "q"), "--report-only"]) == 0
     assert "0 of 42 runs finished" in (tmp_path / "q" / "report.md").read_text()
     write_report(load_study(_shipped("quick"), {"out_dir": str(tmp_path / "q")}))
@@ -322,6 +334,8 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
         run_robustness(config, noise=(0.0,), episodes=1, progress=False)
     with pytest.raises(ConfigError, match="sac"):
         run_robustness(config, methods=("sac",), progress=False)
+    with pytest.raises(ConfigError, match="Move"):
+        run_robustness(config, envs=("DiffEnvs/Move-v0",), progress=False)
     with pytest.raises(ConfigError, match="protocol"):
         run_robustness(load_study(_shipped("generalize")), progress=False)
 
