@@ -13,9 +13,10 @@ Reads each run's artifact (``best.npz``'s actions for an optimizer, ``best_model
 ``best_model.pt`` for a learner: the model files are kept in the study directory but not
 committed, so this runs where the study ran). Writes ``robustness.csv`` (one row per run and noise
 level: mean and standard deviation of the metric over the episodes; a later call replays the runs
-whose artifact it finds, for the chosen methods, and keeps every other row, so a run replayed on
-another machine keeps its rows; a run with neither an artifact nor earlier rows at every level is
-listed as missing) and ``robustness.md`` (per task: each method's interquartile mean over instances
+whose artifact it finds, for the chosen methods and envs, and keeps every other row, so a run
+replayed on another machine keeps its rows, unless the run was redone since: rows whose noiseless
+replay differs from the run's current result are dropped; a finished run with neither an artifact
+nor rows at every level is listed as missing) and ``robustness.md`` (per task: each method's interquartile mean over instances
 at every noise level, with its 95% bootstrap interval, and the fraction of its noiseless result
 that it keeps at the largest level).
 
@@ -172,31 +173,39 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
                        for row in csv.DictReader(handle)]
         earlier = [row for row in earlier if row["noise"] in levels and row["episodes"] in (1, episodes)
                    and row["method"] in config.methods]
-    rows, missing, replaced = [], [], set()
+    results = {}  # (env_id, method, seed) -> the finished run's metric
+    for job in jobs(config):
+        path = out / "runs" / job.name / "result.json"
+        if path.exists():
+            results[_key(job)] = float(json.loads(path.read_text(encoding="utf-8"))["metric"])
+    # earlier rows count only for a run still finished with the result they were replayed from: a rerun
+    # (new values after a tuning, a new model) drops its predecessor's rows
+    current = {_key(row) for row in earlier
+               if row["noise"] == 0 and _key(row) in results and abs(row["metric_mean"] - results[_key(row)]) <= 1e-6}
+    earlier = [row for row in earlier if _key(row) in current]
+    rows, replaced = [], set()
     for job in tqdm(todo, desc="robustness", disable=not progress):
         run_dir = out / "runs" / job.name
-        if not (run_dir / "result.json").exists():  # not finished (or removed): no rows
-            replaced.add((job.env_id, job.label, job.seed))
+        if _key(job) not in results:  # not finished (or removed): no rows
             continue
         saved_job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
         make_policy = load_policy(run_dir, saved_job)
-        if make_policy is None:  # keep its earlier rows (model files are not committed); list what they lack
-            have = {row["noise"] for row in earlier
-                    if (row["env_id"], row["method"], row["seed"]) == (job.env_id, job.label, job.seed)}
-            if not set(levels) <= have:
-                missing.append(job.name)
+        if make_policy is None:  # keep its earlier rows (model files are not committed)
             continue
-        replaced.add((job.env_id, job.label, job.seed))
-        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+        replaced.add(_key(job))
         for level in levels:
             metrics = replay(job.env_id, job.seed, job.env_kwargs, make_policy, level, episodes)
-            if level == 0 and abs(float(metrics[0]) - float(result["metric"])) > 1e-6:
+            if level == 0 and abs(float(metrics[0]) - results[_key(job)]) > 1e-6:
                 raise RuntimeError(f"{job.name}: the noiseless replay gives {metrics[0]:.6f}, the study "
-                                   f"{result['metric']:.6f}: the artifact does not match the result")
+                                   f"{results[_key(job)]:.6f}: the artifact does not match the result")
             rows.append({"env_id": job.env_id, "method": job.label, "seed": job.seed, "noise": level,
                          "episodes": len(metrics), "metric_mean": float(np.mean(metrics)),
                          "metric_std": float(np.std(metrics))})
-    rows = [row for row in earlier if (row["env_id"], row["method"], row["seed"]) not in replaced] + rows
+    rows = [row for row in earlier if _key(row) not in replaced] + rows
+    have: dict[tuple[str, str, int], set[float]] = {}
+    for row in rows:
+        have.setdefault(_key(row), set()).add(row["noise"])
+    missing = [job.name for job in jobs(config) if _key(job) in results and not set(levels) <= have.get(_key(job), set())]
     order = {(job.env_id, job.label): index for index, job in enumerate(jobs(config))}
     rows.sort(key=lambda row: (order[(row["env_id"], row["method"])], row["seed"], row["noise"]))
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
@@ -207,6 +216,13 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
     md_path = out / "robustness.md"
     md_path.write_text(_table(config, rows, levels, episodes, missing), encoding="utf-8")
     return csv_path, md_path
+
+
+def _key(run: Any) -> tuple[str, str, int]:
+    """(env id, method label, seed) of a :class:`~diffenvs.baselines.study.RunJob` or a row."""
+    if isinstance(run, dict):
+        return run["env_id"], run["method"], run["seed"]
+    return run.env_id, run.label, run.seed
 
 
 def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episodes: int, missing: list[str]) -> str:
@@ -240,8 +256,8 @@ def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episode
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {kept:.2f} |")
         lines.append("")
     if missing:
-        lines += ["Runs without an artifact and without earlier rows at every level (model files are not "
-                  "committed: replay where the study ran): "
+        lines += ["Finished runs lacking rows at some level (not replayed by this call's --methods/--envs, or "
+                  "without an artifact here: model files are not committed, replay where the study ran): "
                   + ", ".join(missing), ""]
     return "\n".join(lines)
 

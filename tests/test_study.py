@@ -311,17 +311,30 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
     run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("adam",), progress=False)
     assert csv_path.read_text() == before  # adam's rows replaced by the same ones, ppo's kept
 
+    # a run redone since its rows were replayed (new values after a tuning): its old rows go, even when
+    # the call replays other methods only; replaying it brings them back
+    result_path = tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "result.json"
+    original = result_path.read_text()
+    result_path.write_text(json.dumps({**json.loads(original), "metric": json.loads(original)["metric"] + 0.1}))
+    run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("adam",), progress=False)
+    with open(csv_path, encoding="utf-8") as handle:
+        assert {r["method"] for r in csv.DictReader(handle)} == {"adam"}
+    assert "Pusher-ppo-s0" in md_path.read_text().split("lacking rows")[1]
+    result_path.write_text(original)
+    run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("ppo",), progress=False)
+    assert csv_path.read_text() == before
+
     # a run without its model (a fresh clone: models are not committed) keeps its earlier rows, and is
     # listed as missing where they lack a level; an artifact that does not match raises
     (tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "best_model.zip").unlink()
     run_robustness(config, noise=(0.0, 0.3), episodes=3, progress=False)
-    assert csv_path.read_text() == before and "without an artifact" not in md_path.read_text()
+    assert csv_path.read_text() == before and "lacking rows" not in md_path.read_text()
     assert main(["compare", "--config", str(_write(tmp_path, values, "again.yaml")), "--robustness", "--noise", "0",
                  "0.2", "--episodes", "3", "--no-progress"]) == 0
     with open(csv_path, encoding="utf-8") as handle:
         assert sorted((r["method"], float(r["noise"])) for r in csv.DictReader(handle)) == [
             ("adam", 0.0), ("adam", 0.2), ("ppo", 0.0)]
-    assert "Pusher-ppo-s0" in md_path.read_text().split("without an artifact")[1]
+    assert "Pusher-ppo-s0" in md_path.read_text().split("lacking rows")[1]
     (tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "result.json").unlink()  # a removed run loses its rows
     run_robustness(config, noise=(0.0, 0.2), episodes=3, methods=("ppo",), progress=False)
     with open(csv_path, encoding="utf-8") as handle:
