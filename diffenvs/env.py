@@ -192,12 +192,18 @@ class WorldBatch:
         """The Warp arrays of the trajectory's initial state (read-only use: diagnostics, tests)."""
         return self.trajectory.initial
 
-    def step(self, actions: np.ndarray, start: dict[str, np.ndarray]) -> StepResult:
-        """Step every world with ``actions`` (world_count, action_dim), already inside [-1, 1];
-        ``start`` holds each world's episode-start values for the task's metrics."""
+    def step(self, actions: np.ndarray | wp.array, start: dict[str, np.ndarray]) -> StepResult:
+        """Step every world with ``actions`` (world_count, action_dim), already inside [-1, 1]:
+        numpy, or a float64 Warp array on the task's device (copied on the device, e.g. a torch
+        tensor's memory through ``wp.from_torch``); ``start`` holds each world's episode-start
+        values for the task's metrics."""
         self._check_remedies()
         buffers = self.trajectory.buffers(self.trajectory.length)
-        buffers.action.assign(np.asarray(actions, dtype=np.float64))
+        if isinstance(actions, wp.array):
+            self._check_device_array(actions, (self.task.world_count, self.task.action_dim), wp.float64, "actions")
+            wp.copy(buffers.action, actions)
+        else:
+            buffers.action.assign(np.asarray(actions, dtype=np.float64))
         self.trajectory.record(then=self.task.check)
         host = self._to_host(buffers, ("obs", "reward", "reward_terms", "loss", "diverged", *self.task.metric_fields))
         return StepResult(
@@ -218,6 +224,19 @@ class WorldBatch:
             wp.copy(mirror, array)
         wp.synchronize_device(self.task.device)
         return {name: self._pinned[name].numpy().copy() for name in names}
+
+    def _check_device_array(self, value: wp.array, shape: tuple[int, ...], dtype: type, name: str) -> None:
+        device = self.task.device
+        if value.shape != shape or value.dtype != dtype or value.device != device:
+            raise ValueError(f"{name} must be a Warp array of shape {shape}, dtype {dtype.__name__} on {device}, "
+                             f"got {value.shape}, {value.dtype.__name__} on {value.device}")
+
+    def step_outputs(self, t: int) -> tuple[wp.array, wp.array]:
+        """The observation (world_count, obs_dim) and reward (world_count,) arrays of recorded step
+        ``t`` on the task's device, as the task wrote them (before :class:`EnvCore`'s masking of
+        diverged worlds and autoresets); overwritten when the step's memory is reused."""
+        buffers = self.trajectory.recorded[t]
+        return buffers.obs, buffers.reward
 
     def drop_last_step(self) -> None:
         """Undo the last step (its buffers are kept, its tape is cleared)."""
@@ -288,6 +307,7 @@ class WorldBatch:
         :meth:`Trajectory.backward_step`): the adjoint of step ``t``'s state comes from the steps
         after it differentiated before; a call for a step at or after the last one starts a new
         pass. After step 0, :meth:`initial_state_grad` holds the adjoint of the initial state.
+        :meth:`vjp_step_arrays` is the same on device arrays.
 
         Raises:
             ValueError: an adjoint of the wrong shape or with non-finite entries.
@@ -295,28 +315,53 @@ class WorldBatch:
         """
         n, task = self.task.world_count, self.task
 
-        def checked(value: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+        def on_device(value: np.ndarray | None, shape: tuple[int, ...], dtype: type, name: str) -> wp.array | None:
             if value is None:
-                return np.zeros(shape)
+                return None
             value = np.asarray(value, dtype=np.float64)
             if value.shape != shape or not np.all(np.isfinite(value)):
                 raise ValueError(f"{name} must be finite with shape {shape}, got {value.shape}")
-            return value
+            return wp.array(value, dtype=dtype, device=task.device)
 
-        obs_grad = checked(obs_grad, (n, task.obs_dim), "obs_grad")
-        reward_grad = checked(reward_grad, (n,), "reward_grad")
+        return self.vjp_step_arrays(
+            t, on_device(obs_grad, (n, task.obs_dim), wp.float32, "obs_grad"),
+            on_device(reward_grad, (n,), wp.float64, "reward_grad"),
+        ).numpy().copy()
+
+    def vjp_step_arrays(self, t: int, obs_grad: wp.array | None, reward_grad: wp.array | None) -> wp.array:
+        """:meth:`vjp_step` on Warp arrays of the task's device, with no host round trip: ``obs_grad``
+        float32 (world_count, obs_dim), ``reward_grad`` float64 (world_count,), copied on the device;
+        their finiteness is the caller's to check. Returns the action adjoint's own array (world_count,
+        action_dim), valid until the next backward pass: copy it.
+
+        Raises:
+            ValueError: an array of the wrong shape, dtype or device.
+            GradientError: nothing recorded, or the env is not differentiable.
+        """
+        n, task = self.task.world_count, self.task
+        for value, shape, dtype, name in ((obs_grad, (n, task.obs_dim), wp.float32, "obs_grad"),
+                                          (reward_grad, (n,), wp.float64, "reward_grad")):
+            if value is not None:
+                self._check_device_array(value, shape, dtype, name)
         self._check_remedies()
 
         def seed(buffers: StepBuffers) -> None:
-            buffers.obs.grad.assign(obs_grad.astype(np.float32))
-            buffers.reward.grad.assign(reward_grad)
+            for grad, value in ((buffers.obs.grad, obs_grad), (buffers.reward.grad, reward_grad)):
+                if value is None:
+                    grad.zero_()
+                else:
+                    wp.copy(grad, value)
 
         self.trajectory.backward_step(t, seed)
-        return self.trajectory.buffers(t).action.grad.numpy().copy()
+        return self.trajectory.buffers(t).action.grad
 
     def initial_state_grad(self) -> dict[str, np.ndarray]:
         """Adjoint of the trajectory's initial state after a backward pass reached step 0."""
-        return {name: array.grad.numpy().copy() for name, array in self.trajectory.initial.items()}
+        return {name: array.numpy().copy() for name, array in self.initial_state_grad_arrays().items()}
+
+    def initial_state_grad_arrays(self) -> dict[str, wp.array]:
+        """:meth:`initial_state_grad` as the adjoint arrays themselves (on the task's device; copy them)."""
+        return {name: array.grad for name, array in self.trajectory.initial.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -857,7 +902,12 @@ class DiffVectorEnv(_CoreEnv, gym.vector.VectorEnv):
         return obs, self._masked(info)
 
     def step(self, actions):
-        out = self._core.step(self._core.check_actions(actions, self.action_space.shape, "actions"))
+        return self._step_applied(self._core.check_actions(actions, self.action_space.shape, "actions"))
+
+    def _step_applied(self, actions: np.ndarray | wp.array):
+        """:meth:`step` with checked, clipped actions: numpy, or a float64 Warp array on the env's
+        device (:class:`diffenvs.torch.TorchRollout` passes a tensor's memory, see :meth:`WorldBatch.step`)."""
+        out = self._core.step(actions)
         info = dict(out.info)
         masks = {}
         if out.final_obs is not None:

@@ -24,12 +24,23 @@ Semantics, as the env's own ``grad()``:
   ``backward()`` to keep memory flat. Calling ``backward()`` through steps of an earlier window
   raises.
 
-Tensors live on the env's device; on a GPU the values pass through host memory for now (numpy),
-correct but not yet zero-copy.
+Tensors live on the env's device, and the values pass between torch and Warp there, never
+through host memory (``wp.from_torch`` / ``wp.to_torch``): a step copies the actions into the
+step's action buffer and returns copies of its observation and reward buffers, all on the device;
+``backward()`` copies the adjoints in and the action's adjoint out the same way. What the host
+still reads each step are the episode flags and ``info`` (divergence, truncation, the task's
+metrics: one synchronisation per step on a GPU); in a step where an episode ends (an autoreset or
+a diverged world) the observation comes from the host's episode logic. :meth:`TorchRollout.reset`
+from a ``state`` passes it through the host, where it is validated.
+
+Bad input: actions of the wrong shape or with a non-finite entry raise ``ValueError`` before
+anything is stepped; finite actions are clipped to [-1, 1]. A non-finite adjoint reaching the
+rollout in ``backward()`` raises ``ValueError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -44,15 +55,12 @@ class _Step(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, action: torch.Tensor, token: torch.Tensor, rollout: TorchRollout, *state: torch.Tensor):
-        obs, reward, info, ended = rollout._forward(action)
+        obs, reward, own, diverged, ended = rollout._forward(action)
         ctx.rollout, ctx.t, ctx.window = rollout, rollout.env.batch.length - 1, rollout._window
-        ctx.ended, ctx.diverged = ended, np.asarray(info["diverged"], dtype=bool)
-        ctx.action_dtype, ctx.state_like = action.dtype, state
-        own = obs.copy() if info.get("final_obs") is None else np.where(ended[:, None], info["final_obs"], obs).astype(np.float32)
-        device = rollout.torch_device
+        ctx.ended, ctx.diverged = ended, diverged
+        ctx.action_dtype, ctx.action_device, ctx.state_like = action.dtype, action.device, state
         # The token stays differentiable: its edge makes autograd differentiate step t + 1 before step t.
-        return (torch.as_tensor(obs, device=device), torch.as_tensor(reward, device=device),
-                torch.zeros((), dtype=torch.float64, device=device), torch.as_tensor(own, device=device))
+        return obs, reward, torch.zeros((), dtype=torch.float64, device=rollout.torch_device), own
 
     @staticmethod
     def backward(ctx: Any, obs_grad: torch.Tensor | None, reward_grad: torch.Tensor | None, _token_grad: Any,
@@ -61,23 +69,35 @@ class _Step(torch.autograd.Function):
         if ctx.window != rollout._window:
             raise RuntimeError("backward() through steps of an earlier window: the rollout was reset or detached "
                                "since; call backward() before detach()")
+        device = rollout.torch_device
 
-        def host(grad: torch.Tensor | None) -> np.ndarray | None:
-            return None if grad is None else grad.detach().to("cpu", torch.float64).numpy().copy()
+        def masked(grad: torch.Tensor | None, rows: np.ndarray) -> torch.Tensor | None:
+            if grad is None:
+                return None
+            grad = grad.detach().to(device, torch.float64)
+            if rows.any():
+                rows = torch.as_tensor(rows, device=device).reshape(-1, *[1] * (grad.ndim - 1))
+                grad = torch.where(rows, torch.zeros((), dtype=grad.dtype, device=device), grad)
+            return grad
 
-        obs, reward, own = host(obs_grad), host(reward_grad), host(own_grad)
-        if obs is not None:
-            obs[ctx.ended | ctx.diverged] = 0.0  # a new episode's first observation, or a diverged world's kept one
-        if own is not None:
-            own[ctx.diverged] = 0.0
-            obs = own if obs is None else obs + own
-        if reward is not None:
-            reward[ctx.diverged] = 0.0
-        action = rollout.env.batch.vjp_step(ctx.t, obs, reward)
-        grads: list[Any] = [torch.as_tensor(action, dtype=ctx.action_dtype, device=rollout.torch_device), None, None]
+        # A new episode's first observation, or a diverged world's kept one, carries no gradient.
+        obs = masked(obs_grad, ctx.ended | ctx.diverged)
+        own = masked(own_grad, ctx.diverged)
+        obs = own if obs is None else obs if own is None else obs + own
+        reward = masked(reward_grad, ctx.diverged)
+        for name, grad in (("observations", obs), ("rewards", reward)):
+            if grad is not None and not bool(torch.isfinite(grad).all()):
+                raise ValueError(f"a non-finite gradient of the {name} reached the rollout")
+
+        def warp(grad: torch.Tensor | None, dtype: torch.dtype) -> wp.array | None:
+            return None if grad is None else wp.from_torch(grad.to(dtype).contiguous())
+
+        with rollout._streams():
+            action = rollout.env.batch.vjp_step_arrays(ctx.t, warp(obs, torch.float32), warp(reward, torch.float64))
+        grads: list[Any] = [wp.to_torch(action).to(ctx.action_device, ctx.action_dtype, copy=True), None, None]
         if ctx.state_like:
-            initial = rollout.env.batch.initial_state_grad()
-            grads += [torch.as_tensor(initial[name], dtype=like.dtype, device=like.device)
+            initial = rollout.env.batch.initial_state_grad_arrays()
+            grads += [wp.to_torch(initial[name]).to(like.device, like.dtype, copy=True)
                       for name, like in zip(rollout._state_names, ctx.state_like)]
         return tuple(grads)
 
@@ -182,7 +202,41 @@ class TorchRollout:
 
     # internals ----------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _streams(self):
+        """Order Warp's work inside the block after torch's before it, and torch's after it behind
+        Warp's (on a GPU the two may use different streams): Warp reads tensors torch just wrote,
+        and torch may reuse their memory or read Warp's outputs only once Warp is done."""
+        if self.torch_device.type != "cuda":
+            yield
+            return
+        warp_stream = wp.get_stream(self.env.task.device)
+        torch_stream = wp.stream_from_torch(torch.cuda.current_stream(self.torch_device))
+        warp_stream.wait_stream(torch_stream)
+        yield
+        torch_stream.wait_stream(warp_stream)
+
     def _forward(self, action: torch.Tensor):
-        obs, reward, terminated, truncated, info = self.env.step(action.detach().to("cpu", torch.float64).numpy())
+        """Step with ``action``; return observation, reward and the step's own observation (tensors on
+        the env's device) and the diverged and ended worlds (numpy)."""
+        shape = (self.num_envs, self.env.task.action_dim)
+        if tuple(action.shape) != shape:
+            raise ValueError(f"actions must have shape {shape}, got {tuple(action.shape)}")
+        applied = action.detach().to(self.torch_device, torch.float64)
+        if not bool(torch.isfinite(applied).all()):
+            raise ValueError(f"actions with non-finite entries: {applied}")
+        applied = applied.clamp(-1.0, 1.0).contiguous()
+        t = self.env.batch.length
+        with self._streams():
+            obs, reward, terminated, truncated, info = self.env._step_applied(wp.from_torch(applied))
         self._last_extra = (terminated, truncated, info)
-        return np.asarray(obs, dtype=np.float32), np.asarray(reward, dtype=np.float64), info, terminated | truncated
+        ended, diverged = terminated | truncated, np.asarray(info["diverged"], dtype=bool)
+        if ended.any():  # the host's episode logic replaced rows (autoreset, diverged worlds): take its values
+            own = obs if info.get("final_obs") is None else np.where(ended[:, None], info["final_obs"], obs)
+            return (torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.torch_device),
+                    torch.as_tensor(np.asarray(reward, dtype=np.float64), device=self.torch_device),
+                    torch.as_tensor(np.asarray(own, dtype=np.float32), device=self.torch_device), diverged, ended)
+        # The common step: the step's own output arrays, copied on the device.
+        obs_array, reward_array = self.env.batch.step_outputs(t)
+        obs = wp.to_torch(obs_array).clone()
+        return obs, wp.to_torch(reward_array).clone(), obs.clone(), diverged, ended

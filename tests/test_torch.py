@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -10,8 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import warp as wp
+
 from diffenvs.torch import TorchRollout
-from tests.conftest import ENV_IDS, SMALL
+from tests.conftest import DOUGH_IDS, ENV_IDS, SMALL
 
 
 def make(env_id="DiffEnvs/Pusher-v0", num_envs=2, **kwargs):
@@ -129,6 +133,47 @@ def test_no_gradient_crosses_an_autoreset():
     assert torch.all(actions.grad[2] == 0) and torch.all(actions.grad[:2, :, 0] > 0)
 
 
+def test_steps_and_backward_keep_values_off_the_host(monkeypatch):
+    """Actions, observations, rewards and their adjoints pass between torch and Warp on the device
+    (wp.from_torch / wp.to_torch): no tensor value goes through numpy in a step or a backward pass
+    (here on the CPU, where the same code runs as on a GPU), and the gradients are the env's own."""
+    env = make(max_episode_steps=10)
+    rollout = TorchRollout(env)
+    obs, _ = rollout.reset(seed=4)
+    weights = torch.full((2, env.single_observation_space.shape[0]), 0.05, dtype=torch.float64, requires_grad=True)
+    actions = []
+
+    def only_by_warp(owner, name):  # Warp's own wp.to_torch wraps CPU memory with torch.as_tensor (no copy)
+        real = getattr(owner, name)
+
+        def guarded(*args, **kwargs):
+            if not sys._getframe(1).f_globals.get("__name__", "").startswith("warp."):
+                raise AssertionError(f"a tensor value went through the host ({name})")
+            return real(*args, **kwargs)
+        return guarded
+
+    with monkeypatch.context() as patch:
+        for name in ("numpy", "tolist", "item"):
+            patch.setattr(torch.Tensor, name, only_by_warp(torch.Tensor, name))
+        for name in ("as_tensor", "from_numpy", "tensor"):
+            patch.setattr(torch, name, only_by_warp(torch, name))
+        total = 0.0
+        for _ in range(3):  # closed loop: actions from observations
+            action = torch.tanh(obs.double() @ weights.T)
+            action.retain_grad()
+            actions.append(action)
+            obs, reward, *_ = rollout.step(action)
+            total = total + reward.sum() + 0.1 * obs[:, :2].sum()
+        total.backward()
+    assert weights.grad.abs().max() > 0
+    # the same rollout open loop, objective: the return only, against grad()
+    applied = torch.stack([a.detach() for a in actions]).requires_grad_(True)
+    rollout.reset(seed=4)
+    sum(rollout.step(applied[t])[1].sum() for t in range(3)).backward()
+    np.testing.assert_allclose(applied.grad.numpy().transpose(1, 0, 2), env.unwrapped.grad("return").actions,
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_bad_use_raises_clear_errors():
     with pytest.raises(TypeError, match="native diffenvs vector env"):
         TorchRollout(gym.make("DiffEnvs/Pusher-v0"))
@@ -142,3 +187,43 @@ def test_bad_use_raises_clear_errors():
         rollout.step(torch.zeros(3, 2))
     with pytest.raises(TypeError, match="torch tensor"):
         rollout.step(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="non-finite"):
+        rollout.step(torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
+    assert rollout.env.batch.length == 0  # nothing was stepped
+    _, reward, *_ = rollout.step(torch.zeros(2, 2, requires_grad=True))
+    with pytest.raises(ValueError, match="non-finite gradient of the rewards"):
+        (reward * torch.tensor([float("inf"), 1.0], dtype=torch.float64)).sum().backward(retain_graph=True)
+    batch = rollout.env.batch
+    with pytest.raises(ValueError, match="obs_grad must be a Warp array of shape"):
+        batch.vjp_step_arrays(0, wp.zeros(3, dtype=wp.float32), None)
+    with pytest.raises(ValueError, match="dtype float64"):
+        batch.vjp_step_arrays(0, None, wp.zeros(2, dtype=wp.float32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("env_id", ["DiffEnvs/Pusher-v0", DOUGH_IDS[0]])
+def test_cuda_rollout_is_device_resident_and_equals_the_cpu(cuda_device, env_id):
+    """On a GPU the tensors stay there and a rollout (autoreset included), its rewards and its
+    gradients equal the CPU's; also when torch runs on a stream of its own (stream ordering)."""
+    results = {}
+    for device, stream in (("cpu", False), (cuda_device, False), (cuda_device, True)):
+        rollout = TorchRollout(make(env_id, device=device, max_episode_steps=3))
+        shape = (4, 2, *rollout.env.single_action_space.shape)
+        actions = torch.tensor(np.random.default_rng(5).uniform(-1, 1, shape), device=rollout.torch_device,
+                               requires_grad=True)
+        context = torch.cuda.stream(torch.cuda.Stream()) if stream else contextlib.nullcontext()
+        with context:
+            rollout.reset(seed=2)
+            steps = [rollout.step(actions[t]) for t in range(4)]
+            total = sum(reward.sum() for _, reward, *_ in steps) + steps[-1][0].sum()
+            total.backward()
+            torch.cuda.synchronize() if device != "cpu" else None
+        assert all(obs.device == rollout.torch_device and reward.device == rollout.torch_device
+                   for obs, reward, *_ in steps)
+        results[device, stream] = (torch.stack([r for _, r, *_ in steps]).cpu().numpy(), actions.grad.cpu().numpy())
+    cpu_rewards, cpu_grad = results["cpu", False]
+    assert np.abs(cpu_grad).max() > 0
+    for rewards, grad in (results[cuda_device, False], results[cuda_device, True]):
+        np.testing.assert_allclose(rewards, cpu_rewards, rtol=1e-3, atol=1e-5)
+        cosine = np.sum(grad * cpu_grad) / (np.linalg.norm(grad) * np.linalg.norm(cpu_grad))
+        assert cosine > 0.999
