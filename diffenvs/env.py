@@ -3,7 +3,8 @@
 Three layers, one code path:
 
 * :class:`WorldBatch` owns a :class:`~diffenvs.task.Task` and its
-  :class:`~diffenvs.autodiff.Trajectory` and does every conversion between numpy and Warp;
+  :class:`~diffenvs.autodiff.Trajectory` and does every conversion between numpy (or a caller's
+  device arrays, :mod:`diffenvs.torch`) and Warp;
 * :class:`EnvCore` holds the episode logic of ``num_envs`` worlds: spaces, action validation,
   seeding, ``info`` with its divergence masking, per-episode metrics, autoreset, remedies;
 * :class:`DiffVectorEnv` (Gymnasium's ``VectorEnv``) and :class:`DiffEnv` (``gym.Env``) are thin
@@ -298,41 +299,18 @@ class WorldBatch:
         """Steps recorded since the last reset (or :meth:`EnvCore.detach`)."""
         return self.trajectory.length
 
-    def vjp_step(self, t: int, obs_grad: np.ndarray | None, reward_grad: np.ndarray | None) -> np.ndarray:
-        """Differentiate recorded step ``t`` given the adjoints of its observation (world_count,
-        obs_dim) and reward (world_count,) (``None``: zero); return the adjoint of its action
-        (world_count, action_dim).
+    def vjp_step(self, t: int, obs_grad: wp.array | None, reward_grad: wp.array | None) -> wp.array:
+        """Differentiate recorded step ``t`` given the adjoints of its observation and reward, Warp
+        arrays on the task's device (``obs_grad`` float32 (world_count, obs_dim), ``reward_grad``
+        float64 (world_count,); ``None``: zero), copied there with no host round trip; their
+        finiteness is the caller's to check. Returns the adjoint of the step's action: the buffer's
+        own array (world_count, action_dim), valid until the next backward pass (copy it).
 
-        For a backward pass driven from outside, newest step first (PyTorch's autograd; see
-        :meth:`Trajectory.backward_step`): the adjoint of step ``t``'s state comes from the steps
-        after it differentiated before; a call for a step at or after the last one starts a new
-        pass. After step 0, :meth:`initial_state_grad` holds the adjoint of the initial state.
-        :meth:`vjp_step_arrays` is the same on device arrays.
-
-        Raises:
-            ValueError: an adjoint of the wrong shape or with non-finite entries.
-            GradientError: nothing recorded, or the env is not differentiable.
-        """
-        n, task = self.task.world_count, self.task
-
-        def on_device(value: np.ndarray | None, shape: tuple[int, ...], dtype: type, name: str) -> wp.array | None:
-            if value is None:
-                return None
-            value = np.asarray(value, dtype=np.float64)
-            if value.shape != shape or not np.all(np.isfinite(value)):
-                raise ValueError(f"{name} must be finite with shape {shape}, got {value.shape}")
-            return wp.array(value, dtype=dtype, device=task.device)
-
-        return self.vjp_step_arrays(
-            t, on_device(obs_grad, (n, task.obs_dim), wp.float32, "obs_grad"),
-            on_device(reward_grad, (n,), wp.float64, "reward_grad"),
-        ).numpy().copy()
-
-    def vjp_step_arrays(self, t: int, obs_grad: wp.array | None, reward_grad: wp.array | None) -> wp.array:
-        """:meth:`vjp_step` on Warp arrays of the task's device, with no host round trip: ``obs_grad``
-        float32 (world_count, obs_dim), ``reward_grad`` float64 (world_count,), copied on the device;
-        their finiteness is the caller's to check. Returns the action adjoint's own array (world_count,
-        action_dim), valid until the next backward pass: copy it.
+        For a backward pass driven from outside, newest step first (PyTorch's autograd through
+        :class:`diffenvs.torch.TorchRollout`; see :meth:`Trajectory.backward_step`): the adjoint of
+        step ``t``'s state comes from the steps after it differentiated before; a call for a step at
+        or after the last one starts a new pass. After step 0, :meth:`initial_state_grad` holds the
+        adjoint of the initial state.
 
         Raises:
             ValueError: an array of the wrong shape, dtype or device.
@@ -355,12 +333,9 @@ class WorldBatch:
         self.trajectory.backward_step(t, seed)
         return self.trajectory.buffers(t).action.grad
 
-    def initial_state_grad(self) -> dict[str, np.ndarray]:
-        """Adjoint of the trajectory's initial state after a backward pass reached step 0."""
-        return {name: array.numpy().copy() for name, array in self.initial_state_grad_arrays().items()}
-
-    def initial_state_grad_arrays(self) -> dict[str, wp.array]:
-        """:meth:`initial_state_grad` as the adjoint arrays themselves (on the task's device; copy them)."""
+    def initial_state_grad(self) -> dict[str, wp.array]:
+        """The adjoint arrays of the trajectory's initial state (on the task's device; copy them) after
+        a backward pass through :meth:`vjp_step` reached step 0."""
         return {name: array.grad for name, array in self.trajectory.initial.items()}
 
 

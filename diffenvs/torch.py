@@ -93,10 +93,10 @@ class _Step(torch.autograd.Function):
             return None if grad is None else wp.from_torch(grad.to(dtype).contiguous())
 
         with rollout._streams():
-            action = rollout.env.batch.vjp_step_arrays(ctx.t, warp(obs, torch.float32), warp(reward, torch.float64))
+            action = rollout.env.batch.vjp_step(ctx.t, warp(obs, torch.float32), warp(reward, torch.float64))
         grads: list[Any] = [wp.to_torch(action).to(ctx.action_device, ctx.action_dtype, copy=True), None, None]
         if ctx.state_like:
-            initial = rollout.env.batch.initial_state_grad_arrays()
+            initial = rollout.env.batch.initial_state_grad()
             grads += [wp.to_torch(initial[name]).to(like.device, like.dtype, copy=True)
                       for name, like in zip(rollout._state_names, ctx.state_like)]
         return tuple(grads)

@@ -195,9 +195,9 @@ def test_bad_use_raises_clear_errors():
         (reward * torch.tensor([float("inf"), 1.0], dtype=torch.float64)).sum().backward(retain_graph=True)
     batch = rollout.env.batch
     with pytest.raises(ValueError, match="obs_grad must be a Warp array of shape"):
-        batch.vjp_step_arrays(0, wp.zeros(3, dtype=wp.float32), None)
+        batch.vjp_step(0, wp.zeros(3, dtype=wp.float32), None)
     with pytest.raises(ValueError, match="dtype float64"):
-        batch.vjp_step_arrays(0, None, wp.zeros(2, dtype=wp.float32))
+        batch.vjp_step(0, None, wp.zeros(2, dtype=wp.float32))
 
 
 @pytest.mark.cuda
