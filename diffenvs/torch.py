@@ -27,10 +27,11 @@ Semantics, as the env's own ``grad()``:
 Tensors live on the env's device, and the values pass between torch and Warp there, never
 through host memory (``wp.from_torch`` / ``wp.to_torch``): a step copies the actions into the
 step's action buffer and returns copies of its observation and reward buffers, all on the device;
-``backward()`` copies the adjoints in and the action's adjoint out the same way. What the host
-still reads each step are the episode flags and ``info`` (divergence, truncation, the task's
-metrics: one synchronisation per step on a GPU); in a step where an episode ends (an autoreset or
-a diverged world) the observation comes from the host's episode logic. :meth:`TorchRollout.reset`
+``backward()`` copies the adjoints in and the action's adjoint out the same way. The env's
+episode logic still receives its host copy of each step's outputs (observations, rewards, flags,
+``info``: one synchronisation per step on a GPU), but nothing comes back from it to torch except
+in a step where an episode ends (an autoreset or a diverged world): that step's observation comes
+from the host's episode logic. :meth:`TorchRollout.reset`
 from a ``state`` passes it through the host, where it is validated.
 
 Bad input: actions of the wrong shape or with a non-finite entry raise ``ValueError`` before
