@@ -672,8 +672,9 @@ def write_report(config: StudyConfig) -> Path:
                    "| reached 50% / 90% | env steps spent | seconds spent |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in sorted(rows, key=lambda row: -row["iqm"]):
+            partial = "" if row["runs"] >= len(config.seeds) else f" ({row['runs']} of {len(config.seeds)} instances)"
             lines.append(
-                f"| {row['method']} | {spec[row['method']].budget:,} | {row['iqm']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+                f"| {row['method']} | {spec[row['method']].budget:,} | {row['iqm']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]{partial} "
                 f"| {row['median']:.3f} | {_cost(row, 'steps', 50, row['runs'])} / {_cost(row, 'steps', 90, row['runs'])} "
                 f"| {_cost(row, 'seconds', 50, row['runs'])} / {_cost(row, 'seconds', 90, row['runs'])} "
                 f"| {row['reached_50']}/{row['runs']} / {row['reached_90']}/{row['runs']} "

@@ -107,6 +107,9 @@ def test_the_study_runs_every_method_on_the_same_instances_and_resumes(tmp_path)
     adam_only = run_study(config, methods=["adam"], progress=False)
     assert adam_only.ran == [] and sorted(adam_only.skipped) == ["Pusher-adam-s0", "Pusher-adam-s1"]
     assert "5 of 6 runs finished" in (out / "report.md").read_text()  # the report is the whole study's
+    partial = (out / "report.md").read_text()
+    assert "] (1 of 2 instances) |" in partial.split("| cem |")[1].splitlines()[0]  # a row short of its instances says so
+    assert "instances)" not in partial.split("| adam |")[1].splitlines()[0]
     resumed = run_study(config, methods=["cem"], envs=["DiffEnvs/Pusher-v0"], progress=False)
     assert resumed.ran == ["Pusher-cem-s0"] and resumed.skipped == ["Pusher-cem-s1"]
     assert (out / "study.yaml").read_text() == study_yaml  # a part does not rewrite the study's config
