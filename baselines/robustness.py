@@ -140,13 +140,13 @@ def replay(env_id: str, instance: int, env_kwargs: dict[str, Any], make_policy: 
 
 def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4), episodes: int = 16,
                    methods: tuple[str, ...] | None = None, envs: tuple[str, ...] | None = None,
-                   progress: bool = True) -> tuple[Path, Path]:
+                   seeds: tuple[int, ...] | None = None, progress: bool = True) -> tuple[Path, Path]:
     """Replay every finished run of ``config`` (a :class:`~diffenvs.baselines.study.StudyConfig`)
     under each ``noise`` level; write and return ``robustness.csv`` and ``robustness.md``.
-    ``methods`` and ``envs`` replay only those runs (the other rows are kept).
+    ``methods``, ``envs`` and ``seeds`` replay only those runs (the other rows are kept).
 
     Raises:
-        ConfigError: a ``generalize`` study, bad levels or episodes, unknown methods or envs.
+        ConfigError: a ``generalize`` study, bad levels or episodes, unknown methods, envs or seeds.
         RuntimeError: a noiseless replay that does not reproduce the study's result.
     """
     import warp as wp
@@ -161,7 +161,7 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
         raise ConfigError("robustness replays single-instance results: the study's protocol must be 'instance'")
     if episodes < 1 or not noise or any(not (0 <= level < math.inf) for level in noise):
         raise ConfigError(f"need episodes >= 1 and noise levels >= 0, got {episodes} and {list(noise)}")
-    todo = select(config, methods=methods, envs=envs)
+    todo = select(config, methods=methods, envs=envs, seeds=seeds)
     out = Path(config.out_dir)
     csv_path = out / "robustness.csv"
     levels = sorted(set(noise) | {0.0})

@@ -227,19 +227,23 @@ def jobs(config: StudyConfig) -> list[RunJob]:
             for label, spec in config.methods.items() for env_id in config.envs for seed in config.seeds]
 
 
-def select(config: StudyConfig, *, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None) -> list[RunJob]:
-    """The study's runs of some methods (labels) on some envs (ids); ``None``: all of them.
+def select(config: StudyConfig, *, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None,
+           seeds: Iterable[int] | None = None) -> list[RunJob]:
+    """The study's runs of some methods (labels) on some envs (ids) and seeds; ``None``: all of them.
 
     Raises:
-        ConfigError: a label or env id that is not in the study.
+        ConfigError: a label, env id or seed that is not in the study.
     """
-    for key, given, known in (("methods", methods, config.methods), ("envs", envs, config.envs)):
-        unknown = sorted(set(given or ()) - set(known))
+    given = {"methods": methods, "envs": envs, "seeds": seeds}
+    known = {"methods": config.methods, "envs": config.envs, "seeds": config.seeds}
+    for key, values in given.items():
+        unknown = sorted(set(values or ()) - set(known[key]))
         if unknown:
-            raise ConfigError(f"{key} {unknown} are not in the study ({sorted(known)})")
-    methods = None if methods is None else set(methods)
-    envs = None if envs is None else set(envs)
-    return [job for job in jobs(config) if (methods is None or job.label in methods) and (envs is None or job.env_id in envs)]
+            raise ConfigError(f"{key} {unknown} are not in the study ({sorted(known[key])})")
+    wanted = {key: None if values is None else set(values) for key, values in given.items()}
+    return [job for job in jobs(config)
+            if all(wanted[key] is None or value in wanted[key]
+                   for key, value in (("methods", job.label), ("envs", job.env_id), ("seeds", job.seed)))]
 
 
 # Running one job (in a worker process) ----------------------------------------------------------------
@@ -416,11 +420,13 @@ class StudyResult:
 
 
 def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | None = None, progress: bool = True,
-              report: bool = True, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None) -> StudyResult:
+              report: bool = True, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None,
+              seeds: Iterable[int] | None = None) -> StudyResult:
     """Run the study's unfinished runs, then write the report (see the module docstring).
 
-    ``methods`` and ``envs`` (labels and env ids of the study) run only part of it, e.g. one method's
-    runs on one task in a sitting; the report is the whole study's (every finished run).
+    ``methods``, ``envs`` and ``seeds`` (labels, env ids and seeds of the study) run only part of it,
+    e.g. one method's runs on one task in a sitting, or two processes on different seeds; the report
+    is the whole study's (every finished run).
 
     Raises:
         ConfigError: an unknown backend, method or env, or a finished run in ``out_dir`` made by a
@@ -430,13 +436,13 @@ def run_study(config: StudyConfig, *, backend: Backend = "pool", address: str | 
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    chosen = select(config, methods=methods, envs=envs)
+    chosen = select(config, methods=methods, envs=envs, seeds=seeds)
     out = Path(config.out_dir)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     _write_config(config)
-    for stale in runs_dir.glob(".*.tmp"):  # runs in flight when a previous study was killed
-        shutil.rmtree(stale)
+    for job in chosen:  # its runs in flight when a previous study was killed (not other parts': another process's)
+        shutil.rmtree(runs_dir / f".{job.name}.tmp", ignore_errors=True)
     todo, skipped = [], []
     for job in chosen:
         done = runs_dir / job.name / "job.json"

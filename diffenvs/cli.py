@@ -189,10 +189,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     replay_flags = [flag for flag, value in (("--noise", args.noise), ("--episodes", args.episodes)) if value is not None]
     if replay_flags and not args.robustness:
         raise ValueError(f"{', '.join(replay_flags)} only apply with --robustness")
-    part = {"methods": tuple(args.methods) if args.methods else None, "envs": tuple(args.envs) if args.envs else None}
+    part = {key: tuple(getattr(args, key)) if getattr(args, key) else None for key in ("methods", "envs", "seeds")}
     if args.report_only:
-        if args.methods or args.envs:
-            raise ValueError("--report-only reports the whole study: drop --methods and --envs")
+        if any(part.values()):
+            raise ValueError("--report-only reports the whole study: drop --methods, --envs and --seeds")
         print(f"wrote {write_report(config)}")
         return 0
     if args.robustness:
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run (or, with --robustness, replay) only these methods (labels of the study); "
                               "the report covers every finished run")
     compare.add_argument("--envs", nargs="+", help="run (or replay) only these env ids of the study")
+    compare.add_argument("--seeds", nargs="+", type=int,
+                         help="run (or replay) only these seeds (instances) of the study, e.g. one seed per process")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare.set_defaults(func=_cmd_compare)
 

@@ -104,14 +104,17 @@ def test_the_study_runs_every_method_on_the_same_instances_and_resumes(tmp_path)
         run_study(config, methods=["cme"], progress=False)
     with pytest.raises(ConfigError, match="Move"):
         run_study(config, envs=["DiffEnvs/Move-v0"], progress=False)
+    with pytest.raises(ConfigError, match=r"seeds \[5\]"):
+        run_study(config, seeds=[5], progress=False)
     adam_only = run_study(config, methods=["adam"], progress=False)
     assert adam_only.ran == [] and sorted(adam_only.skipped) == ["Pusher-adam-s0", "Pusher-adam-s1"]
+    assert (out / "runs" / ".Pusher-cem-s0.tmp").exists()  # another part's run in flight is not its to remove
     assert "5 of 6 runs finished" in (out / "report.md").read_text()  # the report is the whole study's
     partial = (out / "report.md").read_text()
     assert "] (1 of 2 instances) |" in partial.split("| cem |")[1].splitlines()[0]  # a row short of its instances says so
     assert "instances)" not in partial.split("| adam |")[1].splitlines()[0]
-    resumed = run_study(config, methods=["cem"], envs=["DiffEnvs/Pusher-v0"], progress=False)
-    assert resumed.ran == ["Pusher-cem-s0"] and resumed.skipped == ["Pusher-cem-s1"]
+    resumed = run_study(config, methods=["cem"], envs=["DiffEnvs/Pusher-v0"], seeds=[0], progress=False)
+    assert resumed.ran == ["Pusher-cem-s0"] and resumed.skipped == []
     assert (out / "study.yaml").read_text() == study_yaml  # a part does not rewrite the study's config
     assert not list((out / "runs").glob(".*.tmp"))
     assert _table(out) == table  # the same results: runs are deterministic in their seeds
@@ -187,8 +190,9 @@ def test_compare_cli_reports_and_rejects(tmp_path, capsys):
     assert all(spec.budget >= 10_000 for spec in full.methods.values())
     assert all(spec.budget >= 100_000 for spec in full.methods.values() if spec.kind == "train")
     assert set(full.envs) == {"DiffEnvs/Pusher-v0", "DiffEnvs/RollingPin-v0", "DiffEnvs/Move-v0", "DiffEnvs/Shape-v0"}
-    assert main(["compare", "--config", "quick", "--out-dir", str(tmp_path / "q"), "--report-only", "--methods", "adam"]) == 2
-    assert "--report-only" in capsys.readouterr().err
+    for part in (["--methods", "adam"], ["--seeds", "0"]):
+        assert main(["compare", "--config", "quick", "--out-dir", str(tmp_path / "q"), "--report-only", *part]) == 2
+        assert "--report-only" in capsys.readouterr().err
     assert main(["compare", "--config", "quick", "--out-dir", str(tmp_path / "q"), "--report-only"]) == 0
     assert "0 of 42 runs finished" in (tmp_path / "q" / "report.md").read_text()
     write_report(load_study(_shipped("quick"), {"out_dir": str(tmp_path / "q")}))
@@ -311,7 +315,7 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
     assert float(rows[("adam", 0.3)]["metric_mean"]) == pytest.approx(np.mean(metrics), abs=1e-9)
     assert "## Pusher" in md_path.read_text() and "| adam |" in md_path.read_text()
     before = csv_path.read_text()
-    run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("adam",), progress=False)
+    run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("adam",), seeds=(0,), progress=False)
     assert csv_path.read_text() == before  # adam's rows replaced by the same ones, ppo's kept
 
     # a run redone since its rows were replayed (new values after a tuning): its old rows go, even when
@@ -352,6 +356,8 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
         run_robustness(config, methods=("sac",), progress=False)
     with pytest.raises(ConfigError, match="Move"):
         run_robustness(config, envs=("DiffEnvs/Move-v0",), progress=False)
+    with pytest.raises(ConfigError, match=r"seeds \[3\]"):
+        run_robustness(config, seeds=(3,), progress=False)
     with pytest.raises(ConfigError, match="protocol"):
         run_robustness(load_study(_shipped("generalize")), progress=False)
 
