@@ -48,6 +48,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import typing
 import warnings
 from collections.abc import Callable, Iterable
@@ -490,12 +491,37 @@ def _store(runs_dir: Path, name: str, files: dict[str, bytes]) -> None:
 Finished = Callable[[RunJob, "dict[str, bytes] | None", "BaseException | None"], None]
 
 
+ORPHAN_GRACE_S = 30.0  # an orphaned worker's time to finish its interrupted run before it exits anyway
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: when the study process ends while this worker runs (``kill``, a scheduler's
+    SIGTERM: unlike Ctrl-C these reach the study process only), interrupt the run as Ctrl-C would
+    (its scratch directory is removed) and exit, rather than train on for a result nobody stores."""
+    import _thread
+    import time
+
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the study process has ended
+        _thread.interrupt_main()  # KeyboardInterrupt in the run: the same path as Ctrl-C
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="diffenvs-watch-study", daemon=True).start()
+
+
 def _pool_map(todo: list[RunJob], workers: int, finished: Finished, *, address: str | None = None) -> None:
-    """A local process pool: one fresh process per run (``spawn``, ``max_tasks_per_child=1``)."""
+    """A local process pool: one fresh process per run (``spawn``, ``max_tasks_per_child=1``); a
+    worker whose study process is killed stops its run and exits (:func:`_die_with_parent`)."""
     if address is not None:
         raise ConfigError("--address is an option of the ray backend")
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1,
+                                                initializer=_die_with_parent) as pool:
         futures = {pool.submit(execute, job): job for job in todo}
         try:
             for future in concurrent.futures.as_completed(futures):

@@ -70,6 +70,57 @@ def test_a_malformed_config_fails_before_any_run_naming_the_bad_key(tmp_path, ch
     assert not (tmp_path / "out").exists()
 
 
+def _processes_with_env(entry):
+    """PIDs of this machine's processes whose environment holds ``entry`` (Linux: /proc)."""
+    from pathlib import Path
+
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if entry.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # ended meanwhile, or not ours
+            pass
+    return found
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="finds the workers through /proc")
+def test_a_killed_study_stops_its_running_worker(tmp_path):
+    """`kill` reaches the study process only (Ctrl-C reaches its workers too): the worker must
+    interrupt its run, remove the scratch directory and exit, not train on for a result nobody stores."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    values = {**TINY, "seeds": [0], "workers": 1, "out_dir": str(tmp_path / "s"),
+              "methods": {"random": {"kind": "optimize", "method": "random", "budget": 10_000_000}}}  # hours
+    study = subprocess.Popen([sys.executable, "-m", "diffenvs.cli", "compare", "--config", str(_write(tmp_path, values)),
+                              "--no-progress"], env={**os.environ, "TMPDIR": str(scratch)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(scratch.glob("diffenvs-run-*/run/*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(scratch.glob("diffenvs-run-*/run/*")), "the worker did not start its run"
+        workers = [pid for pid in _processes_with_env(f"TMPDIR={scratch}") if pid != study.pid]
+        assert workers
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(timeout=30) == -signal.SIGTERM
+        deadline = time.monotonic() + 60
+        while (_processes_with_env(f"TMPDIR={scratch}") or list(scratch.glob("diffenvs-run-*"))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not list(scratch.glob("diffenvs-run-*")), "the run's scratch directory was left behind"
+        assert not _processes_with_env(f"TMPDIR={scratch}"), "a worker outlived its study"
+        assert not (tmp_path / "s" / "runs" / "Pusher-random-s0").exists()
+    finally:
+        for pid in _processes_with_env(f"TMPDIR={scratch}"):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_the_study_runs_every_method_on_the_same_instances_and_resumes(tmp_path):
     config = load_study(_write(tmp_path, TINY), {"out_dir": str(tmp_path / "study")})
     out = tmp_path / "study"
