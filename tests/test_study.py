@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -84,14 +85,13 @@ def _processes_with_env(entry):
     return found
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="finds the workers through /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
 def test_a_killed_study_stops_its_running_worker(tmp_path):
     """`kill` reaches the study process only (Ctrl-C reaches its workers too): the worker must
     interrupt its run, remove the scratch directory and exit, not train on for a result nobody stores."""
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     scratch = tmp_path / "scratch"
@@ -106,8 +106,7 @@ def test_a_killed_study_stops_its_running_worker(tmp_path):
         while not list(scratch.glob("diffenvs-run-*/run/*")) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert list(scratch.glob("diffenvs-run-*/run/*")), "the worker did not start its run"
-        workers = [pid for pid in _processes_with_env(f"TMPDIR={scratch}") if pid != study.pid]
-        assert workers
+        assert [pid for pid in _processes_with_env(f"TMPDIR={scratch}") if pid != study.pid], "no worker found"
         study.send_signal(signal.SIGTERM)
         assert study.wait(timeout=30) == -signal.SIGTERM
         deadline = time.monotonic() + 60
