@@ -9,7 +9,8 @@ its last evaluation's mean metric on the tuning instances. ``--train-seeds`` rep
 with several seeds (their mean), against the spread between seeds that a single seed leaves.
 TPE sampler, median pruner on the intermediate scores; the study lives in an SQLite file, so an
 interrupted tuning resumes where it stopped (a trial the kill interrupted is trained again first).
-``--set`` passes env options, as ``diffenvs train`` does: the dough studies' hard tools need
+``--stop-at 1`` stops the tuning once a trial scores the task metric's maximum, where no later trial
+could score higher (a resumed tuning that has reached it stops at once). ``--set`` passes env options, as ``diffenvs train`` does: the dough studies' hard tools need
 ``--set tool_softness=0``. Writes ``tuning.yaml`` (the settings; resuming with others refuses),
 ``trials.csv`` (every trial: its values and score) and ``best.yaml`` (the best trial as a section to
 paste into ``configs/rl/<algo>.yaml``), both rewritten after every trial::
@@ -100,17 +101,38 @@ def suggest_any(trial: Any, algo: str, base: dict[str, Any] | None = None) -> di
     return suggest(trial, algo, int((base or {}).get("n_envs", 1)))
 
 
-def retry_interrupted(study: Any) -> list[int]:
-    """Mark the trials a killed tuning left running as failed and queue their values again, so that
-    a resumed tuning retrains them first. Every running trial counts as interrupted: a second process
-    tuning the same study in parallel must skip this (``--no-retry-interrupted``). Returns the numbers
-    of the interrupted trials."""
+def reached(study: Any, stop_at: float | None) -> bool:
+    """Whether a completed trial of ``study`` scored at least ``stop_at`` (never when it is None)."""
+    import optuna
+
+    return stop_at is not None and any(
+        t.state == optuna.trial.TrialState.COMPLETE and t.value >= stop_at for t in study.get_trials(deepcopy=False))
+
+
+def stop_when_reached(stop_at: float | None) -> Any:
+    """An ``optimize`` callback that stops the study once a trial scores at least ``stop_at``: a saturated
+    objective (the task metric's maximum is 1), where no later trial can score higher."""
+
+    def callback(study: Any, trial: Any) -> None:
+        if reached(study, stop_at):
+            print(f"trial {trial.number}: a trial scored at least --stop-at {stop_at}: the tuning stops", flush=True)
+            study.stop()
+
+    return callback
+
+
+def retry_interrupted(study: Any, requeue: bool = True) -> list[int]:
+    """Mark the trials a killed tuning left running as failed and (``requeue``) queue their values again,
+    so that a resumed tuning retrains them first. Every running trial counts as interrupted: a second
+    process tuning the same study in parallel must skip this (``--no-retry-interrupted``). Returns the
+    numbers of the interrupted trials."""
     import optuna
 
     interrupted = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for t in interrupted:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=False)
+        if requeue:
+            study.enqueue_trial(t.params, skip_if_exists=False)
     return [t.number for t in interrupted]
 
 
@@ -152,6 +174,9 @@ def main() -> None:
     parser.add_argument("--retry-interrupted", action=argparse.BooleanOptionalAction, default=True,
                         help="at the start, fail the trials left running in the study (a killed tuning's) and train "
                              "their values again first")
+    parser.add_argument("--stop-at", type=float, default=None, metavar="SCORE",
+                        help="stop once a trial scores at least SCORE (1: the task metric's maximum, a saturated objective); "
+                             "a resumed tuning that has reached it runs no trial and retrains no interrupted one")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an env option of training and evaluation (repeatable), e.g. --set tool_softness=0 for the "
                              "studies' hard tools")
@@ -174,9 +199,12 @@ def main() -> None:
     settings = out / "tuning.yaml"  # what the trials were scored on: a resumed tuning must not change it
     recorded = {"env": args.env, "algo": args.algo, "protocol": args.protocol, "steps": args.steps,
                 "evaluations": args.evaluations, "seeds": args.seeds, "train_seeds": args.train_seeds, "env_kwargs": env_kwargs}
-    if settings.exists() and (before := yaml.safe_load(settings.read_text(encoding="utf-8"))) != recorded:
-        changed = sorted(key for key in recorded if before.get(key) != recorded[key])
-        raise SystemExit(f"{out} holds a tuning with other settings ({', '.join(changed)}): give --out another folder")
+    if settings.exists():
+        before = yaml.safe_load(settings.read_text(encoding="utf-8"))
+        if changed := sorted(key for key in recorded if before.get(key) != recorded[key]):
+            raise SystemExit(f"{out} holds a tuning with other settings ({', '.join(changed)}): give --out another folder")
+    if args.stop_at is not None:  # when to stop, not what a trial is scored on: a resumed tuning may change it
+        recorded["stop_at"] = args.stop_at
     settings.write_text(yaml.safe_dump(recorded, sort_keys=False), encoding="utf-8")
     base = load_hyperparams(args.algo, args.env, random_instances=args.protocol == "random")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -215,13 +243,16 @@ def main() -> None:
 
     if study.trials:  # resumed: a sampler seeded as the first process was would draw its first trials again
         study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
-    for number in retry_interrupted(study) if args.retry_interrupted else []:
-        print(f"trial {number} was interrupted: its values are trained again first", flush=True)
+    done_already = reached(study, args.stop_at)
+    for number in retry_interrupted(study, requeue=not done_already) if args.retry_interrupted else []:
+        print(f"trial {number} was interrupted: " + ("a trial reached --stop-at, it is not retrained" if done_already
+              else "its values are trained again first"), flush=True)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a failed trial is retried, not counted
     remaining = args.trials - len([t for t in study.trials if t.state in done])
 
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, callbacks=[lambda study, _trial: write_results(study, out, args.env, args.algo, base)])
+    if remaining > 0 and not done_already:
+        study.optimize(objective, n_trials=remaining, callbacks=[
+            lambda study, _trial: write_results(study, out, args.env, args.algo, base), stop_when_reached(args.stop_at)])
     write_results(study, out, args.env, args.algo, base)
     trials = [t for t in study.trials if t.state.is_finished()]
     best = study.best_trial

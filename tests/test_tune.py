@@ -80,6 +80,27 @@ def test_interrupted_trial_is_failed_and_retried_with_its_values(tmp_path):
     assert tune.suggest_any(retry, "td3") == values and retry.number == killed.number + 1
 
 
+def test_stop_at_ends_the_tuning_at_a_saturated_score_and_a_resume_runs_nothing(tmp_path):
+    import optuna
+
+    tune = _tune_module()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    scores = iter([0.4, 1.0, 0.7, 0.9])
+    study.optimize(lambda trial: next(scores), n_trials=4, callbacks=[tune.stop_when_reached(1.0)])
+    assert [t.value for t in study.trials] == [0.4, 1.0]  # stopped after the trial that reached it
+    assert tune.reached(study, 1.0) and not tune.reached(study, None) and not tune.reached(study, 1.01)
+    study.ask()  # a process killed while a further trial ran: failed, not queued again once the score is reached
+    resumed = optuna.load_study(study_name="s", storage=storage)
+    assert tune.retry_interrupted(resumed, requeue=not tune.reached(resumed, 1.0)) == [2]
+    states = [t.state for t in resumed.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.FAIL]  # nothing WAITING
+    never = optuna.create_study(direction="maximize")
+    never.optimize(lambda trial: 1.0, n_trials=3, callbacks=[tune.stop_when_reached(None)])
+    assert len(never.trials) == 3  # without --stop-at every trial runs
+
+
 def test_results_written_after_each_trial_list_finished_trials_only(tmp_path):
     import optuna
     import yaml
