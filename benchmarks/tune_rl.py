@@ -10,10 +10,11 @@ with several seeds (their mean), against the spread between seeds that a single 
 TPE sampler, median pruner on the intermediate scores; the study lives in an SQLite file, so an
 interrupted tuning resumes where it stopped (a trial the kill interrupted is trained again first).
 ``--stop-at 1`` stops the tuning once a trial scores the task metric's maximum, where no later trial
-could score higher (a resumed tuning that has reached it stops at once). ``--set`` passes env options, as ``diffenvs train`` does: the dough studies' hard tools need
-``--set tool_softness=0``. Writes ``tuning.yaml`` (the settings; resuming with others refuses),
-``trials.csv`` (every trial: its values and score) and ``best.yaml`` (the best trial as a section to
-paste into ``configs/rl/<algo>.yaml``), both rewritten after every trial::
+could score higher (a resumed tuning that has reached it stops at once). ``--set`` passes env
+options, as ``diffenvs train`` does: the dough studies' hard tools need ``--set tool_softness=0``.
+Writes ``tuning.yaml`` (the settings; resuming with others refuses), ``trials.csv`` (every trial:
+its values and score) and ``best.yaml`` (the best trial as a section to paste into
+``configs/rl/<algo>.yaml``), both rewritten after every trial::
 
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo ppo --trials 16 --steps 30000
     python benchmarks/tune_rl.py --env DiffEnvs/Pusher-v0 --algo shac --trials 16 --steps 100000
