@@ -9,6 +9,9 @@ its last evaluation's mean metric on the tuning instances. ``--train-seeds`` rep
 with several seeds (their mean), against the spread between seeds that a single seed leaves.
 TPE sampler, median pruner on the intermediate scores; the study lives in an SQLite file, so an
 interrupted tuning resumes where it stopped (a trial the kill interrupted is trained again first).
+Several processes can tune one study in parallel (the second and later ones with their own ``--seed``
+and ``--no-retry-interrupted``); each stops once ``--trials`` trials are complete or pruned in the
+study, so the budget holds, exceeded at most by the trials other processes still have in flight.
 ``--stop-at 1`` stops the tuning once a trial scores the task metric's maximum, where no later trial
 could score higher (a resumed tuning that has reached it stops at once). ``--set`` passes env
 options, as ``diffenvs train`` does: the dough studies' hard tools need ``--set tool_softness=0``.
@@ -120,6 +123,15 @@ def stop_when_reached(stop_at: float | None) -> Any:
             study.stop()
 
     return callback
+
+
+def within_budget(trials: int) -> Any:
+    """An ``optimize`` callback that stops the study once ``trials`` trials are complete or pruned, counted in
+    the storage: with several processes tuning one study in parallel, each stops at the shared budget
+    instead of running the trials it counted as remaining when it started (failed trials are retried, not counted)."""
+    import optuna
+
+    return optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
 
 
 def retry_interrupted(study: Any, requeue: bool = True) -> list[int]:
@@ -253,7 +265,8 @@ def main() -> None:
 
     if remaining > 0 and not done_already:
         study.optimize(objective, n_trials=remaining, callbacks=[
-            lambda study, _trial: write_results(study, out, args.env, args.algo, base), stop_when_reached(args.stop_at)])
+            lambda study, _trial: write_results(study, out, args.env, args.algo, base), stop_when_reached(args.stop_at),
+            within_budget(args.trials)])
     write_results(study, out, args.env, args.algo, base)
     trials = [t for t in study.trials if t.state.is_finished()]
     best = study.best_trial

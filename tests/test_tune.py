@@ -101,6 +101,32 @@ def test_stop_at_ends_the_tuning_at_a_saturated_score_and_a_resume_runs_nothing(
     assert len(never.trials) == 3  # without --stop-at every trial runs
 
 
+def test_parallel_processes_stop_at_the_shared_trial_budget(tmp_path):
+    import optuna
+
+    tune = _tune_module()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    first.optimize(lambda trial: 0.1, n_trials=2)
+    second = optuna.load_study(study_name="s", storage=storage, sampler=optuna.samplers.RandomSampler(seed=1))
+
+    def objective(trial):  # while its first trial runs, the second process prunes one trial and completes one
+        if trial.number == 2:
+            pruned, complete = second.ask(), second.ask()
+            second.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+            second.tell(complete, 0.3)
+        return 0.2
+
+    # the first process counted 4 trials remaining of a budget of 6 when it started; 2 of them ran elsewhere
+    first.optimize(objective, n_trials=4, callbacks=[tune.within_budget(6)])
+    assert len(first.trials) == 6 and [t.number for t in first.trials if t.value == 0.2] == [2, 5]
+    failed = first.ask()  # a failed trial is retried, not counted against the budget
+    first.tell(failed, state=optuna.trial.TrialState.FAIL)
+    first.optimize(lambda trial: 0.2, n_trials=4, callbacks=[tune.within_budget(7)])
+    assert len(first.trials) == 8 and first.trials[-1].state == optuna.trial.TrialState.COMPLETE
+
+
 def test_results_written_after_each_trial_list_finished_trials_only(tmp_path):
     import optuna
     import yaml
