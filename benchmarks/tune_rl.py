@@ -10,8 +10,9 @@ with several seeds (their mean), against the spread between seeds that a single 
 TPE sampler, median pruner on the intermediate scores; the study lives in an SQLite file, so an
 interrupted tuning resumes where it stopped (a trial the kill interrupted is trained again first).
 Several processes can tune one study in parallel (the second and later ones with their own ``--seed``
-and ``--no-retry-interrupted``); each stops once ``--trials`` trials are complete or pruned in the
-study, so the budget holds, exceeded at most by the trials other processes still have in flight.
+and ``--no-retry-interrupted``): a process starts a trial only while the study holds fewer than
+``--trials`` trials complete, pruned or running (another process's in-flight ones count), so the budget
+holds.
 ``--stop-at 1`` stops the tuning once a trial scores the task metric's maximum, where no later trial
 could score higher (a resumed tuning that has reached it stops at once). ``--set`` passes env
 options, as ``diffenvs train`` does: the dough studies' hard tools need ``--set tool_softness=0``.
@@ -125,13 +126,25 @@ def stop_when_reached(stop_at: float | None) -> Any:
     return callback
 
 
-def within_budget(trials: int) -> Any:
-    """An ``optimize`` callback that stops the study once ``trials`` trials are complete or pruned, counted in
-    the storage: with several processes tuning one study in parallel, each stops at the shared budget
-    instead of running the trials it counted as remaining when it started (failed trials are retried, not counted)."""
+def budget_left(study: Any, trials: int) -> int:
+    """How many trials a process may still start in ``study``: ``trials`` less those complete, pruned or
+    running there. A trial another process has in flight counts, so that processes tuning one study in
+    parallel keep to the shared budget; a failed trial (a killed one's, retried) does not."""
     import optuna
 
-    return optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    return trials - sum(t.state in counted for t in study.get_trials(deepcopy=False))
+
+
+def run_trials(study: Any, objective: Any, trials: int, *, stop_at: float | None = None, callbacks: tuple = ()) -> int:
+    """Run trials of ``objective`` one at a time while the budget of ``trials`` (:func:`budget_left`) has
+    room and no trial scored ``stop_at``; ``callbacks`` run after each, as ``optimize``'s. Returns how many
+    trials this process ran."""
+    ran = 0
+    while budget_left(study, trials) > 0 and not reached(study, stop_at):
+        study.optimize(objective, n_trials=1, callbacks=[*callbacks, stop_when_reached(stop_at)])
+        ran += 1
+    return ran
 
 
 def retry_interrupted(study: Any, requeue: bool = True) -> list[int]:
@@ -260,13 +273,9 @@ def main() -> None:
     for number in retry_interrupted(study, requeue=not done_already) if args.retry_interrupted else []:
         print(f"trial {number} was interrupted: " + ("a trial reached --stop-at, it is not retrained" if done_already
               else "its values are trained again first"), flush=True)
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a failed trial is retried, not counted
-    remaining = args.trials - len([t for t in study.trials if t.state in done])
-
-    if remaining > 0 and not done_already:
-        study.optimize(objective, n_trials=remaining, callbacks=[
-            lambda study, _trial: write_results(study, out, args.env, args.algo, base), stop_when_reached(args.stop_at),
-            within_budget(args.trials)])
+    if not done_already:
+        run_trials(study, objective, args.trials, stop_at=args.stop_at,
+                   callbacks=(lambda study, _trial: write_results(study, out, args.env, args.algo, base),))
     write_results(study, out, args.env, args.algo, base)
     trials = [t for t in study.trials if t.state.is_finished()]
     best = study.best_trial

@@ -101,7 +101,7 @@ def test_stop_at_ends_the_tuning_at_a_saturated_score_and_a_resume_runs_nothing(
     assert len(never.trials) == 3  # without --stop-at every trial runs
 
 
-def test_parallel_processes_stop_at_the_shared_trial_budget(tmp_path):
+def test_parallel_processes_keep_to_the_shared_trial_budget(tmp_path):
     import optuna
 
     tune = _tune_module()
@@ -110,21 +110,20 @@ def test_parallel_processes_stop_at_the_shared_trial_budget(tmp_path):
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     first.optimize(lambda trial: 0.1, n_trials=2)
     second = optuna.load_study(study_name="s", storage=storage, sampler=optuna.samplers.RandomSampler(seed=1))
-
-    def objective(trial):  # while its first trial runs, the second process prunes one trial and completes one
-        if trial.number == 2:
-            pruned, complete = second.ask(), second.ask()
-            second.tell(pruned, state=optuna.trial.TrialState.PRUNED)
-            second.tell(complete, 0.3)
-        return 0.2
-
-    # the first process counted 4 trials remaining of a budget of 6 when it started; 2 of them ran elsewhere
-    first.optimize(objective, n_trials=4, callbacks=[tune.within_budget(6)])
-    assert len(first.trials) == 6 and [t.number for t in first.trials if t.value == 0.2] == [2, 5]
-    failed = first.ask()  # a failed trial is retried, not counted against the budget
+    pruned = second.ask()
+    second.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    in_flight = second.ask()  # the second process is training this one while the first process starts
+    assert tune.budget_left(first, 5) == 1
+    assert tune.run_trials(first, lambda trial: 0.2, 5) == 1  # the in-flight trial counts: one more, not two
+    second.tell(in_flight, 0.3)
+    assert tune.budget_left(first, 5) == 0 and tune.run_trials(first, lambda trial: 0.2, 5) == 0
+    failed = first.ask()  # a failed trial (a killed process's, retried) is not counted against the budget
     first.tell(failed, state=optuna.trial.TrialState.FAIL)
-    first.optimize(lambda trial: 0.2, n_trials=4, callbacks=[tune.within_budget(7)])
-    assert len(first.trials) == 8 and first.trials[-1].state == optuna.trial.TrialState.COMPLETE
+    assert tune.run_trials(first, lambda trial: 0.2, 6) == 1
+    states = [t.state.name for t in first.trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert tune.run_trials(first, lambda trial: 1.0, 9, stop_at=1.0) == 1  # and --stop-at ends it early
+    assert tune.run_trials(first, lambda trial: 1.0, 9, stop_at=1.0) == 0
 
 
 def test_results_written_after_each_trial_list_finished_trials_only(tmp_path):
