@@ -273,9 +273,8 @@ def main() -> None:
     for number in retry_interrupted(study, requeue=not done_already) if args.retry_interrupted else []:
         print(f"trial {number} was interrupted: " + ("a trial reached --stop-at, it is not retrained" if done_already
               else "its values are trained again first"), flush=True)
-    if not done_already:
-        run_trials(study, objective, args.trials, stop_at=args.stop_at,
-                   callbacks=(lambda study, _trial: write_results(study, out, args.env, args.algo, base),))
+    run_trials(study, objective, args.trials, stop_at=args.stop_at,
+               callbacks=(lambda study, _trial: write_results(study, out, args.env, args.algo, base),))
     write_results(study, out, args.env, args.algo, base)
     trials = [t for t in study.trials if t.state.is_finished()]
     best = study.best_trial
