@@ -38,6 +38,7 @@ both execute the same function, which returns the run's files to the driver, whi
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import inspect
@@ -51,7 +52,7 @@ import tempfile
 import threading
 import typing
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -311,7 +312,7 @@ def execute(job: RunJob) -> dict[str, bytes]:
     wp.config.quiet = True  # no banner and no module-load lines from every worker
     wp.config.log_level = 30
     logging.getLogger("diffenvs").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="diffenvs-run-") as scratch:
+    with _scratch() as scratch:
         if job.spec.kind == "optimize" and job.test_seeds:
             status, curve, run_dir = _optimize_held_out(job, Path(scratch) / "run")
         elif job.spec.kind == "optimize":
@@ -492,12 +493,27 @@ Finished = Callable[[RunJob, "dict[str, bytes] | None", "BaseException | None"],
 
 
 ORPHAN_GRACE_S = 30.0  # an orphaned worker's time to finish its interrupted run before it exits anyway
+_SCRATCH: set[str] = set()  # this process's open run scratch directories (see _scratch)
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[str]:
+    """A run's scratch directory (``$TMPDIR/diffenvs-run-*``), removed on exit, and known to the
+    orphan watcher of :func:`_die_with_parent`, which removes it itself if the run does not stop in time."""
+    with tempfile.TemporaryDirectory(prefix="diffenvs-run-") as path:
+        _SCRATCH.add(path)
+        try:
+            yield path
+        finally:
+            _SCRATCH.discard(path)
 
 
 def _die_with_parent() -> None:
     """Pool initializer: when the study process ends while this worker runs (``kill``, a scheduler's
     SIGTERM: unlike Ctrl-C these reach the study process only), interrupt the run as Ctrl-C would
-    (its scratch directory is removed) and exit, rather than train on for a result nobody stores."""
+    (its scratch directory is removed) and exit, rather than train on for a result nobody stores.
+    A run that has not stopped ``ORPHAN_GRACE_S`` seconds later (stuck in a native call that the
+    interrupt must wait for) loses its scratch directory and the process exits anyway."""
     import _thread
     import time
 
@@ -509,6 +525,10 @@ def _die_with_parent() -> None:
         parent.join()  # returns when the study process has ended
         _thread.interrupt_main()  # KeyboardInterrupt in the run: the same path as Ctrl-C
         time.sleep(ORPHAN_GRACE_S)
+        # the run did not stop in time: the main thread is inside a long native call (a Warp module
+        # compiling, a kernel) that the interrupt waits for; os._exit skips its cleanup, so do it here
+        for path in list(_SCRATCH):
+            shutil.rmtree(path, ignore_errors=True)
         os._exit(1)
 
     threading.Thread(target=watch, name="diffenvs-watch-study", daemon=True).start()

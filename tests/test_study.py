@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,57 @@ def test_a_killed_study_stops_its_running_worker(tmp_path):
         assert not list(scratch.glob("diffenvs-run-*")), "the run's scratch directory was left behind"
         assert not _processes_with_env(f"TMPDIR={scratch}"), "a worker outlived its study"
         assert not (tmp_path / "s" / "runs" / "Pusher-random-s0").exists()
+    finally:
+        for pid in _processes_with_env(f"TMPDIR={scratch}"):
+            os.kill(pid, signal.SIGKILL)
+
+
+_ORPHAN_SCRIPT = """
+import concurrent.futures, multiprocessing, sys, time
+from pathlib import Path
+from diffenvs.baselines import study
+
+def init():
+    study.ORPHAN_GRACE_S = 1.0
+    study._die_with_parent()
+
+def block(marker):
+    with study._scratch() as scratch:
+        Path(marker).write_text(scratch)
+        time.sleep(600)  # a native call the interrupt must wait for (as a Warp module compiling)
+
+if __name__ == "__main__":
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init)
+    pool.submit(block, sys.argv[1]).result()
+"""
+
+
+def test_an_orphaned_worker_stuck_in_a_native_call_still_removes_its_scratch(tmp_path):
+    """The interrupt of a killed study cannot reach a worker inside a long native call: after the
+    grace period the watcher removes the run's scratch directory itself and ends the process."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    scratch, marker, script = tmp_path / "scratch", tmp_path / "marker", tmp_path / "orphan.py"
+    scratch.mkdir()
+    script.write_text(_ORPHAN_SCRIPT)
+    study = subprocess.Popen([sys.executable, str(script), str(marker)], env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the worker did not start"
+        run_scratch = Path(marker.read_text())
+        assert run_scratch.is_dir() and run_scratch.parent == scratch
+        study.send_signal(signal.SIGKILL)
+        study.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while (_processes_with_env(f"TMPDIR={scratch}") or run_scratch.exists()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not run_scratch.exists(), "the stuck worker's scratch directory was left behind"
+        assert not _processes_with_env(f"TMPDIR={scratch}"), "the stuck worker outlived its study"
     finally:
         for pid in _processes_with_env(f"TMPDIR={scratch}"):
             os.kill(pid, signal.SIGKILL)
