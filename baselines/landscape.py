@@ -127,14 +127,12 @@ def _roughness(values: np.ndarray) -> float:
 
 def plot_landscape(landscape: Landscape, path: str | Path, *, title: str = "") -> None:
     """One panel per horizon: the loss along the line (1-D) or its contours (2-D)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no global backend switch
 
     count = len(landscape.horizons)
     if landscape.betas is None:
-        fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.0), squeeze=False, sharex=True)
+        fig = Figure(figsize=(3.2 * count, 3.0))
+        axes = fig.subplots(1, count, squeeze=False, sharex=True)
         for ax, h, curve, rough in zip(axes[0], landscape.horizons, landscape.losses, landscape.roughness):
             ax.plot(landscape.alphas, curve, ".-", ms=3)
             ax.axvline(0.0, color="gray", lw=0.5)
@@ -142,7 +140,8 @@ def plot_landscape(landscape: Landscape, path: str | Path, *, title: str = "") -
             ax.set_xlabel("offset [action units]")
         axes[0, 0].set_ylabel("task loss after the horizon")
     else:
-        fig, axes = plt.subplots(1, count, figsize=(4 * count, 3.6), squeeze=False)
+        fig = Figure(figsize=(4 * count, 3.6))
+        axes = fig.subplots(1, count, squeeze=False)
         for ax, h, surface in zip(axes[0], landscape.horizons, landscape.losses):
             contour = ax.contourf(landscape.betas, landscape.alphas, surface, levels=20)
             fig.colorbar(contour, ax=ax)
@@ -152,7 +151,6 @@ def plot_landscape(landscape: Landscape, path: str | Path, *, title: str = "") -
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 __all__ = ["Landscape", "loss_landscape", "plot_landscape"]

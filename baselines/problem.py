@@ -139,6 +139,7 @@ class Problem:
         self.horizon = int(config.horizon or self.spec.max_episode_steps)
         self._vector_class = gym.envs.registration.load_env_creator(self.spec.vector_entry_point)
         self._envs: dict[tuple[int, bool], Any] = {}
+        self._executor: Any = None  # execute()'s env: its episode goes on across calls
         env = self.single_env(render_mode=None)
         env.reset(seed=config.seed)
         self.initial_state = env.get_state()
@@ -293,11 +294,12 @@ class Problem:
         evaluation = None
         for first in range(0, steps, window):
             part = slice(first, min(first + window, steps))
-            gradient, evaluation = self._run(env, actions[:, part], start, differentiable=True)
+            # later windows go on in the same episode: gradients stop at the window's start, and the
+            # metric is still measured from the episode's start
+            gradient, evaluation = self._run(env, actions[:, part], start if first == 0 else None, differentiable=True)
             returns += gradient.value
             grads[:, part] = gradient.actions
             diverged |= evaluation.diverged
-            start = env.get_state()
         grads[diverged] = 0.0
         self.budget.forward_steps += count * steps
         self.budget.backward_steps += count * steps
@@ -306,10 +308,34 @@ class Problem:
         final = Evaluation(np.where(diverged, np.inf, evaluation.loss), np.where(diverged, 0.0, evaluation.metric), diverged)
         return Rollout(returns=returns, grads=grads, evaluation=final)
 
-    def _run(self, env, actions: np.ndarray, start: dict[str, np.ndarray], *, differentiable: bool):
-        """Step ``env`` through ``actions`` (worlds, T, A) from the batched ``start``; (gradient or None, evaluation)."""
+    def execute(self, actions: np.ndarray, *, first: bool) -> tuple[dict[str, np.ndarray], Evaluation]:
+        """Execute actions (T, action_dim) in the reported setting as a closed loop executes its plan
+        (MPC): ``first`` starts the episode at the initial state, later calls continue it, so the
+        metric is measured from the initial state as in every other evaluation. Counted as
+        evaluation steps (and one rollout per episode).
+
+        Returns:
+            The single-world state reached (to plan from) and the outcome after the last step.
+        """
+        actions = np.clip(np.asarray(actions, dtype=np.float64), -1.0, 1.0)
+        if actions.ndim != 2 or actions.shape[1] != self.action_dim:
+            raise ValueError(f"actions must have shape (T, {self.action_dim}), got {actions.shape}")
+        if self._executor is None:
+            kwargs = {key: value for key, value in {**self.spec.kwargs, **self.config.env_kwargs}.items() if key != "checkpoint"}
+            self._executor = self._vector_class(num_envs=1, device=self.device, differentiable=False, **kwargs)
+        evaluation = self._run(self._executor, actions[None], self.tiled_state(1) if first else None, differentiable=False)[1]
+        self.budget.eval_steps += len(actions)
+        self.budget.rollouts += int(first)
+        return {name: np.asarray(value)[0] for name, value in self._executor.get_state().items()}, evaluation
+
+    def _run(self, env, actions: np.ndarray, start: dict[str, np.ndarray] | None, *, differentiable: bool):
+        """Step ``env`` through ``actions`` (worlds, T, A) from the batched ``start`` (``None``: go on
+        from where the env is, in the same episode, a new recording); (gradient or None, evaluation)."""
         worlds = actions.shape[0]
-        env.set_state(start)
+        if start is None:
+            env.detach()
+        else:
+            env.set_state(start)
         diverged = np.zeros(worlds, dtype=bool)
         info: dict[str, Any] = {}
         for t in range(actions.shape[1]):
@@ -322,9 +348,10 @@ class Problem:
         return gradient, evaluation
 
     def close(self) -> None:
-        for env in self._envs.values():
+        for env in [*self._envs.values(), *([self._executor] if self._executor is not None else [])]:
             env.close()
         self._envs.clear()
+        self._executor = None
 
 
 __all__ = ["Budget", "Evaluation", "Problem", "ProblemConfig", "Rollout"]

@@ -9,9 +9,9 @@ the sequence cannot react to it, a policy can. All methods see the same noise dr
 numbers: the draws depend only on the instance, the episode and the step), so differences between
 methods are not differences in luck.
 
-Reads each run's artifact (``best.npz``'s actions for an optimizer, ``best_model.zip`` or
-``best_model.pt`` for a learner: the model files are kept in the study directory but not
-committed, so this runs where the study ran). Writes ``robustness.csv`` (one row per run and noise
+Reads each run's result through its method (:meth:`~diffenvs.baselines.method.Method.load`: the
+best sequence of an optimizer, the best policy of a learner; the model files are kept in the study
+directory but not committed, so this runs where the study ran). Writes ``robustness.csv`` (one row per run and noise
 level: mean and standard deviation of the metric over the episodes; a later call replays the runs
 whose artifact it finds, for the chosen methods and envs, and keeps every other row, so a run
 replayed on another machine keeps its rows, unless the run was redone since: rows whose noiseless
@@ -27,13 +27,14 @@ replay would then not measure what the study measured.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffenvs.baselines.method import Policy, get_method
+from diffenvs.baselines.rundir import read_run
 from diffenvs.config import ConfigError
 
 
@@ -42,72 +43,7 @@ def noise_draws(instance: int, episodes: int, steps: int, action_dim: int) -> np
     return np.random.default_rng([20261130, instance]).standard_normal((steps, episodes, action_dim))
 
 
-class _Sequence:
-    """An open-loop action sequence as a policy that ignores its observations."""
-
-    def __init__(self, actions: np.ndarray):
-        self.actions = np.asarray(actions, dtype=np.float64)
-        self.t = 0
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        action = self.actions[min(self.t, len(self.actions) - 1)]
-        self.t += 1
-        return np.broadcast_to(action, (obs.shape[0], action.shape[0]))
-
-
-class _Model:
-    """A trained policy's deterministic actions for a batch of observations."""
-
-    def __init__(self, model: Any, normalizer: Any = None):
-        self.model, self.normalizer = model, normalizer
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        if self.normalizer is not None:
-            obs = self.normalizer.normalize_obs(obs)
-        action, _ = self.model.predict(obs, deterministic=True)
-        return np.asarray(action, dtype=np.float64)
-
-
-def load_policy(run_dir: Path, job: dict[str, Any]) -> Any | None:
-    """The run's result as a callable ``obs batch -> action batch``, or ``None`` without an artifact.
-
-    A sequence restarts at its first action on every call of the returned object's episode (make a
-    new one per episode)."""
-    spec = job["spec"]
-    if spec["kind"] == "optimize":
-        path = run_dir / "best.npz"
-        if not path.exists():
-            return None
-        with np.load(path) as saved:
-            actions = saved["actions"]
-        return lambda: _Sequence(actions)
-    method = spec["method"]
-    if method in ("apg", "shac"):
-        path = run_dir / "best_model.pt"
-        if not path.exists():
-            return None
-        from diffenvs.baselines.diffrl import Agent
-
-        agent = Agent.load(path)
-        return lambda: _Model(agent)
-    path = run_dir / "best_model.zip"
-    if not path.exists():
-        return None
-    import pickle
-
-    from diffenvs.baselines.rl import sb3_class
-
-    model = sb3_class(method).load(path, device="cpu")
-    normalizer = None
-    stats = run_dir / "best_vecnormalize.pkl"
-    if stats.exists():
-        with open(stats, "rb") as handle:
-            normalizer = pickle.load(handle)  # a file this run wrote
-        normalizer.training = False
-    return lambda: _Model(model, normalizer)
-
-
-def replay(env_id: str, instance: int, env_kwargs: dict[str, Any], make_policy: Any, noise: float,
+def replay(env_id: str, instance: int, env_kwargs: dict[str, Any], policy: Policy, noise: float,
            episodes: int) -> np.ndarray:
     """Task metric of ``episodes`` noisy episodes on ``instance`` (worlds of one vector env)."""
     import gymnasium as gym
@@ -121,7 +57,7 @@ def replay(env_id: str, instance: int, env_kwargs: dict[str, Any], make_policy: 
         steps = env_kwargs.get("max_episode_steps") or gym.spec(env_id).max_episode_steps
         metric_name = env.unwrapped.task.metric
         draws = noise_draws(instance, episodes, steps, env.single_action_space.shape[0])[:, :count]
-        policy = make_policy()
+        policy.reset()
         obs, _ = env.reset(seed=instance)
         metric = np.full(count, np.nan)
         done = np.zeros(count, dtype=bool)
@@ -175,9 +111,9 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
                    and row["method"] in config.methods]
     results = {}  # (env_id, method, seed) -> the finished run's metric
     for job in jobs(config):
-        path = out / "runs" / job.name / "result.json"
-        if path.exists():
-            results[_key(job)] = float(json.loads(path.read_text(encoding="utf-8"))["metric"])
+        path = out / "runs" / job.name
+        if (path / "job.json").exists():
+            results[_key(job)] = read_run(path).metric
     # earlier rows count only for a run still finished with the result they were replayed from: a rerun
     # (new values after a tuning, a new model) drops its predecessor's rows
     current = {_key(row) for row in earlier
@@ -188,13 +124,12 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
         run_dir = out / "runs" / job.name
         if _key(job) not in results:  # not finished (or removed): no rows
             continue
-        saved_job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
-        make_policy = load_policy(run_dir, saved_job)
-        if make_policy is None:  # keep its earlier rows (model files are not committed)
+        policy = get_method(job.spec.method).load(run_dir)
+        if policy is None:  # keep its earlier rows (model files are not committed)
             continue
         replaced.add(_key(job))
         for level in levels:
-            metrics = replay(job.env_id, job.seed, job.env_kwargs, make_policy, level, episodes)
+            metrics = replay(job.env_id, job.seed, job.env_kwargs, policy, level, episodes)
             if level == 0 and abs(float(metrics[0]) - results[_key(job)]) > 1e-6:
                 raise RuntimeError(f"{job.name}: the noiseless replay gives {metrics[0]:.6f}, the study "
                                    f"{results[_key(job)]:.6f}: the artifact does not match the result")
@@ -226,7 +161,8 @@ def _key(run: Any) -> tuple[str, str, int]:
 
 
 def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episodes: int, missing: list[str]) -> str:
-    from diffenvs.baselines.study import interval, task_name
+    from diffenvs.baselines.report import interval
+    from diffenvs.registration import task_name
 
     lines = [f"# Robustness: {config.name}", "",
              (f"Task metric under Gaussian actuation noise (standard deviation per action component, actions in "
@@ -262,4 +198,4 @@ def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episode
     return "\n".join(lines)
 
 
-__all__ = ["load_policy", "noise_draws", "replay", "run_robustness"]
+__all__ = ["noise_draws", "replay", "run_robustness"]

@@ -84,6 +84,7 @@ def main() -> None:
 
 def report(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
     """Print the Markdown table of medians and plot best metric against env steps."""
+    from diffenvs.registration import task_name
 
     def med(values):
         return statistics.median(values)
@@ -97,7 +98,7 @@ def report(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
     for env_id in args.envs:
         rows = {m: [r for r in runs if r["env_id"] == env_id and r["method"] == m] for m in args.methods}
         first = next(iter(rows.values()))
-        cells = [env_id.split("/")[1].removesuffix("-v0"), first[0]["metric_name"], f"{med([r['initial_loss'] for r in first]):.3g}"]
+        cells = [task_name(env_id), first[0]["metric_name"], f"{med([r['initial_loss'] for r in first]):.3g}"]
         for m in args.methods:
             cells += [f"{med([r['loss'] for r in rows[m]]):.3g}", f"{med([r['metric'] for r in rows[m]]):.3f}",
                       f"{med([r['budget']['env_steps'] for r in rows[m]]):.0f}", f"{med([r['budget']['wall_time'] for r in rows[m]]):.0f}"]

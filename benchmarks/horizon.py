@@ -80,7 +80,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     import diffenvs  # noqa: F401  (registers the ids)
-    from diffenvs.baselines.study import load_runs, load_study, run_study, summarize, task_name, write_report
+    from diffenvs.baselines.execution import run_study
+    from diffenvs.baselines.report import load_runs, summarize, write_report
+    from diffenvs.baselines.study import load_study
+    from diffenvs.registration import task_name
 
     wp.config.log_level = 30
     overrides = {key: value for key, value in (("out_dir", args.out_dir), ("workers", args.workers)) if value}

@@ -101,7 +101,11 @@ def suggest_through_sim(trial: Any, algo: str, base: dict[str, Any] | None = Non
 
 
 def suggest_any(trial: Any, algo: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    if algo in ("apg", "shac"):
+    """The learner's search space: a typed config (APG, SHAC: :class:`DiffRLConfig`'s fields) or
+    stable-baselines3's keyword arguments (the registered method says which)."""
+    from diffenvs.baselines.method import get_method
+
+    if get_method(algo).config_class is not None:
         return suggest_through_sim(trial, algo, base)
     return suggest(trial, algo, int((base or {}).get("n_envs", 1)))
 
@@ -184,9 +188,11 @@ def write_results(study: Any, out: Path, env_id: str, algo: str, base: dict[str,
 
 
 def main() -> None:
+    from diffenvs.baselines.method import method_names
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="DiffEnvs/Pusher-v0")
-    parser.add_argument("--algo", choices=["ppo", "sac", "td3", "apg", "shac"], default="ppo")
+    parser.add_argument("--algo", choices=method_names("learner"), default="ppo")
     parser.add_argument("--protocol", choices=["instance", "random"], default="instance",
                         help="train on each tuning instance (the study's protocol), or once on random instances")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="training seeds per trial (their mean)")
@@ -214,12 +220,14 @@ def main() -> None:
     import yaml
 
     wp.config.log_level = 30
-    from diffenvs.baselines.rl import TrainConfig, load_hyperparams, run_train
+    from diffenvs.baselines.learner import TrainConfig, run_train
+    from diffenvs.baselines.rl import load_hyperparams
     from diffenvs.cli import _parse_sets
+    from diffenvs.registration import task_name
 
-    env_kwargs = _parse_sets(args.set, sections=False)
+    env_kwargs = _parse_sets(args.set)
 
-    task = args.env.split("/")[-1].removesuffix("-v0")
+    task = task_name(args.env)
     out = Path(args.out or f"runs/tune/{task}-{args.algo}")
     out.mkdir(parents=True, exist_ok=True)
     settings = out / "tuning.yaml"  # what the trials were scored on: a resumed tuning must not change it

@@ -38,36 +38,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_sets(pairs: list[str], *, sections: bool = True) -> dict:
+def _parse_sets(pairs: list[str], *, flag: str = "--set") -> dict:
+    """``KEY=VALUE`` pairs (values read as YAML) of a repeatable flag."""
     from diffenvs.config import parse_yaml
 
     overrides = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects {'section.key' if sections else 'key'}=value, got {pair!r}")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         overrides[key.strip()] = parse_yaml(text)
     return overrides
 
 
-def _run_overrides(args: argparse.Namespace) -> dict:
-    overrides = _parse_sets(args.set)
+def _run_config(args: argparse.Namespace, extra: dict | None = None):
+    """The run config of ``optimize`` and ``landscape``: the config file, the flags, ``--hp`` (its keys,
+    each checked on its own so that an error names the flag and the key), ``--set`` (env options)."""
+    from diffenvs.baselines.runner import resolve_config
+    from diffenvs.config import ConfigError
+
     flags = {"problem.env_id": args.env, "problem.seed": args.seed, "problem.horizon": args.horizon}
     if args.seed is not None:
         flags["solver.seed"] = args.seed
     for key in ("method", "iters"):
         flags[f"solver.{key}"] = getattr(args, key, None)
-    return {**{k: v for k, v in flags.items() if v is not None}, **overrides}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    hp = _parse_sets(args.hp, flag="--hp")
+    for key, value in hp.items():
+        try:
+            resolve_config(args.config, {**flags, key: value})
+        except ConfigError as error:
+            raise ConfigError(f"--hp {key}={value}: {error}") from None
+    config = resolve_config(args.config, {**flags, **hp, **(extra or {})})
+    env_options = _parse_sets(args.set, flag="--set")
+    if env_options:
+        config = resolve_config(args.config, {**flags, **hp, **(extra or {}),
+                                              "problem.env_kwargs": {**config.problem.env_kwargs, **env_options}})
+    return config
+
+
+def _env_errors(args: argparse.Namespace):
+    """A context that names ``--set`` in an env's error about one of its options."""
+    import contextlib
+
+    from diffenvs.config import ConfigError
+
+    @contextlib.contextmanager
+    def named():
+        try:
+            yield
+        except ConfigError as error:
+            keys = [pair.partition("=")[0].strip() for pair in args.set]
+            if any(key and key in str(error) for key in keys):
+                raise ConfigError(f"--set (an env option): {error}") from None
+            raise
+
+    return named()
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     import warp as wp
 
     wp.config.log_level = 30
-    from diffenvs.baselines.runner import resolve_config, run_optimize
-    from diffenvs.configs import CONFIG_DIR
+    from diffenvs.baselines.method import missing_requirements
+    from diffenvs.baselines.runner import run_optimize
 
-    overrides = _run_overrides(args)
+    overrides = {}
     for flag, key in (("out_dir", "out_dir"), ("run_name", "run_name")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
@@ -75,8 +111,12 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         overrides["gif"] = False
     if args.no_plot:
         overrides["plot"] = False
-    config = resolve_config(args.config or CONFIG_DIR / "optimize.yaml", overrides)
-    run = run_optimize(config, progress=not args.no_progress, device=args.device)
+    config = _run_config(args, overrides)
+    problem = missing_requirements(config.solver.method)
+    if problem:
+        raise ValueError(problem)
+    with _env_errors(args):
+        run = run_optimize(config, progress=not args.no_progress, device=args.device)
     if run.status == "interrupted":
         print(f"interrupted; partial results in {run.run_dir}", file=sys.stderr)
         return 130
@@ -96,11 +136,10 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
     wp.config.log_level = 30
     from diffenvs.baselines.landscape import loss_landscape, plot_landscape
     from diffenvs.baselines.problem import Problem
-    from diffenvs.baselines.runner import resolve_config
-    from diffenvs.configs import CONFIG_DIR
 
-    config = resolve_config(args.config or CONFIG_DIR / "optimize.yaml", _run_overrides(args))
-    problem = Problem(config.problem, device=args.device)
+    config = _run_config(args)
+    with _env_errors(args):
+        problem = Problem(config.problem, device=args.device)
     actions = None
     if args.actions:
         with np.load(args.actions) as saved:
@@ -134,7 +173,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from diffenvs.baselines.gradcheck import DEFAULT_EPS, GradcheckConfig, gradcheck
 
     config = GradcheckConfig(
-        env_id=args.env, env_kwargs=_parse_sets(args.set, sections=False), seed=args.seed, steps=args.steps,
+        env_id=args.env, env_kwargs=_parse_sets(args.set), seed=args.seed, steps=args.steps,
         directions=args.directions, eps=tuple(args.eps or DEFAULT_EPS), objective=args.objective, rtol=args.rtol,
     )
     report = gradcheck(config, device=args.device)
@@ -148,15 +187,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import warp as wp
 
     wp.config.log_level = 30
-    from diffenvs.baselines.rl import TrainConfig, run_train
+    from diffenvs.baselines.learner import TrainConfig, run_train
 
     config = TrainConfig(
         env_id=args.env, algo=args.algo, steps=args.steps, seed=args.seed, n_envs=args.n_envs, eval_every=args.eval_every,
-        eval_seeds=tuple(args.eval_seeds), instance=args.instance, env_kwargs=_parse_sets(args.set, sections=False),
-        hyperparams=_parse_sets(args.hp, sections=False), out_dir=args.out_dir, run_name=args.run_name,
+        eval_seeds=tuple(args.eval_seeds), instance=args.instance, env_kwargs=_parse_sets(args.set, flag="--set"),
+        hyperparams=_parse_sets(args.hp, flag="--hp"), out_dir=args.out_dir, run_name=args.run_name,
         tensorboard=args.tensorboard,
     )
-    run = run_train(config, progress=not args.no_progress, hyperparams_path=args.conf_file)
+    with _env_errors(args):
+        run = run_train(config, progress=not args.no_progress, hyperparams_path=args.conf_file)
     last = run.evaluations[-1]
     print(f"{config.algo} on {config.env_id}: {run.env_steps} env steps; deterministic policy on instances "
           f"{list(config.eval_seeds)}: {last['metric_name']} {last['metric_mean']:.3f} (untrained "
@@ -181,7 +221,9 @@ def _study_path(name: str) -> Path:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import logging
 
-    from diffenvs.baselines.study import load_study, run_study, write_report
+    from diffenvs.baselines.execution import run_study
+    from diffenvs.baselines.report import write_report
+    from diffenvs.baselines.study import load_study
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("out_dir", args.out_dir), ("workers", args.workers)) if value is not None}
@@ -254,12 +296,26 @@ def _add_problem_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, help="env steps of the action sequence")
     parser.add_argument("--config", help="YAML run config (default: the packaged configs/optimize.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config value, e.g. --set solver.gradient.lr=0.2 (repeatable)")
+                        help="an env option of the reported setting, e.g. --set tool_softness=0 (repeatable)")
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                        help="a key of the run config (configs/optimize.yaml), e.g. --hp solver.gradient.lr=0.2 (repeatable)")
     parser.add_argument("--device", help="Warp device (cpu, cuda)")
 
 
+def _cmd_upgrade_runs(args: argparse.Namespace) -> int:
+    from diffenvs.baselines.rundir import find_runs, upgrade_run
+
+    for root in args.paths:
+        runs = find_runs(root)
+        if not runs:
+            raise ValueError(f"{root}: no run directories found")
+        changed = sum(upgrade_run(run) for run in runs)
+        print(f"{root}: {len(runs)} runs, {changed} converted to the current layout")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from diffenvs.baselines.trajopt import METHODS
+    from diffenvs.baselines.method import method_names
 
     parser = argparse.ArgumentParser(prog="diffenvs", description="Differentiable Gymnasium environments on NVIDIA Warp.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -273,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     opt = sub.add_parser("optimize", help="optimize an action sequence (gradients, sampling, hybrid, MPC); write a run directory")
     _add_problem_flags(opt)
-    opt.add_argument("--method", choices=METHODS, help="optimizer")
+    opt.add_argument("--method", choices=method_names("optimizer"), help="optimizer")
     opt.add_argument("--iters", type=int, help="gradient iterations or CEM generations")
     opt.add_argument("--out-dir", help="parent folder of the run directory")
     opt.add_argument("--run-name", help="name of the run directory")
@@ -305,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_gradcheck)
     train = sub.add_parser("train", help="train an RL baseline (stable-baselines3) on an env; writes a run directory")
     train.add_argument("--env", required=True, help="env id")
-    train.add_argument("--algo", choices=["ppo", "sac", "td3", "apg", "shac"], default="ppo",
+    train.add_argument("--algo", choices=method_names("learner"), default="ppo",
                        help="stable-baselines3 (ppo, sac, td3) or through the simulator's gradients (apg, shac)")
     train.add_argument("--steps", type=int, help="env steps (default: the config's n_timesteps)")
     train.add_argument("--seed", type=int, default=0)
@@ -344,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run (or replay) only these seeds (instances) of the study, e.g. one seed per process")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare.set_defaults(func=_cmd_compare)
+
+    upgrade = sub.add_parser("upgrade-runs", help="convert run directories of older layouts (in place) to the current one")
+    upgrade.add_argument("paths", nargs="+", help="run directories or folders holding them (e.g. results/full/runs)")
+    upgrade.set_defaults(func=_cmd_upgrade_runs)
 
     bench = sub.add_parser("bench", help="measure speed, memory and start-up; print a table and write JSON")
     bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")

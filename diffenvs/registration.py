@@ -78,6 +78,30 @@ def env_info(env_id: str) -> EnvInfo:
     raise ValueError(f"{env_id!r} is not a diffenvs id; the ids are {[info.id for info in ENVS]}")
 
 
+def task_name(env_id: str) -> str:
+    """The task of an env id as Gymnasium's registry parses it: ``DiffEnvs/RollingPin-v0`` -> ``RollingPin``.
+
+    Names run directories, report sections and tuning folders; every caller uses this one rule.
+
+    Raises:
+        ValueError: a string that is not an env id.
+    """
+    from gymnasium.envs.registration import parse_env_id
+    from gymnasium.error import Error
+
+    try:
+        return parse_env_id(env_id)[1]
+    except Error as error:
+        raise ValueError(f"{env_id!r} is not an env id ({error})") from None
+
+
+def metric_name(env_id: str) -> str:
+    """The ``info`` key of a diffenvs id's task metric (its task class's ``metric``), without building an env."""
+    from gymnasium.envs.registration import load_env_creator
+
+    return load_env_creator(env_info(env_id).entry_point).task_class.metric
+
+
 def register_envs() -> None:
     """Register every env of :data:`ENVS` (idempotent)."""
     for info in ENVS:

@@ -57,14 +57,20 @@ def test_a_run_writes_every_file(tmp_path):
                                        "run_name": "r"})
     run = run_optimize(config, progress=False)
     assert run.status == "finished" and run.run_dir == tmp_path / "r"
-    rows = read_rows(run.run_dir / "history.csv")
+    rows = read_rows(run.run_dir / "log.csv")
     assert [int(r["iteration"]) for r in rows] == list(range(6))
     assert float(rows[-1]["best_loss"]) == pytest.approx(run.result.loss)
+    curve = read_rows(run.run_dir / "curve.csv")  # the run directory's common columns, one row per iteration
+    assert list(curve[0]) == ["env_steps", "wall_time", "metric", "best_metric"] and len(curve) == 6
+    assert [float(r["best_metric"]) for r in curve] == [float(r["best_metric"]) for r in rows]
     with np.load(run.run_dir / "best.npz") as best:
         np.testing.assert_array_equal(best["actions"], run.result.actions)
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["budget"]["env_steps"] == 6 * 2 * 30
-    assert from_dict(RunConfig, read_yaml(run.run_dir / "config.yaml")) == config  # the resolved config round-trips
+    assert summary["metric"] == pytest.approx(run.result.metric) and summary["env_steps"] == 6 * 2 * 30
+    assert summary["artifact"] == "best.npz" and summary["method"] == "adam" and summary["kind"] == "optimizer"
+    resolved = read_yaml(run.run_dir / "config.yaml")["resolved"]  # the resolved config round-trips
+    assert from_dict(RunConfig, {**resolved, "out_dir": str(tmp_path), "run_name": "r"}) == config
     with Image.open(run.run_dir / "best.gif") as gif:
         assert gif.n_frames == 31
     assert (run.run_dir / "curve.png").stat().st_size > 0
@@ -85,10 +91,10 @@ def test_an_interrupted_run_leaves_valid_files(tmp_path, monkeypatch):
                                        "out_dir": str(tmp_path), "run_name": "cut"})
     run = run_optimize(config, progress=False)
     assert run.status == "interrupted" and run.result is None
-    rows = read_rows(run.run_dir / "history.csv")
+    rows = read_rows(run.run_dir / "log.csv")
     assert len(rows) == 3
     summary = json.loads((run.run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["iterations"] == 3
+    assert summary["status"] == "interrupted" and summary["evaluations"] == 3
     assert summary["best_loss"] == pytest.approx(float(rows[-1]["best_loss"]))
     with np.load(run.run_dir / "best.npz") as best:
         assert best["actions"].shape == (30, 2) and float(best["loss"]) == pytest.approx(summary["best_loss"])
@@ -97,15 +103,25 @@ def test_an_interrupted_run_leaves_valid_files(tmp_path, monkeypatch):
 
 def test_cli_optimize_and_bad_input(tmp_path, capsys):
     args = ["optimize", "--method", "cem", "--iters", "2", "--seed", "1", "--horizon", "20", "--out-dir", str(tmp_path),
-            "--run-name", "cli", "--no-gif", "--no-plot", "--no-progress", "--set", "solver.cem.population=8"]
+            "--run-name", "cli", "--no-gif", "--no-plot", "--no-progress", "--hp", "solver.cem.population=8",
+            "--set", "proximity_weight=0.5"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "cem on DiffEnvs/Pusher-v0" in out and "loss_reduction" in out
     assert (tmp_path / "cli" / "summary.json").exists() and not (tmp_path / "cli" / "best.gif").exists()
-    assert main(["optimize", "--set", "solver.gradient.lr=-1", "--out-dir", str(tmp_path)]) == 2
-    assert "lr must be > 0" in capsys.readouterr().err
-    assert main(["optimize", "--set", "solver.iters", "--out-dir", str(tmp_path)]) == 2
-    assert "section.key=value" in capsys.readouterr().err
+    resolved = read_yaml(tmp_path / "cli" / "config.yaml")["resolved"]
+    assert resolved["solver"]["cem"]["population"] == 8 and resolved["problem"]["env_kwargs"] == {"proximity_weight": 0.5}
+    # --hp: config keys, --set: env options; errors name the flag and the key
+    assert main(["optimize", "--hp", "solver.gradient.lr=-1", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--hp solver.gradient.lr=-1" in err and "lr must be > 0" in err
+    assert main(["optimize", "--hp", "solver.gradient.lrr=1", "--out-dir", str(tmp_path)]) == 2
+    assert "--hp solver.gradient.lrr=1" in capsys.readouterr().err
+    assert main(["optimize", "--hp", "solver.iters", "--out-dir", str(tmp_path)]) == 2
+    assert "--hp expects KEY=VALUE" in capsys.readouterr().err
+    assert main(["optimize", "--set", "proximity_wieght=1", "--out-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--set" in err and "proximity_wieght" in err and "optimize.yaml" not in err
     with pytest.raises(SystemExit):
         main(["optimize", "--method", "sgd"])
 

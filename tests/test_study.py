@@ -12,18 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffenvs.baselines.study import (
-    MethodSpec,
-    RunRecord,
-    StudyConfig,
-    first_reaching,
-    interval,
-    jobs,
-    load_study,
-    run_study,
-    summarize,
-    write_report,
-)
+from diffenvs.baselines.execution import run_study
+from diffenvs.baselines.report import RunRecord, first_reaching, interval, summarize, write_report
+from diffenvs.baselines.study import MethodSpec, StudyConfig, jobs, load_study
 from diffenvs.config import ConfigError, write_yaml
 
 TINY = {
@@ -33,8 +24,8 @@ TINY = {
     "methods": {
         "adam": {"kind": "optimize", "method": "adam", "budget": 400},
         "cem": {"kind": "optimize", "method": "cem", "budget": 800, "set": {"solver.cem.population": 4, "solver.cem.elites": 2}},
-        "ppo": {"kind": "train", "method": "ppo", "budget": 256, "n_envs": 4, "eval_every": 128,
-                "set": {"n_steps": 32, "batch_size": 64, "n_epochs": 1}},
+        "ppo": {"kind": "train", "method": "ppo", "budget": 256, "eval_every": 128,
+                "set": {"n_envs": 4, "n_steps": 32, "batch_size": 64, "n_epochs": 1}},
     },
     "workers": 2,
     "bootstrap_reps": 200,
@@ -121,17 +112,61 @@ def test_a_killed_study_stops_its_running_worker(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+@pytest.mark.parametrize("target", ["study process", "process group"])
+def test_ctrl_c_stops_the_study_its_runs_and_its_queue_within_seconds(tmp_path, target):
+    """SIGINT to the study process alone (``kill -INT``) or to its process group (a terminal's Ctrl-C),
+    with two runs in flight and one queued behind them: every run is interrupted, nothing is stored,
+    no scratch directory or worker is left, and ``diffenvs compare`` exits with 130 within seconds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    values = {**TINY, "seeds": [0, 1, 2], "workers": 2, "out_dir": str(tmp_path / "s"),
+              "methods": {"random": {"method": "random", "budget": 10_000_000}}}  # hours each
+    study = subprocess.Popen([sys.executable, "-m", "diffenvs.cli", "compare", "--config", str(_write(tmp_path, values)),
+                              "--no-progress"], env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(scratch.glob("diffenvs-run-*/run/curve.csv"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(list(scratch.glob("diffenvs-run-*/run/curve.csv"))) == 2, "the two workers did not start their runs"
+        time.sleep(1.0)  # well inside the runs
+        start = time.monotonic()
+        if target == "study process":
+            study.send_signal(signal.SIGINT)
+        else:
+            os.killpg(study.pid, signal.SIGINT)
+        _, err = study.communicate(timeout=60)
+        elapsed = time.monotonic() - start
+        assert study.returncode == 130, err
+        assert elapsed < 30, f"took {elapsed:.1f} s to stop"
+        assert "interrupted" in err and "resume" in err
+        assert not list(scratch.glob("diffenvs-run-*")), "a run's scratch directory was left behind"
+        assert not _processes_with_env(f"TMPDIR={scratch}"), "a worker outlived its study"
+        assert not [p for p in (tmp_path / "s" / "runs").iterdir()], "an interrupted run was stored"
+    finally:
+        if study.poll() is None:
+            study.kill()
+        for pid in _processes_with_env(f"TMPDIR={scratch}"):
+            os.kill(pid, signal.SIGKILL)
+
+
 _ORPHAN_SCRIPT = """
 import concurrent.futures, multiprocessing, sys, time
 from pathlib import Path
-from diffenvs.baselines import study
+from diffenvs.baselines import scheduler
 
 def init():
-    study.ORPHAN_GRACE_S = 1.0
-    study._die_with_parent()
+    scheduler.ORPHAN_GRACE_S = 1.0
+    scheduler.die_with_parent()
 
 def block(marker):
-    with study._scratch() as scratch:
+    with scheduler.scratch() as scratch:
         Path(marker).write_text(scratch)
         time.sleep(600)  # a native call the interrupt must wait for (as a Warp module compiling)
 
@@ -179,7 +214,7 @@ def test_the_study_runs_every_method_on_the_same_instances_and_resumes(tmp_path)
     assert not first.failed and sorted(first.ran) == sorted(job.name for job in jobs(config)) and not first.skipped
     # every run judged on its instance, and it spent its budget (here every budget is a whole number of iterations)
     for job in jobs(config):
-        result = json.loads((out / "runs" / job.name / "result.json").read_text())
+        result = json.loads((out / "runs" / job.name / "summary.json").read_text())
         assert result["status"] == "finished" and result["seed"] == job.seed
         assert result["env_steps"] == job.spec.budget
     run_config = (out / "runs" / "Pusher-adam-s1" / "config.yaml").read_text()
@@ -241,9 +276,10 @@ def test_the_ray_backend_writes_the_same_result_files(tmp_path):
         for study in ("pool", "ray"):
             assert (tmp_path / study / "runs" / name / "job.json").read_text() == \
                 (tmp_path / "pool" / "runs" / name / "job.json").read_text()
-        results = [json.loads((tmp_path / s / "runs" / name / "result.json").read_text()) for s in ("pool", "ray")]
+        results = [json.loads((tmp_path / s / "runs" / name / "summary.json").read_text()) for s in ("pool", "ray")]
         for result in results:
             result.pop("wall_time")
+            result.get("budget", {}).pop("wall_time", None)
         assert results[0] == results[1]
     assert _table(tmp_path / "pool") == _table(tmp_path / "ray")
 
@@ -309,15 +345,15 @@ def _shipped(name):
 def test_an_interrupted_run_is_not_stored(tmp_path, monkeypatch):
     """Ctrl-C reaches the pool's workers: a run that returns as interrupted raises instead of
     returning files, so the driver does not count it as finished."""
-    from diffenvs.baselines import runner, study
+    from diffenvs.baselines import execution, runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "optimize", interrupted)
     job = jobs(load_study(_write(tmp_path, TINY)))[0]
-    with pytest.raises(study.RunInterrupted, match=job.name):
-        study.execute(job)
+    with pytest.raises(execution.RunInterrupted, match=job.name):
+        execution.execute(job)
 
 
 
@@ -333,14 +369,16 @@ def test_the_generalization_protocol_judges_policies_on_held_out_instances(tmp_p
     for instance in (1000, 1001):
         run_config = (runs / "Pusher-adam-s0" / f"instance-{instance}" / "config.yaml").read_text()
         assert f"seed: {instance}" in run_config and "budget: 400" in run_config
-    adam = json.loads((runs / "Pusher-adam-s0" / "result.json").read_text())
-    assert adam["env_steps"] == 800
+    adam = json.loads((runs / "Pusher-adam-s0" / "summary.json").read_text())
+    assert adam["env_steps"] == 800 and adam["judged_on"] == [1000, 1001] and adam["instance"] is None
     # APG: trained on random instances, evaluated on the held-out ones, judged by its final policy
-    with open(runs / "Pusher-apg-s0" / "evaluations.csv", encoding="utf-8") as handle:
+    with open(runs / "Pusher-apg-s0" / "log.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert {"metric_seed1000", "metric_seed1001"} <= set(rows[0]) and [int(r["env_steps"]) for r in rows] == [0, 1024, 2048]
-    apg = json.loads((runs / "Pusher-apg-s0" / "result.json").read_text())
-    assert apg["metric"] == pytest.approx(float(rows[-1]["metric_mean"]))
+    apg = json.loads((runs / "Pusher-apg-s0" / "summary.json").read_text())
+    assert apg["final_metric"] == pytest.approx(float(rows[-1]["metric_mean"]))
+    final = {row["method"]: float(row["metric"]) for row in _table(tmp_path / "gen")}
+    assert final["apg"] == pytest.approx(apg["final_metric"])  # the report judges the final policy
     assert "instance: null" in (runs / "Pusher-apg-s0" / "config.yaml").read_text()
     assert "held-out instances 1000, 1001" in (tmp_path / "gen" / "report.md").read_text()
     with pytest.raises(ConfigError, match="test_seeds"):
@@ -350,7 +388,7 @@ def test_the_generalization_protocol_judges_policies_on_held_out_instances(tmp_p
 def test_a_finished_run_stays_valid_when_only_the_section_s_training_length_changes(tmp_path):
     """A study trains for its budget, so a section's n_timesteps does not decide whether a finished
     run counts; any other changed hyperparameter stops the study."""
-    from diffenvs.baselines.study import _job_dict
+    from diffenvs.baselines.study import job_dict as _job_dict
 
     values = {**TINY, "seeds": [0], "methods": {"ppo": TINY["methods"]["ppo"]}, "out_dir": str(tmp_path / "out")}
     config = load_study(_write(tmp_path, values))
@@ -371,7 +409,7 @@ def test_the_generalization_protocol_trains_with_the_random_instances_values(tmp
     """A job of the generalize protocol resolves (and records in job.json) the section's
     random_instances values; a job of the instance protocol the section's own."""
     from diffenvs.baselines.rl import load_hyperparams
-    from diffenvs.baselines.study import _job_dict
+    from diffenvs.baselines.study import job_dict as _job_dict
 
     methods = {"shac": {"kind": "train", "method": "shac", "budget": 2048}}
     one = load_study(_write(tmp_path, {**TINY, "methods": methods}, name="one.yaml"))
@@ -399,7 +437,7 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
         rows = {(r["method"], float(r["noise"])): r for r in csv.DictReader(handle)}
     assert sorted(rows) == [("adam", 0.0), ("adam", 0.3), ("ppo", 0.0), ("ppo", 0.3)]
     for method in ("adam", "ppo"):
-        result = json.loads((tmp_path / "s" / "runs" / f"Pusher-{method}-s0" / "result.json").read_text())
+        result = json.loads((tmp_path / "s" / "runs" / f"Pusher-{method}-s0" / "summary.json").read_text())
         assert float(rows[(method, 0.0)]["metric_mean"]) == pytest.approx(result["metric"], abs=1e-9)
         assert rows[(method, 0.3)]["episodes"] == "3"
 
@@ -422,7 +460,7 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
 
     # a run redone since its rows were replayed (new values after a tuning): its old rows go, even when
     # the call replays other methods only; replaying it brings them back
-    result_path = tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "result.json"
+    result_path = tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "summary.json"
     original = result_path.read_text()
     result_path.write_text(json.dumps({**json.loads(original), "metric": json.loads(original)["metric"] + 0.1}))
     run_robustness(config, noise=(0.0, 0.3), episodes=3, methods=("adam",), progress=False)
@@ -444,7 +482,7 @@ def test_robustness_replays_every_result_under_the_same_noise(tmp_path):
         assert sorted((r["method"], float(r["noise"])) for r in csv.DictReader(handle)) == [
             ("adam", 0.0), ("adam", 0.2), ("ppo", 0.0)]
     assert "Pusher-ppo-s0" in md_path.read_text().split("lacking rows")[1]
-    (tmp_path / "s" / "runs" / "Pusher-ppo-s0" / "result.json").unlink()  # a removed run loses its rows
+    shutil.rmtree(tmp_path / "s" / "runs" / "Pusher-ppo-s0")  # a removed run loses its rows
     run_robustness(config, noise=(0.0, 0.2), episodes=3, methods=("ppo",), progress=False)
     with open(csv_path, encoding="utf-8") as handle:
         assert {r["method"] for r in csv.DictReader(handle)} == {"adam"}

@@ -1,0 +1,244 @@
+"""The report of a study (``diffenvs compare``, ``--report-only``): tables, intervals, curves.
+
+Written from the finished runs alone (read through :mod:`diffenvs.baselines.rundir`), so a restart
+or ``--report-only`` writes the same report: ``report.md`` (a table per task), ``final.csv`` (one
+row per run), ``steps.png`` and ``time.png`` (metric against env steps and wall time: median and
+interquartile range over seeds, one panel per task). Intervals are 95% percentile-bootstrap
+intervals of the interquartile mean over a cell's runs (seeded).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffenvs.baselines.rundir import read_run
+from diffenvs.baselines.study import StudyConfig, jobs, write_config
+from diffenvs.registration import task_name
+
+logger = logging.getLogger(__name__)
+
+THRESHOLDS = (0.5, 0.9)
+"""Fractions of the best result whose cost the report gives (env steps and seconds to reach them)."""
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """A finished run as the report reads it."""
+
+    env_id: str
+    method: str
+    seed: int
+    metric: float
+    env_steps: int
+    wall_time: float
+    curve: np.ndarray  # (points, 3): env steps, wall time, best metric so far; starts at (0, 0, 0)
+
+
+def load_runs(config: StudyConfig) -> list[RunRecord]:
+    """The study's finished runs (only those of its jobs), read through :func:`~diffenvs.baselines.rundir.read_run`.
+
+    A run counts by its result: the best sequence or best evaluated policy (``summary["metric"]``,
+    the curve's ``best_metric``) under the ``instance`` protocol; the final policy on the held-out
+    instances (``final_metric``, the curve's ``metric``) under ``generalize``.
+    """
+    final = config.protocol == "generalize"
+    records = []
+    for job in jobs(config):
+        run_dir = Path(config.out_dir) / "runs" / job.name
+        if not (run_dir / "job.json").exists():
+            continue
+        run = read_run(run_dir)
+        curve = run.curve[:, [0, 1, 2 if final else 3]]
+        curve = np.concatenate([[[0.0, 0.0, 0.0]], curve])  # nothing spent yet: the start state, metric 0
+        metric = run.summary["final_metric"] if final else run.summary["metric"]
+        records.append(RunRecord(env_id=job.env_id, method=job.label, seed=job.seed, metric=float(metric),
+                                 env_steps=int(run.summary["env_steps"]), wall_time=float(run.summary["wall_time"]),
+                                 curve=curve))
+    return records
+
+
+def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The interquartile mean (the mean of the middle 50%: rliable's ``aggregate_iqm``)."""
+    from scipy.stats import trim_mean
+
+    return trim_mean(values, proportiontocut=0.25, axis=axis)
+
+
+def interval(values: Iterable[float], *, reps: int, seed: int = 0) -> tuple[float, float, float]:
+    """Interquartile mean of ``values`` and its 95% percentile-bootstrap interval
+    (``scipy.stats.bootstrap``, resampling runs with replacement as rliable's stratified bootstrap does
+    for one task), seeded: the same values give the same interval."""
+    from scipy.stats import bootstrap
+
+    scores = np.asarray(list(values), dtype=np.float64)
+    if len(scores) == 1 or np.all(scores == scores[0]):  # no spread to resample
+        return float(scores[0]), float(scores[0]), float(scores[0])
+    import inspect
+
+    generator = {"rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state": np.random.default_rng(seed)}
+    result = bootstrap((scores,), iqm, n_resamples=reps, confidence_level=0.95, method="percentile", vectorized=True,
+                       **generator)  # scipy >= 1.15 names the generator rng
+    return float(iqm(scores)), float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def first_reaching(curve: np.ndarray, target: float) -> tuple[float, float]:
+    """Env steps and seconds at which a run's best metric first reached ``target`` (inf if never)."""
+    hits = np.nonzero(curve[:, 2] >= target)[0] if len(curve) else []
+    if len(hits) == 0:
+        return math.inf, math.inf
+    return float(curve[hits[0], 0]), float(curve[hits[0], 1])
+
+
+def summarize(config: StudyConfig, records: list[RunRecord]) -> dict[str, list[dict[str, Any]]]:
+    """Per env: one row per method with the final metric's IQM and interval and the cost of 50% / 90% of the best."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for env_id in config.envs:
+        by_method = {label: sorted((r for r in records if r.env_id == env_id and r.method == label), key=lambda r: r.seed)
+                     for label in config.methods}
+        rows = []
+        for label, runs in by_method.items():
+            if not runs:
+                continue
+            iqm, low, high = interval([r.metric for r in runs], reps=config.bootstrap_reps)
+            rows.append({"method": label, "runs": len(runs), "iqm": iqm, "ci_low": low, "ci_high": high,
+                         "median": float(np.median([r.metric for r in runs])),
+                         "env_steps": float(np.median([r.env_steps for r in runs])),
+                         "wall_time": float(np.median([r.wall_time for r in runs]))})
+        if rows:
+            best = max(row["iqm"] for row in rows)
+            for row in rows:
+                runs = by_method[row["method"]]
+                for fraction in THRESHOLDS:
+                    reached = [first_reaching(r.curve, fraction * best) for r in runs] if best > 0 else []
+                    steps = [s for s, _ in reached]
+                    seconds = [t for _, t in reached]
+                    row[f"steps_{round(fraction * 100)}"] = float(np.median(steps)) if reached else math.inf
+                    row[f"seconds_{round(fraction * 100)}"] = float(np.median(seconds)) if reached else math.inf
+                    row[f"reached_{round(fraction * 100)}"] = sum(math.isfinite(s) for s in steps)
+            tables[env_id] = rows
+    return tables
+
+
+def write_report(config: StudyConfig) -> Path:
+    """Write ``report.md``, ``final.csv``, ``steps.png`` and ``time.png`` from the finished runs, and
+    ``study.yaml`` (the config of this report: a study run with a subset of the config's methods or
+    seeds into the same directory rewrites it; the full config's report restores it)."""
+    out = Path(config.out_dir)
+    write_config(config)
+    records = load_runs(config)
+    tables = summarize(config, records)
+    with open(out / "final.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["env_id", "method", "seed", "metric", "env_steps", "wall_time"])
+        writer.writerows([r.env_id, r.method, r.seed, repr(r.metric), r.env_steps, f"{r.wall_time:.3f}"] for r in records)
+    plots = [_plot_curves(config, records, column, out / f"{column_name}.png")
+             for column, column_name in ((0, "steps"), (1, "time"))]
+    total = len(jobs(config))
+    seeds = ", ".join(map(str, config.seeds))
+    if config.protocol == "instance":
+        protocol = (f"Protocol: one instance per run ({len(config.seeds)} instances: seeds {seeds}); the task's metric "
+                    "in the reported setting (0 at the start state, 1 solved); optimizers by their best sequence, "
+                    "learners (RL, APG, SHAC) by their best evaluated policy's deterministic episode.")
+        unit = "instances"
+    else:
+        protocol = (f"Protocol: generalization. Policies train on random instances (training seeds {seeds}) and are "
+                    f"judged by their final policy's mean metric on the held-out instances "
+                    f"{', '.join(map(str, config.test_seeds))}; optimizers solve each held-out instance with "
+                    f"1/{len(config.test_seeds)} of the budget (the same total), judged by the mean of their best "
+                    "sequences. Metric: the task's metric in the reported setting (0 at the start state, 1 solved).")
+        unit = "training seeds"
+    lines = [f"# {config.name}", "", f"{len(records)} of {total} runs finished. {protocol}", "",
+             (f"Final metric: interquartile mean over {unit} with its 95% percentile-bootstrap interval (runs "
+              f"resampled with replacement, {config.bootstrap_reps} resamples, scipy). Cost to reach 50% / 90% of the best method's IQM: median over "
+              f"{unit} of the env steps (forward, backward and replays; RL: training steps) and seconds of the "
+              f"first evaluation at or above it (`-`: fewer than half reached it; reached: how many did)."), ""]
+    for env_id, rows in tables.items():
+        spec = {label: config.methods[label] for label in (row["method"] for row in rows)}
+        lines += [f"## {env_id}", "",
+                  ("| method | budget | final metric IQM [95% CI] | median | env steps to 50% / 90% | seconds to 50% / 90% "
+                   "| reached 50% / 90% | env steps spent | seconds spent |"),
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in sorted(rows, key=lambda row: -row["iqm"]):
+            partial = "" if row["runs"] >= len(config.seeds) else f" ({row['runs']} of {len(config.seeds)} instances)"
+            lines.append(
+                f"| {row['method']} | {spec[row['method']].budget:,} | {row['iqm']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]{partial} "
+                f"| {row['median']:.3f} | {_cost(row, 'steps', 50, row['runs'])} / {_cost(row, 'steps', 90, row['runs'])} "
+                f"| {_cost(row, 'seconds', 50, row['runs'])} / {_cost(row, 'seconds', 90, row['runs'])} "
+                f"| {row['reached_50']}/{row['runs']} / {row['reached_90']}/{row['runs']} "
+                f"| {row['env_steps']:,.0f} | {row['wall_time']:.1f} |")
+        lines.append("")
+    lines += [f"![metric against env steps]({plots[0].name})" if plots[0] else "",
+              f"![metric against wall time]({plots[1].name})" if plots[1] else "", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _cost(row: dict[str, Any], kind: str, percent: int, runs: int) -> str:
+    value = row[f"{kind}_{percent}"]
+    if not math.isfinite(value) or 2 * row[f"reached_{percent}"] < runs:
+        return "-"
+    return f"{value:,.0f}" if kind == "steps" else f"{value:.1f}"
+
+
+def _plot_curves(config: StudyConfig, records: list[RunRecord], column: int, path: Path) -> Path | None:
+    """Median and interquartile range over seeds of the best metric so far, one panel per env."""
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info("matplotlib is not installed: no plots (pip install diffenvs[rl])")
+        return None
+    envs = [env_id for env_id in config.envs if any(r.env_id == env_id for r in records)]
+    if not envs:
+        return None
+    fig = Figure(figsize=(4.2 * len(envs) + 0.9, 3.4))
+    axes = fig.subplots(1, len(envs), squeeze=False)
+    colors = matplotlib.colormaps["tab10"]
+    for ax, env_id in zip(axes[0], envs):
+        for index, label in enumerate(config.methods):
+            runs = [r for r in records if r.env_id == env_id and r.method == label and len(r.curve)]
+            if not runs:
+                continue
+            end = max(r.curve[-1, column] for r in runs)
+            grid = np.linspace(0.0, end, 200)
+            values = np.array([_step_values(r.curve, column, grid) for r in runs])
+            with warnings.catch_warnings():  # all-NaN columns before the first evaluation
+                warnings.simplefilter("ignore", category=RuntimeWarning)
+                median = np.nanmedian(values, axis=0)
+                low, high = np.nanpercentile(values, 25, axis=0), np.nanpercentile(values, 75, axis=0)
+            style = "-" if config.methods[label].kind == "optimize" else "--"
+            ax.plot(grid, median, style, color=colors(index % 10), label=label)
+            ax.fill_between(grid, low, high, color=colors(index % 10), alpha=0.2, linewidth=0)
+        ax.set_title(task_name(env_id))
+        ax.set_xlabel("env steps" if column == 0 else "wall time [s]")
+        if column == 0:
+            ax.set_xscale("symlog", linthresh=100)
+        ax.set_ylabel("metric (best so far)")
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    ordered = [label for label in config.methods if label in handles]  # every method once, in the config's order
+    fig.legend([handles[label] for label in ordered], ordered, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 0.9 / (4.2 * len(envs) + 0.9), 1))
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _step_values(curve: np.ndarray, column: int, grid: np.ndarray) -> np.ndarray:
+    """A run's best metric at each grid point (NaN before its first evaluation)."""
+    index = np.searchsorted(curve[:, column], grid, side="right") - 1
+    return np.where(index >= 0, curve[np.maximum(index, 0), 2], np.nan)
+
+
+__all__ = ["RunRecord", "first_reaching", "interval", "iqm", "load_runs", "summarize", "write_report"]
