@@ -83,7 +83,13 @@ class StudyConfig:
     Attributes:
         name: Title of the report.
         envs: Registered env ids (one panel and one table each).
-        seeds: Problem instances (reset seeds); also the seed of each method's own randomness.
+        seeds: Problem instances (reset seeds), chosen up front; also the seed of each method's own
+            randomness unless ``train_seeds`` is given. ``generalize``: the training seeds.
+        env_seeds: Env id -> its own instances instead of ``seeds`` (e.g. ten for a cheap task,
+            five for an expensive one).
+        train_seeds: ``instance`` protocol: seeds of the methods' own randomness, each run on every
+            instance (runs ``<Task>-<label>-s<instance>-t<seed>``): the spread a training seed
+            alone causes. Empty: one run per instance, seeded with the instance's seed.
         methods: Label -> method (the labels name the runs and the rows of the tables).
         env_kwargs: Env id -> env keyword arguments of the reported setting, for every method on
             that env (e.g. ``{tool_softness: 0.0}``: hard tools); envs not listed use their defaults.
@@ -110,10 +116,19 @@ class StudyConfig:
     bootstrap_reps: int = 2000
     protocol: Literal["instance", "generalize"] = "instance"
     test_seeds: tuple[int, ...] = ()
+    env_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    train_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.envs or not self.seeds or not self.methods:
             raise ValueError("envs, seeds and methods must not be empty")
+        for env_id, seeds in self.env_seeds.items():
+            if env_id not in self.envs:
+                raise ValueError(f"env_seeds names an env that is not in envs: {env_id!r}")
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError(f"env_seeds[{env_id!r}] must be non-empty and must not repeat")
+        if self.train_seeds and (self.protocol != "instance" or len(set(self.train_seeds)) != len(self.train_seeds)):
+            raise ValueError("train_seeds: distinct seeds, for protocol instance only (generalize: seeds are training seeds)")
         if (self.protocol == "generalize") != bool(self.test_seeds):
             raise ValueError("test_seeds: needed by protocol generalize, and only by it")
         if len(set(self.test_seeds)) != len(self.test_seeds):
@@ -129,6 +144,15 @@ class StudyConfig:
         if self.workers < 1 or self.bootstrap_reps < 100:
             raise ValueError("workers must be >= 1 and bootstrap_reps >= 100")
 
+    def instances(self, env_id: str) -> tuple[int, ...]:
+        """The instances (reset seeds) of ``env_id``: its ``env_seeds`` or the study's ``seeds``."""
+        return tuple(self.env_seeds.get(env_id, self.seeds))
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every instance of any env, in order of first appearance."""
+        return tuple(dict.fromkeys(seed for env_id in self.envs for seed in self.instances(env_id)))
+
 
 @dataclasses.dataclass(frozen=True)
 class RunJob:
@@ -141,11 +165,14 @@ class RunJob:
     spec: MethodSpec
     env_kwargs: dict[str, Any]
     test_seeds: tuple[int, ...] = ()  # protocol generalize: the held-out instances
+    train_seed: int | None = None  # the method's seed when it is not the instance's (StudyConfig.train_seeds)
 
     def request(self) -> Request:
         """What the job asks of its method: its instance (``instance`` protocol), or training on
-        random instances judged on the held-out ones (``generalize``); ``seed`` seeds the method."""
-        return Request(env_id=self.env_id, seed=self.seed, instance=None if self.test_seeds else self.seed,
+        random instances judged on the held-out ones (``generalize``); the method is seeded with
+        ``train_seed``, or else with ``seed``."""
+        return Request(env_id=self.env_id, seed=self.seed if self.train_seed is None else self.train_seed,
+                       instance=None if self.test_seeds else self.seed,
                        eval_seeds=tuple(self.test_seeds), budget=self.spec.budget, env_kwargs=dict(self.env_kwargs),
                        options=dict(self.spec.set), eval_every=self.spec.eval_every)
 
@@ -195,9 +222,12 @@ def validate(config: StudyConfig, *, where: str = "study", todo: Iterable[RunJob
 def jobs(config: StudyConfig) -> list[RunJob]:
     """Every run of the study, method by method (in the config's order: put the cheap ones first, so
     that a study stopped early has every task's cheap rows), env by env, seed by seed."""
-    return [RunJob(name=f"{task_name(env_id)}-{label}-s{seed}", env_id=env_id, label=label, seed=seed, spec=spec,
-                   env_kwargs=dict(config.env_kwargs.get(env_id, {})), test_seeds=tuple(config.test_seeds))
-            for label, spec in config.methods.items() for env_id in config.envs for seed in config.seeds]
+    train_seeds: tuple[int | None, ...] = config.train_seeds or (None,)
+    return [RunJob(name=f"{task_name(env_id)}-{label}-s{seed}" + ("" if train is None else f"-t{train}"), env_id=env_id,
+                   label=label, seed=seed, spec=spec, env_kwargs=dict(config.env_kwargs.get(env_id, {})),
+                   test_seeds=tuple(config.test_seeds), train_seed=train)
+            for label, spec in config.methods.items() for env_id in config.envs for seed in config.instances(env_id)
+            for train in train_seeds]
 
 
 def select(config: StudyConfig, *, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None,
@@ -208,7 +238,7 @@ def select(config: StudyConfig, *, methods: Iterable[str] | None = None, envs: I
         ConfigError: a label, env id or seed that is not in the study.
     """
     given = {"methods": methods, "envs": envs, "seeds": seeds}
-    known = {"methods": config.methods, "envs": config.envs, "seeds": config.seeds}
+    known = {"methods": config.methods, "envs": config.envs, "seeds": config.all_seeds}
     for key, values in given.items():
         unknown = sorted(set(values or ()) - set(known[key]))
         if unknown:
@@ -225,6 +255,8 @@ def job_dict(job: RunJob) -> dict[str, Any]:
     values = dataclasses.asdict(job)
     if not job.test_seeds:
         values.pop("test_seeds")  # protocol instance: as before the generalize protocol existed
+    if job.train_seed is None:
+        values.pop("train_seed")  # one run per instance: as before training seeds existed
     resolved = get_method(job.spec.method).resolve(job.request())
     return json.loads(json.dumps({**values, "resolved": resolved}))
 
