@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 
 THRESHOLDS = (0.5, 0.9)
 """Fractions of the best result whose cost the report gives (env steps and seconds to reach them)."""
+MIN_FOR_INTERVAL = 5
+"""Fewest values (instances; training seeds under ``generalize``) that get a bootstrap interval.
+
+With fewer, a percentile bootstrap can only recombine a handful of values: its interval is far
+narrower than the spread on other instances (three instances gave SHAC [0.895, 0.923] on the Pusher;
+instances 7-9 gave 0.68-0.86). rliable's guidance for very few runs is to show the runs themselves,
+and so does the report below five."""
 
 
 @dataclasses.dataclass
@@ -41,6 +48,7 @@ class RunRecord:
     env_steps: int
     wall_time: float
     curve: np.ndarray  # (points, 3): env steps, wall time, best metric so far; starts at (0, 0, 0)
+    train_seed: int | None = None
 
 
 def load_runs(config: StudyConfig) -> list[RunRecord]:
@@ -62,7 +70,7 @@ def load_runs(config: StudyConfig) -> list[RunRecord]:
         metric = run.summary["final_metric"] if final else run.summary["metric"]
         records.append(RunRecord(env_id=job.env_id, method=job.label, seed=job.seed, metric=float(metric),
                                  env_steps=int(run.summary["env_steps"]), wall_time=float(run.summary["wall_time"]),
-                                 curve=curve))
+                                 curve=curve, train_seed=job.train_seed))
     return records
 
 
@@ -98,19 +106,70 @@ def first_reaching(curve: np.ndarray, target: float) -> tuple[float, float]:
     return float(curve[hits[0], 0]), float(curve[hits[0], 1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """The final metric of one method on one task: its values and what the report says of them.
+
+    Attributes:
+        values: One value per unit (an instance's mean over its training seeds; under
+            ``generalize`` one per training seed), in the units' order.
+        iqm: Their interquartile mean.
+        low: Lower end of the 95% bootstrap interval (``nan`` below :data:`MIN_FOR_INTERVAL` values).
+        high: Upper end.
+        seed_spread: Mean over instances of the range across training seeds (``nan`` without them).
+    """
+
+    values: tuple[float, ...]
+    iqm: float
+    low: float
+    high: float
+    seed_spread: float = math.nan
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def has_interval(self) -> bool:
+        return not math.isnan(self.low)
+
+    def text(self, digits: int = 3) -> str:
+        """``IQM [low, high]``, or below five values ``IQM (runs: a, b, c)``."""
+        if self.has_interval:
+            return f"{self.iqm:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return f"{self.iqm:.{digits}f} (runs: {', '.join(f'{v:.{digits}f}' for v in self.values)})"
+
+
+def cell(values_by_unit: dict[Any, list[float]], *, reps: int) -> Cell:
+    """The :class:`Cell` of values grouped by unit (instance -> the values of its training seeds):
+    the bootstrap resamples units, never the training seeds of one instance apart from it."""
+    units = [float(np.mean(values)) for values in values_by_unit.values()]
+    spreads = [max(values) - min(values) for values in values_by_unit.values() if len(values) > 1]
+    seed_spread = float(np.mean(spreads)) if spreads else math.nan
+    if len(units) < MIN_FOR_INTERVAL:
+        return Cell(tuple(units), float(iqm(np.asarray(units))), math.nan, math.nan, seed_spread)
+    middle, low, high = interval(units, reps=reps)
+    return Cell(tuple(units), middle, low, high, seed_spread)
+
+
 def summarize(config: StudyConfig, records: list[RunRecord]) -> dict[str, list[dict[str, Any]]]:
-    """Per env: one row per method with the final metric's IQM and interval and the cost of 50% / 90% of the best."""
+    """Per env: one row per method with the final metric's :class:`Cell` (IQM, interval, n) and the
+    cost of 50% / 90% of the best method's IQM."""
     tables: dict[str, list[dict[str, Any]]] = {}
     for env_id in config.envs:
-        by_method = {label: sorted((r for r in records if r.env_id == env_id and r.method == label), key=lambda r: r.seed)
+        by_method = {label: sorted((r for r in records if r.env_id == env_id and r.method == label),
+                                   key=lambda r: (r.seed, -1 if r.train_seed is None else r.train_seed))
                      for label in config.methods}
         rows = []
         for label, runs in by_method.items():
             if not runs:
                 continue
-            iqm, low, high = interval([r.metric for r in runs], reps=config.bootstrap_reps)
-            rows.append({"method": label, "runs": len(runs), "iqm": iqm, "ci_low": low, "ci_high": high,
-                         "median": float(np.median([r.metric for r in runs])),
+            grouped: dict[int, list[float]] = {}
+            for r in runs:
+                grouped.setdefault(r.seed, []).append(r.metric)
+            result = cell(grouped, reps=config.bootstrap_reps)
+            rows.append({"method": label, "runs": len(runs), "cell": result, "iqm": result.iqm, "ci_low": result.low,
+                         "ci_high": result.high, "median": float(np.median([r.metric for r in runs])),
                          "env_steps": float(np.median([r.env_steps for r in runs])),
                          "wall_time": float(np.median([r.wall_time for r in runs]))})
         if rows:
@@ -138,14 +197,19 @@ def write_report(config: StudyConfig) -> Path:
     tables = summarize(config, records)
     with open(out / "final.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["env_id", "method", "seed", "metric", "env_steps", "wall_time"])
-        writer.writerows([r.env_id, r.method, r.seed, repr(r.metric), r.env_steps, f"{r.wall_time:.3f}"] for r in records)
+        trained = ["train_seed"] if config.train_seeds else []
+        writer.writerow(["env_id", "method", "seed", *trained, "metric", "env_steps", "wall_time"])
+        writer.writerows([r.env_id, r.method, r.seed, *([r.train_seed] if trained else []), repr(r.metric), r.env_steps,
+                          f"{r.wall_time:.3f}"] for r in records)
     plots = [_plot_curves(config, records, column, out / f"{column_name}.png")
              for column, column_name in ((0, "steps"), (1, "time"))]
     total = len(jobs(config))
     seeds = ", ".join(map(str, config.seeds))
     if config.protocol == "instance":
-        protocol = (f"Protocol: one instance per run ({len(config.seeds)} instances: seeds {seeds}); the task's metric "
+        per_env = "; ".join(f"{task_name(env_id)}: {_seed_list(config.instances(env_id))}" for env_id in config.envs)
+        trained = (f", each with the training seeds {', '.join(map(str, config.train_seeds))} (an instance's value is "
+                   "their mean; `seed spread`: the mean range across them)" if config.train_seeds else "")
+        protocol = (f"Protocol: one instance per run (instances, chosen up front: {per_env}){trained}; the task's metric "
                     "in the reported setting (0 at the start state, 1 solved); optimizers by their best sequence, "
                     "learners (RL, APG, SHAC) by their best evaluated policy's deterministic episode.")
         unit = "instances"
@@ -157,21 +221,28 @@ def write_report(config: StudyConfig) -> Path:
                     "sequences. Metric: the task's metric in the reported setting (0 at the start state, 1 solved).")
         unit = "training seeds"
     lines = [f"# {config.name}", "", f"{len(records)} of {total} runs finished. {protocol}", "",
-             (f"Final metric: interquartile mean over {unit} with its 95% percentile-bootstrap interval (runs "
-              f"resampled with replacement, {config.bootstrap_reps} resamples, scipy). Cost to reach 50% / 90% of the best method's IQM: median over "
-              f"{unit} of the env steps (forward, backward and replays; RL: training steps) and seconds of the "
-              f"first evaluation at or above it (`-`: fewer than half reached it; reached: how many did)."), ""]
+             (f"Final metric: interquartile mean over {unit} (n: how many) with its 95% percentile-bootstrap "
+              f"interval ({unit} resampled with replacement, {config.bootstrap_reps} resamples, scipy) from "
+              f"{MIN_FOR_INTERVAL} {unit} on; with fewer, the values themselves (a bootstrap over two to four "
+              "values is far narrower than the spread on other instances). Cost to reach 50% / 90% of the best "
+              f"method's IQM: median over runs of the env steps (forward, backward and replays; RL: training "
+              "steps) and seconds of the first evaluation at or above it (`-`: fewer than half reached it; "
+              "reached: how many did)."), ""]
+    spread = bool(config.train_seeds)
     for env_id, rows in tables.items():
         spec = {label: config.methods[label] for label in (row["method"] for row in rows)}
+        expected = len(config.instances(env_id)) if config.protocol == "instance" else len(config.seeds)
         lines += [f"## {env_id}", "",
-                  ("| method | budget | final metric IQM [95% CI] | median | env steps to 50% / 90% | seconds to 50% / 90% "
-                   "| reached 50% / 90% | env steps spent | seconds spent |"),
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  ("| method | budget | n | final metric IQM [95% CI] | median |" + (" seed spread |" if spread else "")
+                   + " env steps to 50% / 90% | seconds to 50% / 90% | reached 50% / 90% | env steps spent | seconds spent |"),
+                  "|---|---|---|---|---|" + ("---|" if spread else "") + "---|---|---|---|---|"]
         for row in sorted(rows, key=lambda row: -row["iqm"]):
-            partial = "" if row["runs"] >= len(config.seeds) else f" ({row['runs']} of {len(config.seeds)} instances)"
+            result: Cell = row["cell"]
+            partial = "" if result.n >= expected else f" ({result.n} of {expected} {unit})"
+            seed_spread = f" {result.seed_spread:.3f} |" if spread else ""
             lines.append(
-                f"| {row['method']} | {spec[row['method']].budget:,} | {row['iqm']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]{partial} "
-                f"| {row['median']:.3f} | {_cost(row, 'steps', 50, row['runs'])} / {_cost(row, 'steps', 90, row['runs'])} "
+                f"| {row['method']} | {spec[row['method']].budget:,} | {result.n} | {result.text()}{partial} "
+                f"| {row['median']:.3f} |{seed_spread} {_cost(row, 'steps', 50, row['runs'])} / {_cost(row, 'steps', 90, row['runs'])} "
                 f"| {_cost(row, 'seconds', 50, row['runs'])} / {_cost(row, 'seconds', 90, row['runs'])} "
                 f"| {row['reached_50']}/{row['runs']} / {row['reached_90']}/{row['runs']} "
                 f"| {row['env_steps']:,.0f} | {row['wall_time']:.1f} |")
@@ -181,6 +252,13 @@ def write_report(config: StudyConfig) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _seed_list(seeds: tuple[int, ...]) -> str:
+    """``0-9`` for a run of consecutive seeds, else the seeds."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def _cost(row: dict[str, Any], kind: str, percent: int, runs: int) -> str:
@@ -241,4 +319,5 @@ def _step_values(curve: np.ndarray, column: int, grid: np.ndarray) -> np.ndarray
     return np.where(index >= 0, curve[np.maximum(index, 0), 2], np.nan)
 
 
-__all__ = ["RunRecord", "first_reaching", "interval", "iqm", "load_runs", "summarize", "write_report"]
+__all__ = ["MIN_FOR_INTERVAL", "Cell", "RunRecord", "cell", "first_reaching", "interval", "iqm", "load_runs", "summarize",
+           "write_report"]

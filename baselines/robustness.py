@@ -95,6 +95,8 @@ def run_robustness(config: Any, *, noise: tuple[float, ...] = (0.0, 0.1, 0.2, 0.
 
     if config.protocol != "instance":
         raise ConfigError("robustness replays single-instance results: the study's protocol must be 'instance'")
+    if config.train_seeds:  # its rows are keyed by (env, method, instance)
+        raise ConfigError("robustness replays one run per instance: a study with train_seeds is not supported")
     if episodes < 1 or not noise or any(not (0 <= level < math.inf) for level in noise):
         raise ConfigError(f"need episodes >= 1 and noise levels >= 0, got {episodes} and {list(noise)}")
     todo = select(config, methods=methods, envs=envs, seeds=seeds)
@@ -161,13 +163,14 @@ def _key(run: Any) -> tuple[str, str, int]:
 
 
 def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episodes: int, missing: list[str]) -> str:
-    from diffenvs.baselines.report import interval
+    from diffenvs.baselines.report import MIN_FOR_INTERVAL, cell
     from diffenvs.registration import task_name
 
     lines = [f"# Robustness: {config.name}", "",
              (f"Task metric under Gaussian actuation noise (standard deviation per action component, actions in "
               f"[-1, 1]), {episodes} episodes per instance with the same noise draws for every method; "
-              "interquartile mean over instances with its 95% stratified-bootstrap interval. `kept`: the "
+              f"interquartile mean over instances with its 95% bootstrap interval (from {MIN_FOR_INTERVAL} instances "
+              "on; with fewer, the values themselves). `kept`: the "
               "interquartile mean at the largest level over the noiseless one."), ""]
     for env_id in config.envs:
         lines += [f"## {task_name(env_id)}", "",
@@ -182,10 +185,10 @@ def _table(config: Any, rows: list[dict[str, Any]], levels: list[float], episode
                     cells.append("-")
                     iqms.append(math.nan)
                     continue
-                iqm, low, high = interval(values, reps=config.bootstrap_reps)
-                cells.append(f"{iqm:.2f} [{low:.2f}, {high:.2f}]" + ("" if len(values) >= len(config.seeds)
-                                                                     else f" ({len(values)} of {len(config.seeds)})"))
-                iqms.append(iqm)
+                result = cell({index: [value] for index, value in enumerate(values)}, reps=config.bootstrap_reps)
+                expected = len(config.instances(env_id))
+                cells.append(result.text(2) + ("" if len(values) >= expected else f" ({len(values)} of {expected})"))
+                iqms.append(result.iqm)
             if all(cell == "-" for cell in cells):
                 continue
             kept = iqms[-1] / iqms[0] if iqms[0] and not math.isnan(iqms[0]) and not math.isnan(iqms[-1]) else math.nan

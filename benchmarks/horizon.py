@@ -108,8 +108,11 @@ def main() -> None:
                 print(f"T{length}: failed runs {result.failed}")
         for env_id, table in summarize(study, load_runs(study)).items():
             for row in table:
+                cell = row["cell"]  # below five instances no interval: the range of the runs instead
                 rows.append({"env_id": env_id, "length": length, "method": row["method"], "runs": row["runs"],
                              "iqm": row["iqm"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                             "low": cell.low if cell.has_interval else min(cell.values),
+                             "high": cell.high if cell.has_interval else max(cell.values), "text": cell.text(2),
                              "env_steps": row["env_steps"], "wall_time": row["wall_time"]})
         grads_path = Path(study.out_dir, "gradients.csv")
         if not grads_path.exists() and not args.report_only:
@@ -133,7 +136,8 @@ def main() -> None:
     lines = [f"# {base.name}", "",
              (f"`python benchmarks/horizon.py --lengths {' '.join(map(str, lengths))}`; budgets scaled with the "
              "episode length (the same number of episodes at every length); final task metric, interquartile mean "
-             f"over instances {list(base.seeds)} [95% bootstrap interval]; median wall time per run."), ""]
+             f"over instances {list(base.seeds)} [95% bootstrap interval; below five instances the runs themselves]; "
+             "median wall time per run."), ""]
     for env_id in base.envs:
         methods = list(dict.fromkeys(row["method"] for row in rows if row["env_id"] == env_id))
         lines += [f"## {task_name(env_id)}", "", "| method | " + " | ".join(f"T={t}" for t in lengths) + " |",
@@ -142,8 +146,7 @@ def main() -> None:
             cells = []
             for length in lengths:
                 match = [r for r in rows if r["env_id"] == env_id and r["method"] == method and r["length"] == length]
-                cells.append(f"{match[0]['iqm']:.2f} [{match[0]['ci_low']:.2f}, {match[0]['ci_high']:.2f}] "
-                             f"({match[0]['wall_time']:.0f} s)" if match else "-")
+                cells.append(f"{match[0]['text']} ({match[0]['wall_time']:.0f} s)" if match else "-")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         grads = [g for g in grad_rows if g["env_id"] == env_id]
         if grads:
@@ -159,12 +162,12 @@ def main() -> None:
             mine = sorted((r for r in rows if r["env_id"] == env_id and r["method"] == method), key=lambda r: r["length"])
             x = [r["length"] for r in mine]
             y = [r["iqm"] for r in mine]
-            err = [[r["iqm"] - r["ci_low"] for r in mine], [r["ci_high"] - r["iqm"] for r in mine]]
+            err = [[r["iqm"] - r["low"] for r in mine], [r["high"] - r["iqm"] for r in mine]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(t) for t in lengths])
         ax.set_xlabel("episode length [steps]")
-        ax.set_ylabel("task metric (IQM, 95% CI)")
+        ax.set_ylabel("task metric (IQM; 95% CI, or the runs' range)")
         ax.set_title(task_name(env_id))
         ax.legend()
     figure.tight_layout()

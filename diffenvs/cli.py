@@ -231,11 +231,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     replay_flags = [flag for flag, value in (("--noise", args.noise), ("--episodes", args.episodes)) if value is not None]
     if replay_flags and not args.robustness:
         raise ValueError(f"{', '.join(replay_flags)} only apply with --robustness")
+    if args.replicate_dir is not None and args.replicate is None:
+        raise ValueError("--replicate-dir only applies with --replicate")
+    if args.replicate is not None and (args.report_only or args.robustness or args.seeds):
+        raise ValueError("--replicate reruns cells on new instances: not with --report-only, --robustness or --seeds")
     part = {key: tuple(getattr(args, key)) if getattr(args, key) else None for key in ("methods", "envs", "seeds")}
     if args.report_only:
         if any(part.values()):
             raise ValueError("--report-only reports the whole study: drop --methods, --envs and --seeds")
         print(f"wrote {write_report(config)}")
+        return 0
+    if args.replicate is not None:
+        from diffenvs.baselines.replicate import replicate
+
+        cells, path = replicate(config, args.replicate, methods=part["methods"], envs=part["envs"],
+                                out_dir=args.replicate_dir, backend=args.backend, address=args.address,
+                                progress=not args.no_progress)
+        for replicated in cells:
+            print(replicated.line())
+        print(f"wrote {path}")
         return 0
     if args.robustness:
         from diffenvs.baselines.robustness import run_robustness
@@ -398,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--envs", nargs="+", help="run (or replay) only these env ids of the study")
     compare.add_argument("--seeds", nargs="+", type=int,
                          help="run (or replay) only these seeds (instances) of the study, e.g. one seed per process")
+    compare.add_argument("--replicate", type=int, nargs="+", metavar="SEED",
+                         help="rerun the study's cells (or --methods / --envs) on these instances it never saw and "
+                              "print, per cell, whether the new values fall inside the published interval")
+    compare.add_argument("--replicate-dir", help="--replicate: study directory of the new runs "
+                                                 "(default runs/replicate/<the study directory's name>)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare.set_defaults(func=_cmd_compare)
 

@@ -248,7 +248,7 @@ def test_the_study_runs_every_method_on_the_same_instances_and_resumes(tmp_path)
     assert (out / "runs" / ".Pusher-cem-s0.tmp").exists()  # another part's run in flight is not its to remove
     assert "5 of 6 runs finished" in (out / "report.md").read_text()  # the report is the whole study's
     partial = (out / "report.md").read_text()
-    assert "] (1 of 2 instances) |" in partial.split("| cem |")[1].splitlines()[0]  # a row short of its instances says so
+    assert ") (1 of 2 instances) |" in partial.split("| cem |")[1].splitlines()[0]  # a row short of its instances says so
     assert "instances)" not in partial.split("| adam |")[1].splitlines()[0]
     resumed = run_study(config, methods=["cem"], envs=["DiffEnvs/Pusher-v0"], seeds=[0], progress=False)
     assert resumed.ran == ["Pusher-cem-s0"] and resumed.skipped == []
@@ -291,22 +291,26 @@ def _record(method, seed, metric, curve):
 
 
 def test_the_report_gives_intervals_and_the_cost_of_reaching_the_best():
-    config = StudyConfig(name="t", envs=("DiffEnvs/Pusher-v0",), seeds=(0, 1, 2), bootstrap_reps=500,
+    config = StudyConfig(name="t", envs=("DiffEnvs/Pusher-v0",), seeds=(0, 1, 2, 3, 4), bootstrap_reps=500,
                          methods={"fast": MethodSpec("optimize", "adam", 100), "slow": MethodSpec("train", "ppo", 100)})
-    records = [_record("fast", s, 1.0, [[10, 1, 0.6], [20, 2, 1.0]]) for s in range(3)]
+    records = [_record("fast", s, 1.0, [[10, 1, 0.6], [20, 2, 1.0]]) for s in range(5)]
     records += [_record("slow", 0, 0.5, [[0, 0, 0.0], [50, 5, 0.5]]), _record("slow", 1, 0.95, [[0, 0, 0.0], [80, 8, 0.95]]),
-                _record("slow", 2, 0.1, [[0, 0, 0.1]])]
+                _record("slow", 2, 0.1, [[0, 0, 0.1]]), _record("slow", 3, 0.2, [[0, 0, 0.2]]),
+                _record("slow", 4, 0.6, [[0, 0, 0.0], [60, 6, 0.6]])]
     rows = {row["method"]: row for row in summarize(config, records)["DiffEnvs/Pusher-v0"]}
     assert rows["fast"]["iqm"] == pytest.approx(1.0) and rows["fast"]["ci_low"] == pytest.approx(1.0)
     assert rows["fast"]["steps_50"] == 10 and rows["fast"]["steps_90"] == 20 and rows["fast"]["seconds_90"] == 2
-    # slow: two of three instances reach 50% (steps 50 and 80), one reaches 90%
-    assert rows["slow"]["reached_50"] == 2 and rows["slow"]["steps_50"] == 80 and rows["slow"]["reached_90"] == 1
+    # slow: three of five instances reach 50% of the best (steps 50, 60 and 80; the median counts the two that never do)
+    assert rows["slow"]["reached_50"] == 3 and rows["slow"]["steps_50"] == 80 and rows["slow"]["reached_90"] == 1
     assert math.isinf(rows["slow"]["steps_90"])
     low, high = rows["slow"]["ci_low"], rows["slow"]["ci_high"]
     assert low <= rows["slow"]["iqm"] <= high and low < high
+    # fewer than five instances: no interval, the values themselves
+    few = summarize(config, [r for r in records if r.seed < 3])["DiffEnvs/Pusher-v0"]
+    assert all(math.isnan(row["ci_low"]) and row["cell"].n == 3 for row in few)
     assert first_reaching(np.array([[0, 0, 0.2], [5, 1, 0.7]]), 0.5) == (5.0, 1.0)
     first = interval([1.0, 2.0, 3.0, 4.0], reps=200)
-    np.random.rand(7)  # rliable's own bootstrap would draw from NumPy's global generator
+    np.random.rand(7)  # a bootstrap drawing from NumPy's global generator would differ now
     assert interval([1.0, 2.0, 3.0, 4.0], reps=200) == first  # seeded
     spread = list(np.linspace(0.0, 1.0, 9) ** 2)
     assert interval(spread, reps=200, seed=1) != interval(spread, reps=200, seed=2)  # the seed is used
@@ -551,3 +555,55 @@ def test_max_episode_steps_sets_every_methods_episode_and_the_horizon_script_sca
         grads = list(csv.DictReader(handle))
     assert len(grads) == 1 and float(grads[0]["grad_norm"]) > 0
     assert "| adam |" in (tmp_path / "h" / "report.md").read_text() and (tmp_path / "h" / "horizon.png").exists()
+
+
+def test_replicate_reruns_cells_on_unseen_instances_and_tests_the_published_interval(tmp_path, capsys):
+    """`compare --replicate SEEDS`: the chosen cells on new instances, each set beside the published one."""
+    from diffenvs.baselines.replicate import replicate
+    from diffenvs.cli import main
+
+    values = {**TINY, "seeds": [0, 1, 2, 3, 4], "out_dir": str(tmp_path / "s"),
+              "methods": {"adam": TINY["methods"]["adam"], "cem": TINY["methods"]["cem"]}}
+    path = _write(tmp_path, values)
+    config = load_study(path)
+    assert not run_study(config, progress=False).failed
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "| adam | 400 | 5 |" in report and "] |" in report.split("| adam |")[1].splitlines()[0]  # n = 5: an interval
+    cells, md = replicate(config, [7, 8], methods=["adam"], out_dir=tmp_path / "r", progress=False)
+    [adam] = cells
+    assert adam.method == "adam" and adam.new.n == 2 and adam.published.n == 5 and adam.published.has_interval
+    inside = sum(adam.published.low <= v <= adam.published.high for v in adam.new.values)
+    assert adam.values_inside == inside and "new IQM" in adam.line() and "| Pusher | adam |" in md.read_text()
+    assert sorted(p.name for p in (tmp_path / "r" / "runs").iterdir()) == ["Pusher-adam-s7", "Pusher-adam-s8"]
+    # the CLI: resumes the same runs, prints a line per cell; instances the study has are refused
+    assert main(["compare", "--config", str(path), "--replicate", "7", "8", "--methods", "adam",
+                 "--replicate-dir", str(tmp_path / "r"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Pusher adam: published" in out and f"{inside} of 2 new values inside" in out
+    assert main(["compare", "--config", str(path), "--replicate", "3", "9", "--replicate-dir", str(tmp_path / "x")]) == 2
+    assert "[3] are already in the study" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="ppo"):
+        replicate(config, [9], methods=["ppo"], out_dir=tmp_path / "x", progress=False)
+
+
+def test_few_values_are_shown_and_not_bootstrapped_and_training_seeds_nest_in_instances(tmp_path):
+    from diffenvs.baselines.report import MIN_FOR_INTERVAL, cell
+
+    few = cell({0: [0.9], 1: [0.5], 2: [0.7]}, reps=200)
+    assert not few.has_interval and few.text() == "0.700 (runs: 0.900, 0.500, 0.700)"
+    many = cell({i: [v] for i, v in enumerate(np.linspace(0, 1, MIN_FOR_INTERVAL))}, reps=200)
+    assert many.has_interval and many.low < many.iqm < many.high
+    nested = cell({0: [0.2, 0.4], 1: [1.0, 0.8]}, reps=200)
+    assert nested.values == (pytest.approx(0.3), pytest.approx(0.9)) and nested.seed_spread == pytest.approx(0.2)
+    values = {**TINY, "seeds": [0], "train_seeds": [5, 6], "out_dir": str(tmp_path / "t"),
+              "methods": {"cem": TINY["methods"]["cem"]}}
+    config = load_study(_write(tmp_path, values))
+    assert [job.name for job in jobs(config)] == ["Pusher-cem-s0-t5", "Pusher-cem-s0-t6"]
+    assert [job.request().seed for job in jobs(config)] == [5, 6] and {job.request().instance for job in jobs(config)} == {0}
+    assert not run_study(config, progress=False).failed
+    report = (tmp_path / "t" / "report.md").read_text()
+    assert "seed spread" in report and "training seeds 5, 6" in report
+    with pytest.raises(ConfigError, match="train_seeds"):
+        load_study(_write(tmp_path, {**values, "protocol": "generalize", "test_seeds": [9]}, name="bad.yaml"))
+    with pytest.raises(ConfigError, match="env_seeds"):
+        load_study(_write(tmp_path, {**TINY, "env_seeds": {"DiffEnvs/Move-v0": [1]}}, name="bad2.yaml"))
