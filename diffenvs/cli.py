@@ -330,6 +330,7 @@ def _cmd_upgrade_runs(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from diffenvs.baselines.method import method_names
+    from diffenvs.bench import DOUGH_TASKS
 
     parser = argparse.ArgumentParser(prog="diffenvs", description="Differentiable Gymnasium environments on NVIDIA Warp.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -434,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batched", action="append", metavar="PRESET:N,N",
                        help="batched dough world counts per preset (repeatable; default on CUDA paper:1,64,256 and "
                             "default:1,256,4096)")
-    bench.add_argument("--batched-task", default="Move", choices=("RollingPin", "Move", "Shape"),
+    bench.add_argument("--batched-task", default="Move", choices=DOUGH_TASKS,
                        help="dough task of the batched rows (default Move: its reset runs no demonstration)")
     bench.add_argument("--no-startup", action="store_true", help="skip the start-up figures")
     bench.set_defaults(func=_cmd_bench)

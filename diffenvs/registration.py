@@ -63,6 +63,8 @@ ENVS: tuple[EnvInfo, ...] = (
     _dough("RollingPin", "Flatten MPM dough into a target sheet with a rolling pin (3-D action)."),
     _dough("Move", "Carry MPM dough to a target place with two spheres (6-D action)."),
     _dough("Shape", "Press a pit of a given place and depth into MPM dough with a spherical tool tip (3-D action)."),
+    _dough("Pinch", "Pinch a cube of MPM dough into a pattern of two dents with one sphere (3-D action, two stages)."),
+    _dough("Writer", "Carve a stroke into a slab of MPM dough with a vertical capsule stylus (3-D action)."),
 )
 
 

@@ -8,17 +8,29 @@ Modules, one concern each:
 * :mod:`~diffenvs.tasks.dough.targets`: the starting blob and the scripted demonstrations that
   make targets;
 * :mod:`~diffenvs.tasks.dough.task`: :class:`DoughTask`, what every dough task shares;
-* :mod:`~diffenvs.tasks.dough.variants`: ``RollingPin``, ``Move`` and ``Shape``;
+* :mod:`~diffenvs.tasks.dough.variants`: ``RollingPin``, ``Move``, ``Shape``, ``Pinch`` and ``Writer``;
 * :mod:`~diffenvs.tasks.dough.render`: drawing;
 * :mod:`~diffenvs.tasks.dough.envs`: the Gymnasium envs and their documentation.
 """
 
 from diffenvs.tasks.dough.config import BLOB_HALF, PRESETS, DoughConfig
-from diffenvs.tasks.dough.envs import MoveEnv, MoveVectorEnv, RollingPinEnv, RollingPinVectorEnv, ShapeEnv, ShapeVectorEnv
+from diffenvs.tasks.dough.envs import (
+    MoveEnv,
+    MoveVectorEnv,
+    PinchEnv,
+    PinchVectorEnv,
+    RollingPinEnv,
+    RollingPinVectorEnv,
+    ShapeEnv,
+    ShapeVectorEnv,
+    WriterEnv,
+    WriterVectorEnv,
+)
 from diffenvs.tasks.dough.task import DoughStepBuffers, DoughTask, LossScratch
-from diffenvs.tasks.dough.variants import MoveTask, RollingPinTask, ShapeTask
+from diffenvs.tasks.dough.variants import MoveTask, PinchTask, RollingPinTask, ShapeTask, WriterTask
 
 __all__ = [
     "BLOB_HALF", "PRESETS", "DoughConfig", "DoughStepBuffers", "DoughTask", "LossScratch", "MoveEnv", "MoveTask",
-    "MoveVectorEnv", "RollingPinEnv", "RollingPinTask", "RollingPinVectorEnv", "ShapeEnv", "ShapeTask", "ShapeVectorEnv",
+    "MoveVectorEnv", "PinchEnv", "PinchTask", "PinchVectorEnv", "RollingPinEnv", "RollingPinTask", "RollingPinVectorEnv",
+    "ShapeEnv", "ShapeTask", "ShapeVectorEnv", "WriterEnv", "WriterTask", "WriterVectorEnv",
 ]

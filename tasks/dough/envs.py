@@ -10,7 +10,7 @@ from diffenvs.env import DiffEnv, DiffVectorEnv
 from diffenvs.tasks.dough.config import PRESETS, DoughConfig
 from diffenvs.tasks.dough.kernels import OBS_PER_PARTICLE, OBS_PER_TOOL, TARGET_FIELDS, obs_dim
 from diffenvs.tasks.dough.task import DoughTask
-from diffenvs.tasks.dough.variants import MoveTask, RollingPinTask, ShapeTask
+from diffenvs.tasks.dough.variants import MoveTask, PinchTask, RollingPinTask, ShapeTask, WriterTask
 
 _DEFAULTS = DoughConfig()
 
@@ -44,7 +44,7 @@ def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_note
     return f"""{summary}
 
     ## Description
-    A box of elastoplastic dough (PlasticineLab's 0.3 x 0.1 x 0.3 block) rests on the floor of
+    A box of elastoplastic dough ({" x ".join(f"{2 * h:g}" for h in task.blob_half)}, as PlasticineLab's task) rests on the floor of
     the unit cube and is simulated with 3-D MLS-MPM (Neo-Hookean elasticity, von Mises
     plasticity on the Hencky strain, float32; :class:`~diffenvs.sim.mpm.SolverMPM`). Kinematic
     rigid tools, driven by the action as velocities, shape it towards a target drawn from the
@@ -188,6 +188,31 @@ def _vector_doc(single: type[DiffEnv]) -> str:
             f":class:`{single.__name__}` for the task and :class:`~diffenvs.env.DiffVectorEnv` for batching.")
 
 
+class PinchEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Pinch a cube of dough into a target pattern of dents with one sphere (radius 0.04).",
+        PinchTask, _translate_table(1),
+        """    Target: a demonstration from the sphere's own start: a dent 0.02-0.03 deep straight below
+    it, then, lifted clear of the dough, a second dent 0.04-0.07 away in a random direction (at
+    most 45 of the 50 steps). Two stages: the sphere has to let go of the first dent and find the
+    second.
+""",
+    )
+    task_class = PinchTask
+
+
+class WriterEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Carve a stroke into a slab of dough with a vertical capsule stylus (radius 0.03, half length 0.03).",
+        WriterTask, _translate_table(1).replace("tip velocity", "stylus velocity"),
+        """    Target: a demonstration from the stylus's own start: down into the slab by 0.02-0.035, a
+    stroke of 0.05-0.09 in a random direction and, for half the seeds, a second one at a right
+    angle (an L) of 0.03-0.05, then up and clear of the dough (at most 46 of the 50 steps).
+""",
+    )
+    task_class = WriterTask
+
+
 class RollingPinVectorEnv(DiffVectorEnv):
     __doc__ = _vector_doc(RollingPinEnv)
     task_class = RollingPinTask
@@ -203,4 +228,15 @@ class ShapeVectorEnv(DiffVectorEnv):
     task_class = ShapeTask
 
 
-__all__ = ["MoveEnv", "MoveVectorEnv", "RollingPinEnv", "RollingPinVectorEnv", "ShapeEnv", "ShapeVectorEnv"]
+class PinchVectorEnv(DiffVectorEnv):
+    __doc__ = _vector_doc(PinchEnv)
+    task_class = PinchTask
+
+
+class WriterVectorEnv(DiffVectorEnv):
+    __doc__ = _vector_doc(WriterEnv)
+    task_class = WriterTask
+
+
+__all__ = ["MoveEnv", "MoveVectorEnv", "PinchEnv", "PinchVectorEnv", "RollingPinEnv", "RollingPinVectorEnv", "ShapeEnv",
+           "ShapeVectorEnv", "WriterEnv", "WriterVectorEnv"]

@@ -53,12 +53,14 @@ def yaw_quat(angle: float) -> np.ndarray:
     return np.array([0.0, math.sin(angle / 2), 0.0, math.cos(angle / 2)])
 
 
-def sample_blob(rng: np.random.Generator, particle_count: int, *, dx: float, floor: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The starting box of dough (:data:`BLOB_HALF`) on the floor, centred within 0.03 of the domain's
-    middle, filled with a randomly shifted Halton sequence, at rest, F = I; sorted by grid cell
-    (cell size ``dx``). Returns its centre and its particle fields."""
-    centre = np.array([0.5 + rng.uniform(-0.03, 0.03), floor + BLOB_HALF[1], 0.5 + rng.uniform(-0.03, 0.03)])
-    x = centre + halton(particle_count, shift=rng.uniform(size=3)) * BLOB_HALF
+def sample_blob(rng: np.random.Generator, particle_count: int, *, dx: float, floor: float,
+                half: np.ndarray = BLOB_HALF) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The starting box of dough (half extents ``half``, default :data:`BLOB_HALF`) on the floor,
+    centred within 0.03 of the domain's middle, filled with a randomly shifted Halton sequence, at
+    rest, F = I; sorted by grid cell (cell size ``dx``). Returns its centre and its particle fields."""
+    half = np.asarray(half, dtype=np.float64)
+    centre = np.array([0.5 + rng.uniform(-0.03, 0.03), floor + half[1], 0.5 + rng.uniform(-0.03, 0.03)])
+    x = centre + halton(particle_count, shift=rng.uniform(size=3)) * half
     x = x[spatial_order(x, dx)]
     return centre, {
         "particle_x": x, "particle_v": np.zeros_like(x), "particle_C": np.zeros((particle_count, 3, 3)),
@@ -117,3 +119,16 @@ def press_demo_actions(depth: float, step: float, rest: int = 3) -> np.ndarray:
     moves = max(1, math.ceil(depth / step))
     speed = depth / (moves * step)
     return np.array([[0.0, -speed, 0.0]] * moves + [[0.0, speed, 0.0]] * moves + [[0.0, 0.0, 0.0]] * rest)
+
+
+def path_demo_actions(start: np.ndarray, waypoints: list[np.ndarray], step: float, rest: int = 3) -> np.ndarray:
+    """A translating tool's demonstration: straight from ``start`` through each waypoint in turn at
+    full speed (the last step of a leg slower, to land on it), then ``rest`` steps at rest.
+    ``step``: the distance of one env step at action 1 [domain units]. Actions (K, 3)."""
+    actions, here = [], np.asarray(start, dtype=np.float64)
+    for point in waypoints:
+        leg = np.asarray(point, dtype=np.float64) - here
+        moves = max(1, math.ceil(float(np.abs(leg).max()) / step - 1e-9))
+        actions += [leg / (moves * step)] * moves
+        here = np.asarray(point, dtype=np.float64)
+    return np.array(actions + [np.zeros(3)] * rest)

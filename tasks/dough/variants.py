@@ -1,4 +1,4 @@
-"""The three dough tasks: their tools, how the action drives them, and how their targets are drawn."""
+"""The dough tasks: their tools, how the action drives them, and how their targets are drawn."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import warp as wp
 from diffenvs.sim.mpm import ToolShape
 from diffenvs.tasks.dough import kernels as K
 from diffenvs.tasks.dough.config import BLOB_HALF
-from diffenvs.tasks.dough.targets import Demonstration, press_demo_actions, rolling_demo_actions, yaw_quat
+from diffenvs.tasks.dough.targets import Demonstration, path_demo_actions, press_demo_actions, rolling_demo_actions, yaw_quat
 from diffenvs.tasks.dough.task import DoughTask
 
 
@@ -103,3 +103,79 @@ class ShapeTask(_TranslateTask):
         actions = press_demo_actions(start[1] - bottom[1], self.config.tool_speed * self.frame_dt)
         return {"carve_base": bottom, "carve_size": np.array([radius, start[1] - bottom[1], 0.0]),
                 "target_x": Demonstration(start[None], tool_rot, actions)}
+
+
+def _heading(rng: np.random.Generator) -> np.ndarray:
+    """A horizontal unit vector of a uniformly random heading."""
+    angle = rng.uniform(-math.pi, math.pi)
+    return np.array([math.cos(angle), 0.0, math.sin(angle)])
+
+
+class PinchTask(_TranslateTask):
+    """Pinch a cube of dough into a target pattern of two dents with one sphere (PlasticineLab's Pinch)."""
+
+    action_dim = 3
+    tool_shapes = (ToolShape("sphere", (0.04, 0.0, 0.0)),)
+    blob_half = np.array([0.1, 0.1, 0.1])  # PlasticineLab's 0.2^3 cube
+
+    def sample_tools(self, rng, blob_centre):
+        r = self.tool_shapes[0].size[0]
+        jitter = rng.uniform(-0.04, 0.04, size=2)
+        pos = blob_centre + np.array([jitter[0], self.blob_half[1] + r + rng.uniform(0.005, 0.015), jitter[1]])
+        return pos[None], yaw_quat(0.0)[None]
+
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
+        # Demonstration from the sphere's own start: a dent 0.02-0.03 deep straight below it, then,
+        # lifted clear of the dough, a second dent 0.04-0.07 away in a random direction (inside the
+        # cube's top); at most 45 of the 50 steps.
+        start = tool_pos[0]
+        top = float(particles["particle_x"][:, 1].max())
+        radius = self.tool_shapes[0].size[0]
+        depths = rng.uniform(0.02, 0.03, size=2)
+        above = top + radius + 0.005
+        second = start + rng.uniform(0.04, 0.07) * _heading(rng)
+        limit = self.blob_half[0] - 0.02
+        second[[0, 2]] = np.clip(second[[0, 2]], blob_centre[[0, 2]] - limit, blob_centre[[0, 2]] + limit)
+        first_bottom = np.array([start[0], top - depths[0] + radius, start[2]])
+        second_top = np.array([second[0], above, second[2]])
+        second_bottom = np.array([second[0], top - depths[1] + radius, second[2]])
+        waypoints = [first_bottom, np.array([start[0], above, start[2]]), second_top, second_bottom, second_top]
+        actions = path_demo_actions(start, waypoints, self.config.tool_speed * self.frame_dt)
+        return {"target_x": Demonstration(tool_pos, tool_rot, actions)}
+
+
+class WriterTask(_TranslateTask):
+    """Carve a stroke into a slab of dough with a vertical capsule stylus (PlasticineLab's Writer)."""
+
+    action_dim = 3
+    tool_shapes = (ToolShape("capsule", (0.03, 0.03, 0.0)),)  # radius 0.03, half length 0.03: PlasticineLab's r, h
+    default_tool_softness = 0.01
+
+    def sample_tools(self, rng, blob_centre):
+        r, half = self.tool_shapes[0].size[:2]
+        jitter = rng.uniform(-0.05, 0.05, size=2)
+        pos = blob_centre + np.array([jitter[0], self.blob_half[1] + half + r + rng.uniform(0.005, 0.015), jitter[1]])
+        upright = np.array([0.0, 0.0, math.sin(math.pi / 4), math.cos(math.pi / 4)])  # its axis (local x) vertical
+        return pos[None], upright[None]
+
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
+        # Demonstration from the stylus's own start: down into the slab by 0.02-0.035, a stroke of
+        # 0.05-0.09 in a random direction, and with probability 1/2 a second one at a right angle
+        # (an L) of 0.03-0.05, then up and clear of the dough; at most 46 of the 50 steps.
+        start = tool_pos[0]
+        r, half = self.tool_shapes[0].size[:2]
+        top = float(particles["particle_x"][:, 1].max())
+        tip = top - rng.uniform(0.02, 0.035)
+        down = np.array([start[0], tip + half + r, start[2]])
+        heading = _heading(rng)
+        corner = down + rng.uniform(0.05, 0.09) * heading
+        waypoints = [down, corner]
+        if rng.uniform() < 0.5:
+            turn = np.array([-heading[2], 0.0, heading[0]]) * (1.0 if rng.uniform() < 0.5 else -1.0)
+            waypoints.append(corner + rng.uniform(0.03, 0.05) * turn)
+        limit = self.blob_half[[0, 2]] - 0.03
+        for point in waypoints:
+            point[[0, 2]] = np.clip(point[[0, 2]], blob_centre[[0, 2]] - limit, blob_centre[[0, 2]] + limit)
+        waypoints.append(np.array([waypoints[-1][0], start[1], waypoints[-1][2]]))
+        actions = path_demo_actions(start, waypoints, self.config.tool_speed * self.frame_dt)
+        return {"target_x": Demonstration(tool_pos, tool_rot, actions)}
