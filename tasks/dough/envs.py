@@ -6,11 +6,13 @@ option defaults), so that they cannot disagree with the code.
 
 from __future__ import annotations
 
+import numpy as np
+
 from diffenvs.env import DiffEnv, DiffVectorEnv
 from diffenvs.tasks.dough.config import PRESETS, DoughConfig
 from diffenvs.tasks.dough.kernels import OBS_PER_PARTICLE, OBS_PER_TOOL, TARGET_FIELDS, obs_dim
 from diffenvs.tasks.dough.task import DoughTask
-from diffenvs.tasks.dough.variants import MoveTask, PinchTask, RollingPinTask, ShapeTask, WriterTask
+from diffenvs.tasks.dough.variants import MoveTask, PinchTask, RollingPinTask, ShapeTask, TripleMoveTask, WriterTask
 
 _DEFAULTS = DoughConfig()
 
@@ -37,6 +39,16 @@ def _observation_table(task: type[DoughTask]) -> str:
     return "\n".join(lines)
 
 
+def _dough_shape(task: type[DoughTask]) -> str:
+    """``A 0.3 x 0.1 x 0.3 box`` or ``Three 0.1 x 0.1 x 0.1 boxes, 0.2 apart,``."""
+    size = " x ".join(f"{2 * h:g}" for h in task.blob_half)
+    count = len(task.blob_offsets)
+    if count == 1:
+        return f"A {size} box"
+    spacing = float(np.linalg.norm(task.blob_offsets[1] - task.blob_offsets[0]))
+    return f"{['Two', 'Three', 'Four'][count - 2]} {size} boxes in a row, {spacing:g} apart,"
+
+
 def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_notes: str, history: str = "") -> str:
     d = _DEFAULTS
     settle = task.default_settle_steps
@@ -44,7 +56,7 @@ def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_note
     return f"""{summary}
 
     ## Description
-    A box of elastoplastic dough ({" x ".join(f"{2 * h:g}" for h in task.blob_half)}, as PlasticineLab's task) rests on the floor of
+    {_dough_shape(task)} of elastoplastic dough (as PlasticineLab's task) rests on the floor of
     the unit cube and is simulated with 3-D MLS-MPM (Neo-Hookean elasticity, von Mises
     plasticity on the Hencky strain, float32; :class:`~diffenvs.sim.mpm.SolverMPM`). Kinematic
     rigid tools, driven by the action as velocities, shape it towards a target drawn from the
@@ -213,6 +225,18 @@ class WriterEnv(DiffEnv):
     task_class = WriterTask
 
 
+class TripleMoveEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Carry three pieces of dough, each to its own target place, with three pairs of spheres (radius 0.03).",
+        TripleMoveTask, _translate_table(6),
+        """    Target: each piece moved rigidly across the row by its own 0.04-0.1 (either way) and along
+    it by up to 0.02; spheres 0 and 1 start on either side of the first piece, 2 and 3 of the
+    second, 4 and 5 of the third.
+""",
+    )
+    task_class = TripleMoveTask
+
+
 class RollingPinVectorEnv(DiffVectorEnv):
     __doc__ = _vector_doc(RollingPinEnv)
     task_class = RollingPinTask
@@ -238,5 +262,10 @@ class WriterVectorEnv(DiffVectorEnv):
     task_class = WriterTask
 
 
+class TripleMoveVectorEnv(DiffVectorEnv):
+    __doc__ = _vector_doc(TripleMoveEnv)
+    task_class = TripleMoveTask
+
+
 __all__ = ["MoveEnv", "MoveVectorEnv", "PinchEnv", "PinchVectorEnv", "RollingPinEnv", "RollingPinVectorEnv", "ShapeEnv",
-           "ShapeVectorEnv", "WriterEnv", "WriterVectorEnv"]
+           "ShapeVectorEnv", "TripleMoveEnv", "TripleMoveVectorEnv", "WriterEnv", "WriterVectorEnv"]

@@ -54,13 +54,18 @@ def yaw_quat(angle: float) -> np.ndarray:
 
 
 def sample_blob(rng: np.random.Generator, particle_count: int, *, dx: float, floor: float,
-                half: np.ndarray = BLOB_HALF) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The starting box of dough (half extents ``half``, default :data:`BLOB_HALF`) on the floor,
-    centred within 0.03 of the domain's middle, filled with a randomly shifted Halton sequence, at
-    rest, F = I; sorted by grid cell (cell size ``dx``). Returns its centre and its particle fields."""
+                half: np.ndarray = BLOB_HALF, offsets: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The starting dough on the floor: a box of half extents ``half`` (default :data:`BLOB_HALF`), or
+    one such box at each horizontal offset of ``offsets`` (B, 3) from the centre (the particles split
+    evenly, the first boxes taking the remainder). The centre lies within 0.03 of the domain's middle;
+    each box is filled with a randomly shifted Halton sequence, at rest, F = I; the particles are
+    sorted by grid cell (cell size ``dx``). Returns the centre and the particle fields."""
     half = np.asarray(half, dtype=np.float64)
+    offsets = np.zeros((1, 3)) if offsets is None else np.asarray(offsets, dtype=np.float64).reshape(-1, 3)
     centre = np.array([0.5 + rng.uniform(-0.03, 0.03), floor + half[1], 0.5 + rng.uniform(-0.03, 0.03)])
-    x = centre + halton(particle_count, shift=rng.uniform(size=3)) * half
+    counts = [particle_count // len(offsets) + (b < particle_count % len(offsets)) for b in range(len(offsets))]
+    x = np.concatenate([centre + offset + halton(count, shift=rng.uniform(size=3)) * half
+                        for offset, count in zip(offsets, counts)])
     x = x[spatial_order(x, dx)]
     return centre, {
         "particle_x": x, "particle_v": np.zeros_like(x), "particle_C": np.zeros((particle_count, 3, 3)),

@@ -68,6 +68,8 @@ class DoughTask(Task):
     default_contact_focus: ClassVar[bool] = False
     blob_half: ClassVar[np.ndarray] = BLOB_HALF
     """Half extents of the starting box of dough [domain units]."""
+    blob_offsets: ClassVar[np.ndarray] = np.zeros((1, 3))
+    """Offsets (B, 3) of the starting boxes from the dough's centre: one box each [domain units]."""
 
     def __init__(self, world_count: int, device: wp.DeviceLike = None, **kwargs: Any):
         super().__init__(world_count, device)
@@ -75,7 +77,7 @@ class DoughTask(Task):
         self.grid_res = cfg.resolved("grid_res")
         self.particle_count = cfg.resolved("particle_count")
         self.sim_substeps = cfg.resolved("sim_substeps")
-        blob_volume = float(np.prod(2 * self.blob_half))
+        blob_volume = len(self.blob_offsets) * float(np.prod(2 * self.blob_half))
         softness = self.default_tool_softness if cfg.tool_softness is None else cfg.tool_softness
         tools = tuple(dataclasses.replace(t, friction=cfg.tool_friction, softness=softness) for t in self.tool_shapes)
         self.model = MPMModel(
@@ -211,8 +213,8 @@ class DoughTask(Task):
         one-world reset takes them, so a world's state depends on its seed alone)."""
         if options:
             raise ValueError(f"dough tasks' reset() takes no options, got {sorted(options)}")
-        blobs = [sample_blob(rng, self.particle_count, dx=self.model.dx, floor=self.model.floor_height, half=self.blob_half)
-                 for rng in rngs]
+        blobs = [sample_blob(rng, self.particle_count, dx=self.model.dx, floor=self.model.floor_height, half=self.blob_half,
+                             offsets=self.blob_offsets) for rng in rngs]
         particles = [fields for _, fields in blobs]
         settle = self.default_settle_steps if self.config.settle_steps is None else self.config.settle_steps
         if settle:

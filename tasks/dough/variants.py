@@ -179,3 +179,30 @@ class WriterTask(_TranslateTask):
         waypoints.append(np.array([waypoints[-1][0], start[1], waypoints[-1][2]]))
         actions = path_demo_actions(start, waypoints, self.config.tool_speed * self.frame_dt)
         return {"target_x": Demonstration(tool_pos, tool_rot, actions)}
+
+
+class TripleMoveTask(_TranslateTask):
+    """Carry three pieces of dough, each to its own target place, with three pairs of spheres
+    (PlasticineLab's TripleMove)."""
+
+    action_dim = 18
+    tool_shapes = tuple(ToolShape("sphere", (0.03, 0.0, 0.0)) for _ in range(6))
+    blob_half = np.array([0.05, 0.05, 0.05])  # PlasticineLab's 0.1^3 cubes, 0.2 apart
+    blob_offsets = np.array([[-0.2, 0.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.0]])
+
+    def sample_tools(self, rng, blob_centre):
+        r = self.tool_shapes[0].size[0]
+        pos = []
+        for offset in self.blob_offsets:
+            gap = self.blob_half[0] + r + rng.uniform(0.005, 0.015)
+            pos += [blob_centre + offset - [gap, 0.0, 0.0], blob_centre + offset + [gap, 0.0, 0.0]]
+        return np.array(pos), np.tile(yaw_quat(0.0), (len(pos), 1))
+
+    def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
+        # Each piece slides rigidly across the row by its own 0.04-0.1 (either way) and along it by
+        # up to 0.02: the pieces never meet, and each pair of spheres has its own piece to carry.
+        x = particles["particle_x"]
+        piece = np.argmin(np.abs(x[:, 0, None] - (blob_centre[0] + self.blob_offsets[:, 0])[None]), axis=1)
+        shifts = np.stack([np.array([rng.uniform(-0.02, 0.02), 0.0, rng.choice([-1.0, 1.0]) * rng.uniform(0.04, 0.1)])
+                           for _ in self.blob_offsets])
+        return {"target_x": x + shifts[piece]}
