@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 HORIZON = 50
-DOUGH_TASKS = ("RollingPin", "Move", "Shape", "Pinch", "Writer", "TripleMove")
+DOUGH_TASKS = ("RollingPin", "Move", "Shape", "Pinch", "Writer", "TripleMove", "Torus")
 SYNC_WORLDS = 256
 """Gymnasium's SyncVectorEnv is measured over at most this many single envs (it builds one per world)."""
 BATCHED_STEPS = 20

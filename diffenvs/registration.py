@@ -66,6 +66,7 @@ ENVS: tuple[EnvInfo, ...] = (
     _dough("Pinch", "Pinch a cube of MPM dough into a pattern of two dents with one sphere (3-D action, two stages)."),
     _dough("Writer", "Carve a stroke into a slab of MPM dough with a vertical capsule stylus (3-D action)."),
     _dough("TripleMove", "Carry three pieces of MPM dough to their own targets with three pairs of spheres (18-D action)."),
+    _dough("Torus", "Stamp a ring into a slab of MPM dough with a torus (3-D action)."),
 )
 
 

@@ -34,7 +34,7 @@ def make_scene(*, softness=0.0, tool_y=0.34, res=16, particles=300, seed=0, yiel
                boundary_cells=3):
     from diffenvs.sim.mpm.model import MPMMaterial
 
-    tool = ToolShape(kind, (0.06, 0.08, 0.05), softness=softness)
+    tool = ToolShape(kind, (0.08, 0.03, 0.0) if kind == "torus" else (0.06, 0.08, 0.05), softness=softness)
     model = MPMModel(grid_res=res, tools=(tool,), material=MPMMaterial(yield_stress=yield_stress),
                      boundary_cells=boundary_cells)
     solver = SolverMPM(model)
@@ -137,10 +137,10 @@ def test_hand_written_p2g_adjoint_equals_the_generated_one():
         np.testing.assert_allclose(mine[name], reference[name], rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("softness", [0.0, 0.05])
-def test_grid_update_gradcheck_with_tool_contact(softness):
+@pytest.mark.parametrize("softness, kind", [(0.0, "sphere"), (0.05, "sphere"), (0.0, "torus"), (0.05, "torus")])
+def test_grid_update_gradcheck_with_tool_contact(softness, kind):
     # No walls (boundary_cells=0): this checks the tool; nodes fall onto it at about 1 unit/s.
-    solver, _, _ = make_scene(res=6, boundary_cells=0, softness=softness)
+    solver, _, _ = make_scene(res=6, boundary_cells=0, softness=softness, kind=kind)
     kernel = make_grid_update(1)
     rng = np.random.default_rng(1)
     shape = (1, 6, 6, 6)
@@ -192,12 +192,12 @@ def test_hand_written_mass_scatter_adjoint_equals_the_generated_one(weighted):
     assert np.abs(results[1][1]).max() > 0
 
 
-@pytest.mark.parametrize("softness", [0.0, 0.1])
-def test_hand_written_grid_update_adjoint_equals_the_generated_one(softness):
+@pytest.mark.parametrize("softness, kind", [(0.0, "sphere"), (0.1, "sphere"), (0.05, "torus")])
+def test_hand_written_grid_update_adjoint_equals_the_generated_one(softness, kind):
     """The solver differentiates the grid update by hand where no tool or wall acts and by Warp over a
     list of the other nodes: together equal to Warp's adjoint of the whole kernel (nodes in the tool,
     in its soft band, at the walls, empty and untouched; a sub-box of the grid as the active region)."""
-    solver, _, _ = make_scene(res=12, boundary_cells=2, softness=softness)
+    solver, _, _ = make_scene(res=12, boundary_cells=2, softness=softness, kind=kind)
     rng = np.random.default_rng(7)
     n, res = 2, 12
     origin, box = (1, 0, 2), (10, 11, 9)
@@ -554,3 +554,35 @@ def test_undifferentiated_steps_share_one_grid_and_skip_the_clear():
             assert np.all(grid.m.numpy().reshape(-1)[:box] == 0.0)  # consumed, ready for the next substep
             assert np.all(grid.m.numpy().reshape(-1)[box:] == 5.0)  # outside the box: never touched
     np.testing.assert_allclose(finals[1], finals[0], rtol=1e-6, atol=1e-7)
+
+
+def test_torus_sdf_and_normal():
+    """The torus tool: its signed distance at known points, and its normal is the SDF's gradient."""
+    from diffenvs.sim.mpm.kernels import tool_normal, tool_sdf
+
+    @wp.kernel
+    def evaluate(points: wp.array(dtype=wp.vec3), size: wp.vec3, d: wp.array(dtype=float), n: wp.array(dtype=wp.vec3)):
+        i = wp.tid()
+        d[i] = tool_sdf(3, size, points[i])
+        n[i] = tool_normal(3, size, points[i])
+
+    size = wp.vec3(0.08, 0.02, 0.0)
+    rng = np.random.default_rng(0)
+    points = np.concatenate([[[0.08, 0.0, 0.0], [0.0, 0.0, 0.1], [0.0, 0.05, 0.08], [0.0, 0.0, 0.0]],
+                             rng.uniform(-0.12, 0.12, size=(50, 3))]).astype(np.float32)
+    d = wp.zeros(len(points), dtype=float)
+    n = wp.zeros(len(points), dtype=wp.vec3)
+    wp.launch(evaluate, dim=len(points), inputs=[wp.array(points, dtype=wp.vec3), size, d, n])
+    ring = np.sqrt(points[:, 0] ** 2 + points[:, 2] ** 2) - 0.08
+    expected = np.sqrt(ring**2 + points[:, 1] ** 2) - 0.02
+    np.testing.assert_allclose(d.numpy(), expected, atol=1e-5)
+    assert d.numpy()[0] == pytest.approx(-0.02, abs=1e-5) and d.numpy()[3] == pytest.approx(0.06, abs=1e-5)
+    eps = 1e-3  # the normal points along the SDF's gradient (central differences)
+    gradient = np.stack([(np.sqrt((np.sqrt((points[:, 0] + eps * e[0]) ** 2 + (points[:, 2] + eps * e[2]) ** 2) - 0.08) ** 2
+                                   + (points[:, 1] + eps * e[1]) ** 2)
+                          - np.sqrt((np.sqrt((points[:, 0] - eps * e[0]) ** 2 + (points[:, 2] - eps * e[2]) ** 2) - 0.08) ** 2
+                                    + (points[:, 1] - eps * e[1]) ** 2)) / (2 * eps) for e in np.eye(3)], axis=1)
+    far = np.linalg.norm(points[:, [0, 2]], axis=1) > 0.01  # away from the axis, where the gradient is defined
+    np.testing.assert_allclose(n.numpy()[far], gradient[far], atol=2e-3)
+    with pytest.raises(ValueError, match="torus"):
+        ToolShape("torus", (0.02, 0.03, 0.0))

@@ -8,7 +8,7 @@ Modules, one concern each:
 * :mod:`~diffenvs.tasks.dough.targets`: the starting blob and the scripted demonstrations that
   make targets;
 * :mod:`~diffenvs.tasks.dough.task`: :class:`DoughTask`, what every dough task shares;
-* :mod:`~diffenvs.tasks.dough.variants`: ``RollingPin``, ``Move``, ``Shape``, ``Pinch``, ``Writer`` and ``TripleMove``;
+* :mod:`~diffenvs.tasks.dough.variants`: ``RollingPin``, ``Move``, ``Shape``, ``Pinch``, ``Writer``, ``TripleMove`` and ``Torus``;
 * :mod:`~diffenvs.tasks.dough.render`: drawing;
 * :mod:`~diffenvs.tasks.dough.envs`: the Gymnasium envs and their documentation.
 """
@@ -23,17 +23,27 @@ from diffenvs.tasks.dough.envs import (
     RollingPinVectorEnv,
     ShapeEnv,
     ShapeVectorEnv,
+    TorusEnv,
+    TorusVectorEnv,
     TripleMoveEnv,
     TripleMoveVectorEnv,
     WriterEnv,
     WriterVectorEnv,
 )
 from diffenvs.tasks.dough.task import DoughStepBuffers, DoughTask, LossScratch
-from diffenvs.tasks.dough.variants import MoveTask, PinchTask, RollingPinTask, ShapeTask, TripleMoveTask, WriterTask
+from diffenvs.tasks.dough.variants import (
+    MoveTask,
+    PinchTask,
+    RollingPinTask,
+    ShapeTask,
+    TorusTask,
+    TripleMoveTask,
+    WriterTask,
+)
 
 __all__ = [
     "BLOB_HALF", "PRESETS", "DoughConfig", "DoughStepBuffers", "DoughTask", "LossScratch", "MoveEnv", "MoveTask",
     "MoveVectorEnv", "PinchEnv", "PinchTask", "PinchVectorEnv", "RollingPinEnv", "RollingPinTask", "RollingPinVectorEnv",
-    "ShapeEnv", "ShapeTask", "ShapeVectorEnv", "TripleMoveEnv", "TripleMoveTask", "TripleMoveVectorEnv", "WriterEnv",
+    "ShapeEnv", "ShapeTask", "ShapeVectorEnv", "TorusEnv", "TorusTask", "TorusVectorEnv", "TripleMoveEnv", "TripleMoveTask", "TripleMoveVectorEnv", "WriterEnv",
     "WriterTask", "WriterVectorEnv",
 ]

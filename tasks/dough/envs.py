@@ -12,7 +12,7 @@ from diffenvs.env import DiffEnv, DiffVectorEnv
 from diffenvs.tasks.dough.config import PRESETS, DoughConfig
 from diffenvs.tasks.dough.kernels import OBS_PER_PARTICLE, OBS_PER_TOOL, TARGET_FIELDS, obs_dim
 from diffenvs.tasks.dough.task import DoughTask
-from diffenvs.tasks.dough.variants import MoveTask, PinchTask, RollingPinTask, ShapeTask, TripleMoveTask, WriterTask
+from diffenvs.tasks.dough.variants import MoveTask, PinchTask, RollingPinTask, ShapeTask, TorusTask, TripleMoveTask, WriterTask
 
 _DEFAULTS = DoughConfig()
 
@@ -237,6 +237,18 @@ class TripleMoveEnv(DiffEnv):
     task_class = TripleMoveTask
 
 
+class TorusEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Stamp a ring into a slab of dough with a torus (ring radius 0.05, tube radius 0.03, axis vertical).",
+        TorusTask, _translate_table(1).replace("tip velocity", "torus velocity"),
+        """    Target: a demonstration from the stamp's own start: 0.02-0.05 across in a random
+    direction, down until the ring is 0.015-0.03 deep in the slab, and back up (at most 31 of
+    the 50 steps).
+""",
+    )
+    task_class = TorusTask
+
+
 class RollingPinVectorEnv(DiffVectorEnv):
     __doc__ = _vector_doc(RollingPinEnv)
     task_class = RollingPinTask
@@ -267,5 +279,10 @@ class TripleMoveVectorEnv(DiffVectorEnv):
     task_class = TripleMoveTask
 
 
+class TorusVectorEnv(DiffVectorEnv):
+    __doc__ = _vector_doc(TorusEnv)
+    task_class = TorusTask
+
+
 __all__ = ["MoveEnv", "MoveVectorEnv", "PinchEnv", "PinchVectorEnv", "RollingPinEnv", "RollingPinVectorEnv", "ShapeEnv",
-           "ShapeVectorEnv", "TripleMoveEnv", "TripleMoveVectorEnv", "WriterEnv", "WriterVectorEnv"]
+           "ShapeVectorEnv", "TorusEnv", "TorusVectorEnv", "TripleMoveEnv", "TripleMoveVectorEnv", "WriterEnv", "WriterVectorEnv"]

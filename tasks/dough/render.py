@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from diffenvs.render import Canvas
@@ -27,6 +29,12 @@ def render_dough(model: MPMModel, state: dict[str, np.ndarray], *, width: int, h
         order = np.argsort(x[:, 1] if axes == (0, 2) else -x[:, 2])
         canvas.points(x[order][:, list(axes)] - view_centre, colors[order], radius_px=2)
         for tool, pos, rot in zip(model.tools, state["tool_pos"], state["tool_rot"]):
+            if tool.kind == "torus":  # the ring as segments of the tube's radius
+                angles = np.linspace(0.0, 2 * np.pi, 25)
+                ring = [pos + rotate(rot, tool.size[0] * np.array([np.cos(a), 0.0, np.sin(a)])) for a in angles]
+                for a, b in itertools.pairwise(ring):
+                    canvas.segment(a[list(axes)] - view_centre, b[list(axes)] - view_centre, tool.size[1], color=(90, 100, 120))
+                continue
             axis = rotate(rot, np.array([1.0, 0.0, 0.0])) * (tool.size[1] if tool.kind == "capsule" else 0.0)
             a, b = (pos - axis)[list(axes)] - view_centre, (pos + axis)[list(axes)] - view_centre
             canvas.segment(a, b, tool.size[0], color=(90, 100, 120))

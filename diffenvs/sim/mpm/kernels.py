@@ -395,6 +395,9 @@ def tool_sdf(kind: int, size: wp.vec3, p: wp.vec3) -> float:
     if kind == 1:
         q = p - wp.vec3(wp.clamp(p[0], -size[1], size[1]), 0.0, 0.0)
         return wp.sqrt(wp.dot(q, q) + 1.0e-12) - size[0]
+    if kind == 3:  # torus: ring of radius size[0] about the local y axis, tube of radius size[1]
+        ring = wp.sqrt(p[0] * p[0] + p[2] * p[2] + 1.0e-12) - size[0]
+        return wp.sqrt(ring * ring + p[1] * p[1] + 1.0e-12) - size[1]
     q = wp.vec3(wp.abs(p[0]), wp.abs(p[1]), wp.abs(p[2])) - size
     outside = wp.vec3(wp.max(q[0], 0.0), wp.max(q[1], 0.0), wp.max(q[2], 0.0))
     return wp.sqrt(wp.dot(outside, outside) + 1.0e-12) + wp.min(wp.max(q[0], wp.max(q[1], q[2])), 0.0)
@@ -405,7 +408,7 @@ def tool_reach(kind: int, size: wp.vec3) -> float:
     """Radius of a sphere about the tool's centre that holds the whole tool."""
     if kind == 0:
         return size[0]
-    if kind == 1:
+    if kind == 1 or kind == 3:
         return size[0] + size[1]
     return wp.length(size)
 
@@ -416,6 +419,9 @@ def tool_normal(kind: int, size: wp.vec3, p: wp.vec3) -> wp.vec3:
     n = p
     if kind == 1:
         n = p - wp.vec3(wp.clamp(p[0], -size[1], size[1]), 0.0, 0.0)
+    if kind == 3:  # from the nearest point of the ring
+        radial = wp.sqrt(p[0] * p[0] + p[2] * p[2] + 1.0e-12)
+        n = wp.vec3(p[0] * (1.0 - size[0] / radial), p[1], p[2] * (1.0 - size[0] / radial))
     if kind == 2:
         q = wp.vec3(wp.abs(p[0]), wp.abs(p[1]), wp.abs(p[2])) - size
         if wp.max(q[0], wp.max(q[1], q[2])) > 0.0:

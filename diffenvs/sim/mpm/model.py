@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-TOOL_TYPES = {"sphere": 0, "capsule": 1, "box": 2}
+TOOL_TYPES = {"sphere": 0, "capsule": 1, "box": 2, "torus": 3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,8 @@ class ToolShape:
 
     Attributes:
         kind: ``"sphere"`` (size[0] = radius), ``"capsule"`` (size[0] = radius, size[1] = half
-            length along the tool's local x axis), or ``"box"`` (size = half extents).
+            length along the tool's local x axis), ``"box"`` (size = half extents), or ``"torus"``
+            (size[0] = radius of the ring about the local y axis, size[1] = radius of the tube).
         size: Shape parameters [domain units], see ``kind``.
         friction: Coulomb friction coefficient between tool and dough.
         softness: Influence radius [domain units]. 0: hard contact (only grid nodes inside the
@@ -63,7 +64,7 @@ class ToolShape:
             acts on (and gets gradients from) dough it does not quite touch.
     """
 
-    kind: Literal["sphere", "capsule", "box"]
+    kind: Literal["sphere", "capsule", "box", "torus"]
     size: tuple[float, float, float]
     friction: float = 0.9
     softness: float = 0.0
@@ -71,7 +72,8 @@ class ToolShape:
     def __post_init__(self) -> None:
         if self.kind not in TOOL_TYPES:
             raise ValueError(f"tool kind must be one of {sorted(TOOL_TYPES)}, got {self.kind!r}")
-        if len(self.size) != 3 or min(self.size[: 1 if self.kind == "sphere" else (2 if self.kind == "capsule" else 3)]) <= 0:
+        used = {"sphere": 1, "capsule": 2, "torus": 2}.get(self.kind, 3)
+        if len(self.size) != 3 or min(self.size[:used]) <= 0 or (self.kind == "torus" and self.size[1] >= self.size[0]):
             raise ValueError(f"tool size {self.size} is invalid for a {self.kind}")
         if self.friction < 0.0 or self.softness < 0.0:
             raise ValueError("tool friction and softness must be >= 0")
