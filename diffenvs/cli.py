@@ -329,10 +329,12 @@ def _cmd_upgrade_runs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diffenvs import __version__
     from diffenvs.baselines.method import method_names
     from diffenvs.bench import DOUGH_TASKS
 
     parser = argparse.ArgumentParser(prog="diffenvs", description="Differentiable Gymnasium environments on NVIDIA Warp.")
+    parser.add_argument("--version", action="version", version=f"diffenvs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the registered environments").set_defaults(func=_cmd_list)
     demo = sub.add_parser("demo", help="optimize a Pusher episode with gradients and write a GIF")
