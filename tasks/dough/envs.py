@@ -249,39 +249,20 @@ class TorusEnv(DiffEnv):
     task_class = TorusTask
 
 
-class RollingPinVectorEnv(DiffVectorEnv):
-    __doc__ = _vector_doc(RollingPinEnv)
-    task_class = RollingPinTask
+def _vector_env(single: type[DiffEnv]) -> type[DiffVectorEnv]:
+    """The native vector env of a single dough env (the same task, batched)."""
+    name = single.__name__.removesuffix("Env") + "VectorEnv"
+    return type(name, (DiffVectorEnv,), {"__doc__": _vector_doc(single), "task_class": single.task_class,
+                                         "__module__": __name__, "__qualname__": name})
 
 
-class MoveVectorEnv(DiffVectorEnv):
-    __doc__ = _vector_doc(MoveEnv)
-    task_class = MoveTask
-
-
-class ShapeVectorEnv(DiffVectorEnv):
-    __doc__ = _vector_doc(ShapeEnv)
-    task_class = ShapeTask
-
-
-class PinchVectorEnv(DiffVectorEnv):
-    __doc__ = _vector_doc(PinchEnv)
-    task_class = PinchTask
-
-
-class WriterVectorEnv(DiffVectorEnv):
-    __doc__ = _vector_doc(WriterEnv)
-    task_class = WriterTask
-
-
-class TripleMoveVectorEnv(DiffVectorEnv):
-    __doc__ = _vector_doc(TripleMoveEnv)
-    task_class = TripleMoveTask
-
-
-class TorusVectorEnv(DiffVectorEnv):
-    __doc__ = _vector_doc(TorusEnv)
-    task_class = TorusTask
+RollingPinVectorEnv = _vector_env(RollingPinEnv)
+MoveVectorEnv = _vector_env(MoveEnv)
+ShapeVectorEnv = _vector_env(ShapeEnv)
+PinchVectorEnv = _vector_env(PinchEnv)
+WriterVectorEnv = _vector_env(WriterEnv)
+TripleMoveVectorEnv = _vector_env(TripleMoveEnv)
+TorusVectorEnv = _vector_env(TorusEnv)
 
 
 __all__ = ["MoveEnv", "MoveVectorEnv", "PinchEnv", "PinchVectorEnv", "RollingPinEnv", "RollingPinVectorEnv", "ShapeEnv",

@@ -66,10 +66,8 @@ class DoughTask(Task):
     default_settle_steps: ClassVar[int] = 0
     default_tool_softness: ClassVar[float] = 0.02
     default_contact_focus: ClassVar[bool] = False
-    blob_half: ClassVar[np.ndarray] = BLOB_HALF
-    """Half extents of the starting box of dough [domain units]."""
-    blob_offsets: ClassVar[np.ndarray] = np.zeros((1, 3))
-    """Offsets (B, 3) of the starting boxes from the dough's centre: one box each [domain units]."""
+    blob_half: ClassVar[np.ndarray] = BLOB_HALF  # half extents of the starting box(es) of dough [domain units]
+    blob_offsets: ClassVar[np.ndarray] = np.zeros((1, 3))  # offsets (B, 3) of the boxes from the dough's centre
 
     def __init__(self, world_count: int, device: wp.DeviceLike = None, **kwargs: Any):
         super().__init__(world_count, device)

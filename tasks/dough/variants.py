@@ -105,6 +105,14 @@ class ShapeTask(_TranslateTask):
                 "target_x": Demonstration(start[None], tool_rot, actions)}
 
 
+def _above_dough(rng: np.random.Generator, blob_centre: np.ndarray, blob_half: np.ndarray, reach_below: float,
+                 jitter: float) -> np.ndarray:
+    """A tool's centre above the dough: horizontally within ``jitter`` of the dough's centre, its lowest
+    point (``reach_below`` under its centre) 0.005-0.015 above the dough's top."""
+    offset = rng.uniform(-jitter, jitter, size=2)
+    return blob_centre + np.array([offset[0], blob_half[1] + reach_below + rng.uniform(0.005, 0.015), offset[1]])
+
+
 def _heading(rng: np.random.Generator) -> np.ndarray:
     """A horizontal unit vector of a uniformly random heading."""
     angle = rng.uniform(-math.pi, math.pi)
@@ -119,9 +127,7 @@ class PinchTask(_TranslateTask):
     blob_half = np.array([0.1, 0.1, 0.1])  # PlasticineLab's 0.2^3 cube
 
     def sample_tools(self, rng, blob_centre):
-        r = self.tool_shapes[0].size[0]
-        jitter = rng.uniform(-0.04, 0.04, size=2)
-        pos = blob_centre + np.array([jitter[0], self.blob_half[1] + r + rng.uniform(0.005, 0.015), jitter[1]])
+        pos = _above_dough(rng, blob_centre, self.blob_half, self.tool_shapes[0].size[0], 0.04)
         return pos[None], yaw_quat(0.0)[None]
 
     def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
@@ -153,8 +159,7 @@ class WriterTask(_TranslateTask):
 
     def sample_tools(self, rng, blob_centre):
         r, half = self.tool_shapes[0].size[:2]
-        jitter = rng.uniform(-0.05, 0.05, size=2)
-        pos = blob_centre + np.array([jitter[0], self.blob_half[1] + half + r + rng.uniform(0.005, 0.015), jitter[1]])
+        pos = _above_dough(rng, blob_centre, self.blob_half, half + r, 0.05)
         upright = np.array([0.0, 0.0, math.sin(math.pi / 4), math.cos(math.pi / 4)])  # its axis (local x) vertical
         return pos[None], upright[None]
 
@@ -219,9 +224,7 @@ class TorusTask(_TranslateTask):
     default_contact_focus = True
 
     def sample_tools(self, rng, blob_centre):
-        r = self.tool_shapes[0].size[1]
-        jitter = rng.uniform(-0.04, 0.04, size=2)
-        pos = blob_centre + np.array([jitter[0], self.blob_half[1] + r + rng.uniform(0.005, 0.015), jitter[1]])
+        pos = _above_dough(rng, blob_centre, self.blob_half, self.tool_shapes[0].size[1], 0.04)
         return pos[None], yaw_quat(0.0)[None]
 
     def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
