@@ -177,18 +177,20 @@ class RunJob:
                        options=dict(self.spec.set), eval_every=self.spec.eval_every)
 
 
-def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None, *,
+               methods: Iterable[str] | None = None) -> StudyConfig:
     """Read and check a study config (``overrides``: top-level keys such as ``out_dir``), before any run.
 
-    Checks the keys and types, that every env id is registered, and that every method resolves its
-    configuration on every env (its options included).
+    Checks the keys and types, that every env id is registered, and that every method (or only the
+    labels ``methods``: the ones a sitting will run, so that a method whose optional install is
+    missing here matters only where it runs) resolves its configuration on every env.
 
     Raises:
-        ConfigError: naming the bad key.
+        ConfigError: naming the bad key, or the extra a chosen method needs.
     """
     values = {**read_yaml(path), **(overrides or {})}
     config = from_dict(StudyConfig, values, where=str(path))
-    validate(config, where=str(path))
+    validate(config, where=str(path), todo=None if methods is None else select(config, methods=methods))
     return config
 
 

@@ -227,7 +227,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("out_dir", args.out_dir), ("workers", args.workers)) if value is not None}
-    config = load_study(_study_path(args.config), overrides)
+    # only the methods this call runs must be installed here (--report-only runs none)
+    chosen = [] if args.report_only else args.methods
+    config = load_study(_study_path(args.config), overrides, methods=chosen)
     replay_flags = [flag for flag, value in (("--noise", args.noise), ("--episodes", args.episodes)) if value is not None]
     if replay_flags and not args.robustness:
         raise ValueError(f"{', '.join(replay_flags)} only apply with --robustness")

@@ -234,3 +234,27 @@ def test_requests_are_checked():
     assert request.judged_on == (5, 6) and dataclasses.replace(request, instance=2).judged_on == (2,)
     with pytest.raises(ConfigError, match="chosen by the request"):
         get_method("adam").resolve(Request(env_id="DiffEnvs/Pusher-v0", options={"solver.seed": 3}))
+
+
+def test_a_study_checks_only_the_methods_it_runs(tmp_path, monkeypatch, capsys):
+    """Without stable-baselines3, the quick study's optimizers still run and its report is written;
+    a learner asks for the extra in one line, before anything is written."""
+    import importlib.util
+
+    from diffenvs.baselines.study import load_study
+    from diffenvs.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "stable_baselines3" else real(name, *a))
+    monkeypatch.setattr(methods, "_LOADED", {})
+    quick = CONFIG_DIR / "study" / "quick.yaml"
+    with pytest.raises(ConfigError, match=r"ppo.*pip install 'diffenvs\[rl\]'"):
+        load_study(quick)
+    assert load_study(quick, methods=["adam"]).methods["ppo"].method == "ppo"
+    out = tmp_path / "q"
+    assert main(["compare", "--config", "quick", "--out-dir", str(out), "--report-only"]) == 0
+    assert main(["compare", "--config", "quick", "--out-dir", str(out), "--methods", "ppo", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'diffenvs[rl]'" in err and "Traceback" not in err
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir())
