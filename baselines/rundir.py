@@ -240,7 +240,7 @@ def upgrade_run(run_dir: str | Path) -> bool:
                "final_metric": last[2], "env_steps": int(result.get("env_steps", last[0])),
                "wall_time": float(result.get("wall_time", last[1])), "evaluations": len(rows),
                "artifact": artifact if artifact and (path / artifact).exists() else None, "stopped": old.get("stopped"),
-               "upgraded_from": "history.csv" if source == "history.csv" else source or "result.json"}
+               "upgraded_from": source or "result.json"}
     for key in ("initial_loss", "best_loss", "horizon", "budget"):
         if key in old:
             summary[key] = old[key]
