@@ -39,6 +39,12 @@ class GradientConfig:
         eval_every: Replay the iterates in the reported setting every this many iterations (and
             at the last), when the optimizer's dynamics differ from it (soft tools). The best
             sequence is chosen among the replayed iterates.
+        contact_discovery: Contact-point discovery (dough tasks whose actions translate their
+            tools; :mod:`diffenvs.baselines.contact_discovery`): at the start of each stage the
+            first start's sequence gets a path of the tools to where optimal transport between
+            the dough and the target says they should touch it; off for the ablation.
+        discovery_stages: Stages of contact discovery (equal shares of the horizon and of the
+            iterations); ``None``: the env's ``stages`` (1 unless the task has stages).
     """
 
     lr: float = 0.1
@@ -58,6 +64,8 @@ class GradientConfig:
     contact_focus: bool | None = None
     anneal: float = 1.0
     eval_every: int = 1
+    contact_discovery: bool = False
+    discovery_stages: int | None = None
 
     def __post_init__(self) -> None:
         if not self.lr > 0.0 or self.lr_final < 0.0:
@@ -68,6 +76,8 @@ class GradientConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.restarts < 1 or self.eval_every < 1 or (self.window is not None and self.window < 1):
             raise ValueError("restarts, eval_every and window must be >= 1")
+        if self.discovery_stages is not None and self.discovery_stages < 1:
+            raise ValueError(f"discovery_stages must be >= 1, got {self.discovery_stages}")
         if not 0.0 < self.anneal <= 1.0:
             raise ValueError(f"anneal must lie in (0, 1], got {self.anneal}")
         for name in ("contact_weight", "contact_weight_final", "softness", "softness_final", "init_scale"):

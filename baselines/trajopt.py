@@ -176,13 +176,19 @@ def _gradient(problem: Problem, cfg: GradientConfig, iters: int, tracker: Tracke
     active = np.ones(cfg.restarts, dtype=bool)
     base_softness = problem.base_remedies.get("softness")
     rollout_steps = cfg.restarts * problem.horizon
+    discovery = _Discovery(problem, cfg) if cfg.contact_discovery else None
 
     def cost(i: int, n: int) -> int:  # forward + backward, and a replay in the reported setting when the dynamics differ
         replay = cfg.remedies(i, n).get("softness", base_softness) != base_softness and (i % cfg.eval_every == 0 or i == n - 1)
         return (2 + replay) * rollout_steps
 
-    iters = _iters_within(iters, tracker.remaining(), cost)
+    remaining = tracker.remaining()
+    if discovery is not None and remaining is not None:
+        remaining -= discovery.cost  # the executions that reach each stage's start
+    iters = _iters_within(iters, remaining, cost)
     for iteration in range(iters):
+        if discovery is not None and discovery.stage_starts_at(iteration, iters):
+            ascent = _Ascent(discovery.place(ascent.params, tracker, iteration, iters), cfg, optimizer)
         remedies = cfg.remedies(iteration, iters)
         actions = ascent.params.copy()
         rollout = problem.value_and_grad(actions, remedies=remedies, window=cfg.window)
@@ -213,6 +219,45 @@ def _gradient(problem: Problem, cfg: GradientConfig, iters: int, tracker: Tracke
             return f"{reason} at iteration {first_iteration + iteration} (every start stopped)"
         ascent.step(grads, cfg.learning_rate(iteration, iters), active)
     return None
+
+
+class _Discovery:
+    """Contact-point discovery (:mod:`diffenvs.baselines.contact_discovery`) in a gradient method: the
+    horizon and the iterations split into equal stages; at each stage's first iteration the first
+    start's sequence gets, from that stage's first step, a path of its tools to the places that
+    optimal transport picks at the state the best sequence so far reaches there."""
+
+    def __init__(self, problem: Problem, cfg: GradientConfig):
+        from diffenvs.baselines import contact_discovery
+
+        self.problem, self.module = problem, contact_discovery
+        env = problem.single_env(render_mode=None)
+        self.task = env.task
+        contact_discovery.check_task(self.task, problem.config.env_id)
+        self.stages = cfg.discovery_stages or int(getattr(self.task, "stages", 1))
+        self.starts = [problem.horizon * s // self.stages for s in range(self.stages)]
+        self.cost = sum(self.starts)
+
+    def stage_starts_at(self, iteration: int, iters: int) -> bool:
+        return any(iteration == iters * s // self.stages for s in range(self.stages))
+
+    def place(self, params: np.ndarray, tracker: Tracker, iteration: int, iters: int) -> np.ndarray:
+        stage = max(s for s in range(self.stages) if iters * s // self.stages <= iteration)
+        first = self.starts[stage]
+        last = self.starts[stage + 1] if stage + 1 < self.stages else self.problem.horizon
+        sequence = tracker.best_actions if tracker.best_actions is not None else params[0]
+        if first == 0:
+            state = self.problem.initial_state
+        else:
+            state = self.problem.execute(sequence[:first], first=True)[0]
+        places = self.module.placements(self.task, state)
+        path = self.module.approach_actions(self.task, state, places, last - first)
+        params = params.copy()
+        params[0, :first] = sequence[:first]
+        params[0, first:last] = path
+        logger.info("contact discovery, stage %d of %d (steps %d-%d): tools to %s", stage + 1, self.stages, first, last,
+                    np.round(places, 3).tolist())
+        return params
 
 
 # Sampling methods ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The larger-sample reruns of the published studies (issue 34), in the order they are run: cheap cells
-# first, each command resumable (finished runs are skipped), two workers on two cores. Run from a
+# first, each command resumable (finished runs are skipped), two workers on two cores (`WORKERS=1` leaves a core free). Run from a
 # frozen install of the committed code so that editing the checkout cannot change runs in flight:
 #
 #   pip install --no-deps --target /tmp/frozen . && cd /tmp && PYTHONPATH=/tmp/frozen bash <repo>/benchmarks/reruns.sh <repo>
@@ -9,7 +9,7 @@
 # (`diffenvs compare --config NAME --out-dir <copy of the staged results/NAME> --report-only`).
 set -uo pipefail
 R="${1:?the repository}/results"
-C="python -m diffenvs.cli compare --no-progress --workers 2"
+C="python -m diffenvs.cli compare --no-progress --workers ${WORKERS:-2}"
 phase() { echo "=== $(date +%T) $*"; "$@"; echo "=== $(date +%T) exit $?"; }
 phase $C --config full --out-dir "$R/full" --methods adam reinforce cem cmaes random
 phase $C --config full --out-dir "$R/full" --methods ppo apg shac --envs DiffEnvs/Pusher-v0

@@ -29,7 +29,9 @@ import time
 from typing import Any
 
 HORIZON = 50
-DOUGH_TASKS = ("RollingPin", "Move", "Shape", "Pinch", "Writer", "TripleMove", "Torus")
+DOUGH_TASKS = ("RollingPin", "Move", "Shape", "Pinch", "Writer", "TripleMove", "Torus", "Rope", "Table", "Chopsticks", "Assembly")
+QUICK_TASKS = ("RollingPin", "Move", "Chopsticks")
+"""The dough tasks of ``--quick``: a rolling tool, translating tools and a rotating pair (one of each action mapping)."""
 SYNC_WORLDS = 256
 """Gymnasium's SyncVectorEnv is measured over at most this many single envs (it builds one per world)."""
 BATCHED_STEPS = 20
@@ -197,13 +199,13 @@ def run(*, quick: bool = False, repeats: int = 3, json_path: str | None = "diffe
     """Measure everything on ``device``, print the tables, write JSON; return the figures.
 
     ``worlds``: the Pusher's world counts (default 1, 16, 256; 1, 16 with ``quick``). ``tasks``: the
-    dough tasks of the per-episode table (default all). ``batched``: per preset, the world counts of
+    dough tasks of the per-episode table (default all; :data:`QUICK_TASKS` with ``quick``). ``batched``: per preset, the world counts of
     the batched dough table (forward world-steps/s, reset time, device memory per world; default on
     CUDA paper 1, 64, 256 and default 1, 256, 4096, none on the CPU) of ``batched_task`` (default
     Move, whose reset draws a rigidly moved target: RollingPin's and Shape's resets run a scripted
     demonstration per world, one world at a time). ``startup``: measure start-up.
     """
-    tasks = list(tasks or DOUGH_TASKS)
+    tasks = list(tasks or (QUICK_TASKS if quick else DOUGH_TASKS))
     if batched is None:
         batched = {"paper": [1, 64, 256], "default": [1, 256, 4096]} if device.startswith("cuda") and not quick else {}
     presets = ["default"] if quick else ["default", "paper"]

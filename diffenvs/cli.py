@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=_cmd_upgrade_runs)
 
     bench = sub.add_parser("bench", help="measure speed, memory and start-up; print a table and write JSON")
-    bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds")
+    bench.add_argument("--quick", action="store_true", help="default preset only, one repeat, up to 16 worlds, three dough tasks")
     bench.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")
     bench.add_argument("--json", default="diffenvs_bench.json", help="JSON output path ('' for none)")
     bench.add_argument("--device", default="cpu", help="Warp device of every figure (cpu, cuda)")

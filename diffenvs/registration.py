@@ -22,6 +22,9 @@ class EnvInfo:
             tests and quick checks, e.g. the registry-wide finite-difference test.
         fd_rtol: Relative difference at which ``grad()`` and central differences count as
             agreeing (``diffenvs gradcheck``): the simulation's float precision decides it.
+        variant_of: The id this one registers with other ``kwargs`` (as Gymnasium's
+            ``FrozenLake8x8``), or None; the registry-wide tests check each task once, on its
+            first id.
     """
 
     id: str
@@ -32,22 +35,28 @@ class EnvInfo:
     kwargs: dict = dataclasses.field(default_factory=dict)
     small_kwargs: dict = dataclasses.field(default_factory=dict)
     fd_rtol: float = 1e-4
+    variant_of: str | None = None
 
 
 TINY_DOUGH = {"grid_res": 24, "particle_count": 200, "sim_substeps": 4, "obs_particle_count": 8}
 """A tiny dough instance: a 24^3 grid (fine enough for the tools), 200 particles, 4 substeps."""
 
 
-def _dough(task: str, summary: str) -> EnvInfo:
-    """A dough task: 50-step episodes, float32 (``checkpoint`` follows the preset)."""
+def _dough(task: str, summary: str, steps: int = 50, *, name: str | None = None, kwargs: dict | None = None,
+           small: dict | None = None) -> EnvInfo:
+    """A dough task: ``steps``-step episodes (50 unless the task needs more), float32 (``checkpoint``
+    follows the preset); ``name`` and ``kwargs``: a variant of the task's id; ``small``: options added
+    to :data:`TINY_DOUGH` for its tiny instance."""
     return EnvInfo(
-        id=f"DiffEnvs/{task}-v0",
+        id=f"DiffEnvs/{name or task}-v0",
         entry_point=f"diffenvs.tasks.dough:{task}Env",
         vector_entry_point=f"diffenvs.tasks.dough:{task}VectorEnv",
-        max_episode_steps=50,
+        max_episode_steps=steps,
         summary=summary,
-        small_kwargs=dict(TINY_DOUGH),
+        kwargs=dict(kwargs or {}),
+        small_kwargs={**TINY_DOUGH, **(small or {})},
         fd_rtol=5e-2,
+        variant_of=f"DiffEnvs/{task}-v0" if name else None,
     )
 
 
@@ -67,6 +76,15 @@ ENVS: tuple[EnvInfo, ...] = (
     _dough("Writer", "Carve a stroke into a slab of MPM dough with a vertical capsule stylus (3-D action)."),
     _dough("TripleMove", "Carry three pieces of MPM dough to their own targets with three pairs of spheres (18-D action)."),
     _dough("Torus", "Stamp a ring into a slab of MPM dough with a torus (3-D action)."),
+    _dough("Rope", "Wind an MPM dough rope around a fixed pillar with two spheres (6-D action).", 60),
+    _dough("Table", "Push one leg of an MPM dough table to a new place with a sphere (3-D action)."),
+    _dough("Chopsticks", "Grip an MPM dough rope with capsule chopsticks and move it to a target pose (7-D action)."),
+    _dough("Assembly", "Pick up an MPM dough ball with two spheres and place it on a block (6-D action, multi-stage).", 180,
+           small={"tool_speed": 6.0}),  # half the steps of the demonstration that every reset runs
+    _dough("Assembly", "Assembly with two balls, each onto its own block, in turn (6-D action, two stages).", 360,
+           name="Assembly2", kwargs={"stages": 2}),
+    _dough("Assembly", "Assembly with three balls, each onto its own block, in turn (6-D action, three stages).", 540,
+           name="Assembly3", kwargs={"stages": 3}),
 )
 
 

@@ -12,8 +12,8 @@ from diffenvs.registration import TINY_DOUGH  # noqa: F401  (re-exported to the 
 
 wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
 
-ENV_IDS = [info.id for info in diffenvs.ENVS]
-DOUGH_IDS = [info.id for info in diffenvs.ENVS if info.entry_point.startswith("diffenvs.tasks.dough:")]
+ENV_IDS = [info.id for info in diffenvs.ENVS if info.variant_of is None]  # a variant registers a task again
+DOUGH_IDS = [info.id for info in diffenvs.ENVS if info.entry_point.startswith("diffenvs.tasks.dough:") and info.variant_of is None]
 
 SMALL = {info.id: info.small_kwargs for info in diffenvs.ENVS}
 """Per id, the registry's options of a tiny instance (empty where the default is small already)."""

@@ -53,9 +53,9 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["startup"]["warm_first_step_s"] > 0 and report["startup"]["cold_first_gradient_s"] > 0
-    from diffenvs.bench import DOUGH_TASKS
+    from diffenvs.bench import QUICK_TASKS
 
-    assert {row["task"] for row in report["dough"]} == set(DOUGH_TASKS)
+    assert {row["task"] for row in report["dough"]} == set(QUICK_TASKS)
     for row in report["dough"]:
         assert row["forward_steps_per_s"] > 0 and row["grad_over_forward"] > 1 and row["peak_rss_checkpoint_gib"] > 0
         assert row["grad_over_forward_no_checkpoint"] > 1 and row["peak_rss_no_checkpoint_gib"] > 0

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from tests.conftest import DOUGH_IDS, TINY_DOUGH, make_unwrapped
+from tests.conftest import DOUGH_IDS, SMALL, TINY_DOUGH, make_unwrapped
 
 
 def rollout(env, state, actions):
@@ -35,7 +35,7 @@ def pressing_actions(env, steps):
 
 @pytest.mark.parametrize("env_id", DOUGH_IDS)
 def test_action_gradient_matches_finite_differences(env_id):
-    env = make_unwrapped(env_id, **TINY_DOUGH, tool_softness=0.02, contact_weight=1.0)
+    env = make_unwrapped(env_id, **SMALL[env_id], tool_softness=0.02, contact_weight=1.0)
     env.reset(seed=1)
     state = env.get_state()
     actions = pressing_actions(env, 4)
@@ -54,7 +54,7 @@ def test_action_gradient_matches_finite_differences(env_id):
 def test_checkpointed_and_recorded_gradients_agree(env_id):
     results = []
     for checkpoint in (True, False):
-        env = make_unwrapped(env_id, **TINY_DOUGH, tool_softness=0.02, checkpoint=checkpoint)
+        env = make_unwrapped(env_id, **SMALL[env_id], tool_softness=0.02, checkpoint=checkpoint)
         env.reset(seed=2)
         for a in pressing_actions(env, 3):
             env.step(a)
@@ -122,10 +122,10 @@ def test_recorded_steps_share_one_set_of_scratch_gradients():
 @pytest.mark.parametrize("env_id", DOUGH_IDS)
 def test_no_contact_zero_gradient_and_both_remedies(env_id):
     def action_grad(**kwargs):
-        env = make_unwrapped(env_id, **TINY_DOUGH, **kwargs)
+        env = make_unwrapped(env_id, **SMALL[env_id], **kwargs)
         env.reset(seed=0)
         state = env.get_state()
-        state["tool_pos"][:, 1] += 0.2  # lift every tool well clear of the dough
+        state["tool_pos"][:, 1] = state["particle_x"][:, 1].max() + 0.25  # every tool well clear of the dough
         env.set_state(state)
         for action in pressing_actions(env, 3):  # moving towards the dough, reaching it in no case
             env.step(action)
@@ -179,7 +179,7 @@ def test_presets_and_bad_options():
 @pytest.mark.parametrize("env_id", DOUGH_IDS)
 def test_targets_are_reachable_particle_sets(env_id):
     """Each target is the dough's own particles moved into place: reaching it zeroes the density term."""
-    env = make_unwrapped(env_id, **TINY_DOUGH)
+    env = make_unwrapped(env_id, **SMALL[env_id])
     env.reset(seed=3)
     state = env.get_state()
     start = env.loss
@@ -269,7 +269,7 @@ def test_step_loss_over_the_active_box_equals_the_whole_grid_loss(env_id):
     """A step takes the density loss over the blocks of its active region and the target's box only."""
     import warp as wp
 
-    env = make_unwrapped(env_id, **TINY_DOUGH)
+    env = make_unwrapped(env_id, **SMALL[env_id])
     env.reset(seed=5)
     for action in pressing_actions(env, 3):
         _, _, _, _, info = env.step(action)
@@ -286,10 +286,10 @@ def test_batched_resets_equal_one_world_resets(env_id):
     """A vector env's reset runs every world's settling and demonstration in one batched rollout
     (each world stopping after its own script): the states equal one-world resets exactly; a
     demonstrator smaller than the batch runs it in chunks, with the same results."""
-    vec = gym.make_vec(env_id, num_envs=5, vectorization_mode="vector_entry_point", **TINY_DOUGH)
+    vec = gym.make_vec(env_id, num_envs=5, vectorization_mode="vector_entry_point", **SMALL[env_id])
     vec.reset(seed=21)
     batched = vec.unwrapped.get_state()
-    single = make_unwrapped(env_id, **TINY_DOUGH)
+    single = make_unwrapped(env_id, **SMALL[env_id])
     for w in range(5):
         single.reset(seed=21 + w)
         for name, value in single.get_state().items():
@@ -300,7 +300,7 @@ def test_batched_resets_equal_one_world_resets(env_id):
         state = single.task.sample_state(np.random.default_rng(length))
         fields = {name: state[name] for name in ("particle_x", "particle_v", "particle_C", "particle_F")}
         starts.append((fields, state["tool_pos"], state["tool_rot"], rng.uniform(-1, 1, size=(length, single.task.action_dim))))
-    pair = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", **TINY_DOUGH).unwrapped.task
+    pair = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", **SMALL[env_id]).unwrapped.task
     chunked, alone = pair.demonstrate_many(starts), single.task.demonstrate_many(starts)  # chunks of 2 + 1; of 1 each
     assert set(pair._demonstrators) == {2} and set(single.task._demonstrators) == {1}
     np.testing.assert_array_equal(chunked[1]["particle_x"], starts[1][0]["particle_x"].astype(np.float32))  # no actions: unchanged

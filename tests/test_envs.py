@@ -25,8 +25,8 @@ def test_every_env_is_registered_with_a_namespaced_versioned_id():
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 @pytest.mark.parametrize("differentiable", [True, False])
-def test_gymnasium_check_env(env_id, differentiable):
-    env = gym.make(env_id, render_mode="rgb_array", differentiable=differentiable)
+def test_gymnasium_check_env(env_id, differentiable):  # the contract does not depend on the scene's size
+    env = gym.make(env_id, render_mode="rgb_array", differentiable=differentiable, **SMALL[env_id])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # Unbounded observations are declared as such (as Gymnasium's MuJoCo envs do).
@@ -41,13 +41,13 @@ def test_sb3_check_env(env_id):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sb3_check_env(gym.make(env_id).unwrapped, warn=True)
+        sb3_check_env(gym.make(env_id, **SMALL[env_id]).unwrapped, warn=True)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_seeded_determinism(env_id):
     def run(seed):
-        env = gym.make(env_id)
+        env = gym.make(env_id, **SMALL[env_id])
         env.action_space.seed(seed)
         obs, _ = env.reset(seed=seed)
         trace = [obs]
@@ -64,7 +64,7 @@ def test_seeded_determinism(env_id):
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_pickled_env_continues_identically(env_id):
-    env = gym.make(env_id)
+    env = gym.make(env_id, **SMALL[env_id])
     env.reset(seed=3)
     for _ in range(4):
         env.step(env.action_space.sample())

@@ -9,20 +9,31 @@ Modules, one concern each:
   make targets;
 * :mod:`~diffenvs.tasks.dough.task`: :class:`DoughTask`, what every dough task shares;
 * :mod:`~diffenvs.tasks.dough.variants`: ``RollingPin``, ``Move``, ``Shape``, ``Pinch``, ``Writer``, ``TripleMove`` and ``Torus``;
+* :mod:`~diffenvs.tasks.dough.compound`: ``Rope``, ``Table``, ``Assembly`` and ``Chopsticks`` (an obstacle,
+  pieces of several shapes, stages, coupled tools);
 * :mod:`~diffenvs.tasks.dough.render`: drawing;
 * :mod:`~diffenvs.tasks.dough.envs`: the Gymnasium envs and their documentation.
 """
 
+from diffenvs.tasks.dough.compound import AssemblyTask, ChopsticksTask, RopeTask, TableTask
 from diffenvs.tasks.dough.config import BLOB_HALF, PRESETS, DoughConfig
 from diffenvs.tasks.dough.envs import (
+    AssemblyEnv,
+    AssemblyVectorEnv,
+    ChopsticksEnv,
+    ChopsticksVectorEnv,
     MoveEnv,
     MoveVectorEnv,
     PinchEnv,
     PinchVectorEnv,
     RollingPinEnv,
     RollingPinVectorEnv,
+    RopeEnv,
+    RopeVectorEnv,
     ShapeEnv,
     ShapeVectorEnv,
+    TableEnv,
+    TableVectorEnv,
     TorusEnv,
     TorusVectorEnv,
     TripleMoveEnv,
@@ -42,8 +53,43 @@ from diffenvs.tasks.dough.variants import (
 )
 
 __all__ = [
-    "BLOB_HALF", "PRESETS", "DoughConfig", "DoughStepBuffers", "DoughTask", "LossScratch", "MoveEnv", "MoveTask",
-    "MoveVectorEnv", "PinchEnv", "PinchTask", "PinchVectorEnv", "RollingPinEnv", "RollingPinTask", "RollingPinVectorEnv",
-    "ShapeEnv", "ShapeTask", "ShapeVectorEnv", "TorusEnv", "TorusTask", "TorusVectorEnv", "TripleMoveEnv", "TripleMoveTask", "TripleMoveVectorEnv", "WriterEnv",
-    "WriterTask", "WriterVectorEnv",
+    "BLOB_HALF",
+    "PRESETS",
+    "AssemblyEnv",
+    "AssemblyTask",
+    "AssemblyVectorEnv",
+    "ChopsticksEnv",
+    "ChopsticksTask",
+    "ChopsticksVectorEnv",
+    "DoughConfig",
+    "DoughStepBuffers",
+    "DoughTask",
+    "LossScratch",
+    "MoveEnv",
+    "MoveTask",
+    "MoveVectorEnv",
+    "PinchEnv",
+    "PinchTask",
+    "PinchVectorEnv",
+    "RollingPinEnv",
+    "RollingPinTask",
+    "RollingPinVectorEnv",
+    "RopeEnv",
+    "RopeTask",
+    "RopeVectorEnv",
+    "ShapeEnv",
+    "ShapeTask",
+    "ShapeVectorEnv",
+    "TableEnv",
+    "TableTask",
+    "TableVectorEnv",
+    "TorusEnv",
+    "TorusTask",
+    "TorusVectorEnv",
+    "TripleMoveEnv",
+    "TripleMoveTask",
+    "TripleMoveVectorEnv",
+    "WriterEnv",
+    "WriterTask",
+    "WriterVectorEnv",
 ]

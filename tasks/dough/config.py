@@ -64,6 +64,9 @@ class DoughConfig:
         settle_steps: Env steps the fresh blob rests under gravity before an episode starts
             (its elastic bounce then no longer moves the loss); ``None``: the task's default
             (``Shape`` 30, whose pit is a small signal; the others 0).
+        stages: Pieces of dough the tools handle in turn, one stage each (``Assembly``: 1-3; the
+            other tasks have one stage); ``None``: 1. The episode length grows with it: pass
+            ``max_episode_steps`` = stages x the id's to ``gym.make``.
     """
 
     preset: Literal["default", "paper"] = "default"
@@ -88,6 +91,7 @@ class DoughConfig:
     ground_friction: float = MPMModel.ground_friction
     obs_particle_count: int = 64
     settle_steps: int | None = None
+    stages: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("grid_res", "particle_count", "sim_substeps"):
@@ -106,6 +110,8 @@ class DoughConfig:
         for name in ("tool_friction", "contact_weight", "sdf_weight", "density_weight"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.stages is not None and self.stages < 1:
+            raise ValueError(f"stages must be >= 1, got {self.stages}")
         if self.settle_steps is not None and self.settle_steps < 0:
             raise ValueError(f"settle_steps must be >= 0, got {self.settle_steps}")
         if not 1 <= self.obs_particle_count <= self.resolved("particle_count"):

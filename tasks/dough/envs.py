@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffenvs.env import DiffEnv, DiffVectorEnv
+from diffenvs.tasks.dough.compound import AssemblyTask, ChopsticksTask, RopeTask, TableTask
 from diffenvs.tasks.dough.config import PRESETS, DoughConfig
 from diffenvs.tasks.dough.kernels import OBS_PER_PARTICLE, OBS_PER_TOOL, TARGET_FIELDS, obs_dim
 from diffenvs.tasks.dough.task import DoughTask
@@ -49,14 +50,15 @@ def _dough_shape(task: type[DoughTask]) -> str:
     return f"{['Two', 'Three', 'Four'][count - 2]} {size} boxes in a row, {spacing:g} apart,"
 
 
-def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_notes: str, history: str = "") -> str:
+def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_notes: str, history: str = "", *,
+               steps: int = 50, scene: str | None = None) -> str:
     d = _DEFAULTS
     settle = task.default_settle_steps
     k, tools = d.obs_particle_count, len(task.tool_shapes)
     return f"""{summary}
 
     ## Description
-    {_dough_shape(task)} of elastoplastic dough (as PlasticineLab's task) rests on the floor of
+    {scene or _dough_shape(task)} of elastoplastic dough (as PlasticineLab's task) rests on the floor of
     the unit cube and is simulated with 3-D MLS-MPM (Neo-Hookean elasticity, von Mises
     plasticity on the Hencky strain, float32; :class:`~diffenvs.sim.mpm.SolverMPM`). Kinematic
     rigid tools, driven by the action as velocities, shape it towards a target drawn from the
@@ -100,7 +102,7 @@ def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_note
     A reset runs the target's scripted demonstration on a one-world copy of the task.
 
     ## Episode End
-    Truncation after 50 steps (``gym.make``'s ``max_episode_steps``). Termination only when the
+    Truncation after {steps} steps (``gym.make``'s ``max_episode_steps``). Termination only when the
     simulation diverges (a non-finite particle or one outside the domain): then
     ``info["diverged"] = True``, reward 0, ``info["loss"]`` NaN, metrics 0, and the last valid
     observation.
@@ -249,6 +251,71 @@ class TorusEnv(DiffEnv):
     task_class = TorusTask
 
 
+class RopeEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Wind a rope of dough around a fixed pillar with two spheres (radius 0.03).",
+        RopeTask, _translate_table(2),
+        """    Target: a demonstration from the spheres' own start behind the rope, near its ends: both
+    push forward until they are 0.02-0.05 past the pillar (a vertical capsule of radius 0.05 in
+    front of the rope's middle, tool 2: observed, never moved, no contact loss), the rope's middle
+    catching on it, then inward behind it by 30-50% of their distance to it (at most 59 of the 60
+    steps). The rope has to go around an obstacle that a straight pull runs into.
+""",
+        steps=60,
+    )
+    task_class = RopeTask
+
+
+class TableEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Push one leg of a four-legged dough table to a new place with a sphere (radius 0.04).",
+        TableTask, _translate_table(1).replace("tip velocity", "sphere velocity"),
+        """    Target: a demonstration from the sphere's own start under the table's top: to one of the
+    four legs (drawn from the seed) and on by 0.03-0.06, within 0.4 rad of straight outward (at
+    most 21 of the 50 steps). The sphere has to find the right leg under the top first.
+""",
+        scene="A table (a 0.2 x 0.05 x 0.2 top on four 0.04 x 0.1 x 0.04 legs, 0.15 apart)",
+    )
+    task_class = TableTask
+
+
+class AssemblyEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Pick up a ball of dough with two spheres (radius 0.04) and place it on a block of dough; "
+        "with ``stages`` k, k balls in turn.",
+        AssemblyTask, _translate_table(2),
+        """    Target: a demonstration from the spheres' own start beside the ball (radius 0.05): squeeze
+    it, lift it above its block (a 0.1 cube 0.2 away), carry it over, lower it, let go and rise;
+    with ``stages`` k (1-3; ``DiffEnvs/Assembly2-v0`` and ``DiffEnvs/Assembly3-v0`` register 2 and 3), k rows of a
+    ball and a block 0.22 apart, handled in turn, the spheres passing over the placed balls to the
+    next (the preset's particles per stage; at most 116, 325 and 532 steps). A multi-stage task: a
+    grasp has to hold, and each ball must be let go of before the next one is found.
+""",
+        steps=180,
+        scene="A ball of radius 0.05 and a 0.1 x 0.1 x 0.1 block 0.2 apart (per stage)",
+    )
+    task_class = AssemblyTask
+
+
+class ChopsticksEnv(DiffEnv):
+    __doc__ = _dough_doc(
+        "Grip a rope of dough with a pair of capsule chopsticks and move it into a target pose (7-D action).",
+        ChopsticksTask,
+        """    | Num | Action | Unit |
+    |-----|--------|------|
+    | 0-2 | velocity of the pair along x, y, z / ``tool_speed`` | - |
+    | 3-5 | angular velocity of the pair about its midpoint (x, y, z) / ``tool_yaw_rate`` | - |
+    | 6 | rate of the gap between the chopsticks / ``tool_speed`` (positive opens) | - |""",
+        """    The chopsticks are two parallel vertical capsules (radius 0.015, half length 0.1) moved as
+    one rigid pair. Target: a demonstration from their own start above the rope's middle: down
+    to 0.005 above the floor, close until each squeezes 0.005 into the rope, drag it 0.04-0.08 in
+    a random direction while turning by 0.1-0.25 rad either way, open and lift (at most 46 of the
+    50 steps).
+""",
+    )
+    task_class = ChopsticksTask
+
+
 def _vector_env(single: type[DiffEnv]) -> type[DiffVectorEnv]:
     """The native vector env of a single dough env (the same task, batched)."""
     name = single.__name__.removesuffix("Env") + "VectorEnv"
@@ -263,7 +330,33 @@ PinchVectorEnv = _vector_env(PinchEnv)
 WriterVectorEnv = _vector_env(WriterEnv)
 TripleMoveVectorEnv = _vector_env(TripleMoveEnv)
 TorusVectorEnv = _vector_env(TorusEnv)
+RopeVectorEnv = _vector_env(RopeEnv)
+TableVectorEnv = _vector_env(TableEnv)
+AssemblyVectorEnv = _vector_env(AssemblyEnv)
+ChopsticksVectorEnv = _vector_env(ChopsticksEnv)
 
 
-__all__ = ["MoveEnv", "MoveVectorEnv", "PinchEnv", "PinchVectorEnv", "RollingPinEnv", "RollingPinVectorEnv", "ShapeEnv",
-           "ShapeVectorEnv", "TorusEnv", "TorusVectorEnv", "TripleMoveEnv", "TripleMoveVectorEnv", "WriterEnv", "WriterVectorEnv"]
+__all__ = [
+    "AssemblyEnv",
+    "AssemblyVectorEnv",
+    "ChopsticksEnv",
+    "ChopsticksVectorEnv",
+    "MoveEnv",
+    "MoveVectorEnv",
+    "PinchEnv",
+    "PinchVectorEnv",
+    "RollingPinEnv",
+    "RollingPinVectorEnv",
+    "RopeEnv",
+    "RopeVectorEnv",
+    "ShapeEnv",
+    "ShapeVectorEnv",
+    "TableEnv",
+    "TableVectorEnv",
+    "TorusEnv",
+    "TorusVectorEnv",
+    "TripleMoveEnv",
+    "TripleMoveVectorEnv",
+    "WriterEnv",
+    "WriterVectorEnv",
+]

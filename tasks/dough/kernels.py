@@ -63,6 +63,42 @@ def prepare_step_translate(
 
 
 @wp.kernel
+def prepare_step_chopsticks(
+    action: wp.array2d(dtype=wp.float64),
+    tool_pos: wp.array2d(dtype=wp.vec3),
+    speed: float,
+    turn_rate: float,
+    gap_speed: float,
+    frame_dt: float,
+    tool_vel: wp.array2d(dtype=wp.vec3),
+    tool_omega: wp.array2d(dtype=wp.vec3),
+):
+    """Chopsticks (tools 0 and 1, one rigid pair): a[0:3] the pair's velocity / ``speed``, a[3:6] its
+    angular velocity about its midpoint / ``turn_rate``, a[6] the rate of its gap / ``gap_speed``
+    (positive opens). Each chopstick's velocity carries it along the chord of its turn over the
+    step, so turning keeps the gap exactly (a tangent velocity would widen it step by step)."""
+    w = wp.tid()
+    p0 = tool_pos[w, 0]
+    p1 = tool_pos[w, 1]
+    centre = 0.5 * (p0 + p1)
+    across = wp.normalize(p1 - p0)
+    v = wp.vec3(float(action[w, 0]), float(action[w, 1]), float(action[w, 2])) * speed
+    om = wp.vec3(float(action[w, 3]), float(action[w, 4]), float(action[w, 5])) * turn_rate
+    opening = across * (0.5 * float(action[w, 6]) * gap_speed)
+    chord0 = wp.cross(om, p0 - centre)
+    chord1 = wp.cross(om, p1 - centre)
+    rate = wp.length(om)
+    if rate > 1.0e-9:
+        turn = wp.quat_from_axis_angle(om / rate, rate * frame_dt)
+        chord0 = (wp.quat_rotate(turn, p0 - centre) - (p0 - centre)) / frame_dt
+        chord1 = (wp.quat_rotate(turn, p1 - centre) - (p1 - centre)) / frame_dt
+    tool_vel[w, 0] = v + chord0 - opening
+    tool_vel[w, 1] = v + chord1 + opening
+    tool_omega[w, 0] = om
+    tool_omega[w, 1] = om
+
+
+@wp.kernel
 def carry_target(
     target_centre_in: wp.array(dtype=wp.vec3),
     target_half_in: wp.array(dtype=wp.vec3),

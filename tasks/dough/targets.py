@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,19 +54,42 @@ def yaw_quat(angle: float) -> np.ndarray:
     return np.array([0.0, math.sin(angle / 2), 0.0, math.cos(angle / 2)])
 
 
+def piece_volumes(half: np.ndarray, count: int, balls: tuple[bool, ...] = ()) -> np.ndarray:
+    """Volumes of ``count`` pieces of dough: boxes of half extents ``half`` ((3,) for all, or (B, 3)),
+    or balls of radius ``half[b][0]`` where ``balls[b]``."""
+    halves = np.broadcast_to(np.asarray(half, dtype=np.float64), (count, 3))
+    return np.array([4.0 / 3.0 * math.pi * h[0] ** 3 if b < len(balls) and balls[b] else float(np.prod(2 * h))
+                     for b, h in enumerate(halves)])
+
+
 def sample_blob(rng: np.random.Generator, particle_count: int, *, dx: float, floor: float,
-                half: np.ndarray = BLOB_HALF, offsets: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                half: np.ndarray = BLOB_HALF, offsets: np.ndarray | None = None,
+                balls: tuple[bool, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The starting dough on the floor: a box of half extents ``half`` (default :data:`BLOB_HALF`), or
-    one such box at each horizontal offset of ``offsets`` (B, 3) from the centre (the particles split
-    evenly, the first boxes taking the remainder). The centre lies within 0.03 of the domain's middle;
-    each box is filled with a randomly shifted Halton sequence, at rest, F = I; the particles are
-    sorted by grid cell (cell size ``dx``). Returns the centre and the particle fields."""
-    half = np.asarray(half, dtype=np.float64)
+    one piece at each offset of ``offsets`` (B, 3) from the centre, each a box of half extents
+    ``half`` ((3,) for every piece, or (B, 3)) resting on the floor (an offset's height lifts it, e.g.
+    a table's top onto its legs), or a ball of radius ``half[b][0]`` where ``balls[b]``. The
+    particles split in proportion to the pieces' volumes (the first pieces take the remainder), so
+    the density is uniform. The centre lies within 0.03 of the domain's middle, at the first piece's
+    half height; each piece is filled with a randomly shifted Halton sequence, at rest, F = I; the
+    particles are sorted by grid cell (cell size ``dx``). Returns the centre and the particle fields."""
     offsets = np.zeros((1, 3)) if offsets is None else np.asarray(offsets, dtype=np.float64).reshape(-1, 3)
-    centre = np.array([0.5 + rng.uniform(-0.03, 0.03), floor + half[1], 0.5 + rng.uniform(-0.03, 0.03)])
-    counts = [particle_count // len(offsets) + (b < particle_count % len(offsets)) for b in range(len(offsets))]
-    x = np.concatenate([centre + offset + halton(count, shift=rng.uniform(size=3)) * half
-                        for offset, count in zip(offsets, counts)])
+    halves = np.broadcast_to(np.asarray(half, dtype=np.float64), offsets.shape)
+    centre = np.array([0.5 + rng.uniform(-0.03, 0.03), floor + halves[0][1], 0.5 + rng.uniform(-0.03, 0.03)])
+    volumes = piece_volumes(halves, len(offsets), balls)
+    counts = np.floor(particle_count * volumes / volumes.sum() + 1e-9).astype(int)
+    counts[: particle_count - counts.sum()] += 1
+    pieces = []
+    for b, (offset, h, count) in enumerate(zip(offsets, halves, counts)):
+        base = np.array([centre[0], floor + h[1], centre[2]]) + offset
+        shift = rng.uniform(size=3)
+        if b < len(balls) and balls[b]:  # the first points of the sequence that fall inside the ball
+            points = halton(int(2.2 * count) + 16, shift=shift)
+            points = points[np.einsum("ij,ij->i", points, points) <= 1.0][:count]
+        else:
+            points = halton(int(count), shift=shift)
+        pieces.append(base + points * h)
+    x = np.concatenate(pieces)
     x = x[spatial_order(x, dx)]
     return centre, {
         "particle_x": x, "particle_v": np.zeros_like(x), "particle_C": np.zeros((particle_count, 3, 3)),
@@ -108,6 +132,22 @@ class Demonstrator:
                      target_x=state["particle_x"], **{name: np.zeros((n, 3)) for name in TARGET_FIELDS})
         final = rollout(self.task, state, actions, steps)
         return [{name: final[name][w].astype(np.float64) for name in fields} for w in range(len(starts))]
+
+
+class Demonstrators(dict):
+    """A task's demonstrators, one per power-of-two world count (built on first use and kept)."""
+
+    def run(self, starts: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]], world_count: int,
+            make_task: Callable[[int], Task]) -> list[dict[str, np.ndarray]]:
+        """:meth:`Demonstrator.run` for any number of ``starts``: in chunks of the smallest power of two
+        that holds them (at most ``world_count``), on tasks built by ``make_task(worlds)``."""
+        capacity = min(1 << max(len(starts) - 1, 0).bit_length(), max(world_count, 1))
+        if capacity not in self:
+            self[capacity] = Demonstrator(make_task(capacity))
+        runs = []
+        for first in range(0, len(starts), capacity):
+            runs += self[capacity].run(starts[first : first + capacity])
+        return runs
 
 
 def rolling_demo_actions(drop: float, reach: float, step: float) -> np.ndarray:

@@ -21,7 +21,7 @@ from diffenvs.task import State, StepBuffers, Task
 from diffenvs.tasks.dough import kernels as K
 from diffenvs.tasks.dough.config import BLOB_HALF, PRESETS, DoughConfig
 from diffenvs.tasks.dough.render import render_dough
-from diffenvs.tasks.dough.targets import Demonstration, Demonstrator, sample_blob, yaw_quat
+from diffenvs.tasks.dough.targets import Demonstration, Demonstrators, piece_volumes, sample_blob, yaw_quat
 
 TARGET_FIELDS = K.TARGET_FIELDS
 
@@ -66,16 +66,23 @@ class DoughTask(Task):
     default_settle_steps: ClassVar[int] = 0
     default_tool_softness: ClassVar[float] = 0.02
     default_contact_focus: ClassVar[bool] = False
-    blob_half: ClassVar[np.ndarray] = BLOB_HALF  # half extents of the starting box(es) of dough [domain units]
-    blob_offsets: ClassVar[np.ndarray] = np.zeros((1, 3))  # offsets (B, 3) of the boxes from the dough's centre
+    blob_half: ClassVar[np.ndarray] = BLOB_HALF  # half extents (3,) or (B, 3) of the starting pieces [domain units]
+    blob_offsets: ClassVar[np.ndarray] = np.zeros((1, 3))  # offsets (B, 3) of the pieces from the dough's centre
+    blob_balls: ClassVar[tuple[bool, ...]] = ()  # which pieces are balls (radius: their half[0]), not boxes
+    fixed_tools: ClassVar[int] = 0  # the last tools stay put (obstacles): no action moves them, no contact loss
+    max_stages: ClassVar[int] = 1  # the most pieces handled in turn (the ``stages`` option)
 
     def __init__(self, world_count: int, device: wp.DeviceLike = None, **kwargs: Any):
         super().__init__(world_count, device)
         self.config = cfg = from_dict(DoughConfig, kwargs, where=type(self).__name__.removesuffix("Task"))
         self.grid_res = cfg.resolved("grid_res")
-        self.particle_count = cfg.resolved("particle_count")
         self.sim_substeps = cfg.resolved("sim_substeps")
-        blob_volume = len(self.blob_offsets) * float(np.prod(2 * self.blob_half))
+        self.stages = 1 if cfg.stages is None else cfg.stages
+        if self.stages > self.max_stages:
+            raise ValueError(f"{type(self).__name__.removesuffix('Task')}: stages must lie in [1, {self.max_stages}], got {self.stages}")
+        self.particle_count = cfg.resolved("particle_count") * (self.stages if cfg.particle_count is None else 1)  # per stage
+        self.layout_pieces()
+        blob_volume = float(piece_volumes(self.blob_half, len(self.blob_offsets), self.blob_balls).sum())
         softness = self.default_tool_softness if cfg.tool_softness is None else cfg.tool_softness
         tools = tuple(dataclasses.replace(t, friction=cfg.tool_friction, softness=softness) for t in self.tool_shapes)
         self.model = MPMModel(
@@ -87,6 +94,7 @@ class DoughTask(Task):
         )
         self.solver = SolverMPM(self.model, device=self.device)
         self.tool_count = len(tools)
+        self.driven_tools = self.tool_count - self.fixed_tools
         self._contact_weight = cfg.contact_weight
         self._contact_focus = self.default_contact_focus if cfg.contact_focus is None else cfg.contact_focus
         self._softness = softness
@@ -98,7 +106,10 @@ class DoughTask(Task):
         self._target_mass = self.zeros((world_count, *(self.grid_res,) * 3), wp.float32, requires_grad=False)
         self._target_nodes: tuple[np.ndarray, np.ndarray] | None = None
         self._eval = self._alloc_loss_scratch(requires_grad=False)
-        self._demonstrators: dict[int, Demonstrator] = {}
+        self._demonstrators = Demonstrators()
+
+    def layout_pieces(self) -> None:
+        """Set ``blob_half``, ``blob_offsets`` and ``blob_balls`` for ``self.stages`` (tasks with stages)."""
 
     @property
     def replayable(self) -> bool:
@@ -212,7 +223,7 @@ class DoughTask(Task):
         if options:
             raise ValueError(f"dough tasks' reset() takes no options, got {sorted(options)}")
         blobs = [sample_blob(rng, self.particle_count, dx=self.model.dx, floor=self.model.floor_height, half=self.blob_half,
-                             offsets=self.blob_offsets) for rng in rngs]
+                             offsets=self.blob_offsets, balls=self.blob_balls) for rng in rngs]
         particles = [fields for _, fields in blobs]
         settle = self.default_settle_steps if self.config.settle_steps is None else self.config.settle_steps
         if settle:
@@ -241,22 +252,12 @@ class DoughTask(Task):
         self, starts: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[dict[str, np.ndarray]]:
         """Per start (particle fields, tool positions, tool quaternions, actions (K, action_dim)): the
-        particle fields after this task's own env steps with those actions.
-
-        Runs copies of the task with hard tools and no contact loss (built on first use and kept,
-        one per power-of-two world count up to the task's), outside any tape, all starts at once:
-        the scripted demonstrations that let a blob settle and that make targets (so every target is
-        reachable with the env's actions).
-        """
-        capacity = min(1 << max(len(starts) - 1, 0).bit_length(), max(self.world_count, 1))
-        demonstrator = self._demonstrators.get(capacity)
-        if demonstrator is None:
-            kwargs = {**dataclasses.asdict(self.config), "tool_softness": 0.0, "contact_weight": 0.0, "contact_focus": False}
-            demonstrator = self._demonstrators[capacity] = Demonstrator(type(self)(capacity, device=self.device, **kwargs))
-        runs = []
-        for first in range(0, len(starts), capacity):
-            runs += demonstrator.run(starts[first : first + capacity])
-        return runs
+        particle fields after this task's own env steps with those actions, run by copies of the task
+        with hard tools and no contact loss (:class:`~diffenvs.tasks.dough.targets.Demonstrators`): the
+        scripted demonstrations that let a blob settle and that make targets (so every target is
+        reachable with the env's actions)."""
+        return self._demonstrators.run(starts, self.world_count, lambda capacity: type(self)(capacity, device=self.device, **{
+            **dataclasses.asdict(self.config), "tool_softness": 0.0, "contact_weight": 0.0, "contact_focus": False}))
 
     def prepare(self, state: State) -> None:
         """Rebuild the target's grid mass from each world's target particles (outside the tape), and
@@ -375,13 +376,13 @@ class DoughTask(Task):
             outputs=[scratch.sdf_sum], device=self.device,
         )
         wp.launch(
-            K.accumulate_contact, dim=(n, p, self.tool_count),
+            K.accumulate_contact, dim=(n, p, self.driven_tools),
             inputs=[state["particle_x"], state["tool_pos"], state["tool_rot"], self.solver.tool_kind, self.solver.tool_size,
                     cfg.contact_temperature, *(state[name] for name in TARGET_FIELDS), int(self._contact_focus)],
             outputs=[scratch.contact_sum], device=self.device,
         )
         wp.launch(
-            K.compute_contact_penalty, dim=(n, self.tool_count), inputs=[scratch.contact_sum, cfg.contact_temperature],
+            K.compute_contact_penalty, dim=(n, self.driven_tools), inputs=[scratch.contact_sum, cfg.contact_temperature],
             outputs=[scratch.contact_penalty], device=self.device,
         )
         wp.launch(

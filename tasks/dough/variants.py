@@ -47,11 +47,14 @@ class RollingPinTask(DoughTask):
 
 
 class _TranslateTask(DoughTask):
-    """Tools that translate with the velocity the action gives them (3 action entries per tool)."""
+    """Tools that translate with the velocity the action gives them (3 action entries per driven tool;
+    fixed tools stay put)."""
+
+    translating = True  # contact discovery may place these tools (diffenvs.baselines.contact_discovery)
 
     def apply_action(self, state_in, buffers):
         wp.launch(
-            K.prepare_step_translate, dim=(self.world_count, self.tool_count),
+            K.prepare_step_translate, dim=(self.world_count, self.driven_tools),
             inputs=[buffers.action, self.config.tool_speed],
             outputs=[buffers.control.tool_vel, buffers.control.tool_omega],
             device=self.device,
