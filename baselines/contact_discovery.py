@@ -141,6 +141,8 @@ def approach_actions(task: Any, state: dict[str, np.ndarray], places: np.ndarray
     start = np.asarray(state["tool_pos"], dtype=np.float64)[:tools]
     rots = np.asarray(state["tool_rot"], dtype=np.float64)
     reach = np.array([_extent(task.tool_shapes[t], rots[t], np.array([0.0, -1.0, 0.0])) for t in range(tools)])
+    if getattr(task, "rigid_pair", False):  # one rigid pair (Chopsticks): its midpoint to the places' midpoint
+        start, places, reach, tools = start.mean(axis=0, keepdims=True), places.mean(axis=0, keepdims=True), reach.max(keepdims=True), 1
     paths = []
     for t in range(tools):
         line = start[t] + np.linspace(0.0, 1.0, 16)[:, None] * (places[t] - start[t])
@@ -166,11 +168,11 @@ def approach_actions(task: Any, state: dict[str, np.ndarray], places: np.ndarray
 
 
 def check_task(task: Any, env_id: str) -> None:
-    """Raise a ``ValueError`` unless ``task``'s actions translate its tools (3 per driven tool)."""
-    if not getattr(task, "translating", False):
-        raise ValueError(f"solver.gradient.contact_discovery: {env_id}'s actions do not translate its tools one by one "
-                         "(contact discovery places translating tools: Move, Shape, Pinch, Writer, TripleMove, Torus, "
-                         "Rope, Table, Assembly)")
+    """Raise a ``ValueError`` unless ``task``'s first actions translate its tools (3 per driven tool,
+    or 3 for a rigid pair's midpoint)."""
+    if not (getattr(task, "translating", False) or getattr(task, "rigid_pair", False)):
+        raise ValueError(f"solver.gradient.contact_discovery: {env_id}'s actions do not translate its tools "
+                         "(contact discovery places translating tools, or a rigid pair: every dough task but RollingPin)")
 
 
 __all__ = ["approach_actions", "check_task", "placements", "sinkhorn_images"]

@@ -241,7 +241,7 @@ def write_report(config: StudyConfig) -> Path:
             partial = "" if result.n >= expected else f" ({result.n} of {expected} {unit})"
             seed_spread = f" {result.seed_spread:.3f} |" if spread else ""
             lines.append(
-                f"| {row['method']} | {spec[row['method']].budget:,} | {result.n} | {result.text()}{partial} "
+                f"| {row['method']} | {round(spec[row['method']].budget * config.budget_scale.get(env_id, 1)):,} | {result.n} | {result.text()}{partial} "
                 f"| {row['median']:.3f} |{seed_spread} {_cost(row, 'steps', 50, row['runs'])} / {_cost(row, 'steps', 90, row['runs'])} "
                 f"| {_cost(row, 'seconds', 50, row['runs'])} / {_cost(row, 'seconds', 90, row['runs'])} "
                 f"| {row['reached_50']}/{row['runs']} / {row['reached_90']}/{row['runs']} "

@@ -104,6 +104,8 @@ class StudyConfig:
             ``test_seeds``; the optimizers solve each held-out instance with an equal share of the
             same total budget (per-instance Adam against one policy for all).
         test_seeds: ``generalize``: the held-out instances (reset seeds).
+        budget_scale: Env id -> factor of every method's budget on that env (e.g. its number of
+            stages, for a fixed budget per stage); envs not listed: 1.
     """
 
     name: str
@@ -118,6 +120,7 @@ class StudyConfig:
     test_seeds: tuple[int, ...] = ()
     env_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     train_seeds: tuple[int, ...] = ()
+    budget_scale: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.envs or not self.seeds or not self.methods:
@@ -135,9 +138,12 @@ class StudyConfig:
             raise ValueError("test_seeds must not repeat")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.envs)) != len(self.envs):
             raise ValueError("envs and seeds must not repeat")
-        unknown = sorted(set(self.env_kwargs) - set(self.envs))
-        if unknown:
-            raise ValueError(f"env_kwargs names envs that are not in envs: {unknown}")
+        for key in ("env_kwargs", "budget_scale"):
+            unknown = sorted(set(getattr(self, key)) - set(self.envs))
+            if unknown:
+                raise ValueError(f"{key} names envs that are not in envs: {unknown}")
+        if any(not scale > 0 for scale in self.budget_scale.values()):
+            raise ValueError("budget_scale factors must be > 0")
         for label in self.methods:
             if not label.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"method label {label!r}: letters, digits, '-' and '_' only (it names directories)")
@@ -225,8 +231,12 @@ def jobs(config: StudyConfig) -> list[RunJob]:
     """Every run of the study, method by method (in the config's order: put the cheap ones first, so
     that a study stopped early has every task's cheap rows), env by env, seed by seed."""
     train_seeds: tuple[int | None, ...] = config.train_seeds or (None,)
+    def scaled(spec: MethodSpec, env_id: str) -> MethodSpec:
+        scale = config.budget_scale.get(env_id, 1)
+        return spec if scale == 1 else dataclasses.replace(spec, budget=max(1, round(spec.budget * scale)))
+
     return [RunJob(name=f"{task_name(env_id)}-{label}-s{seed}" + ("" if train is None else f"-t{train}"), env_id=env_id,
-                   label=label, seed=seed, spec=spec, env_kwargs=dict(config.env_kwargs.get(env_id, {})),
+                   label=label, seed=seed, spec=scaled(spec, env_id), env_kwargs=dict(config.env_kwargs.get(env_id, {})),
                    test_seeds=tuple(config.test_seeds), train_seed=train)
             for label, spec in config.methods.items() for env_id in config.envs for seed in config.instances(env_id)
             for train in train_seeds]

@@ -48,7 +48,7 @@ def test_adam_with_contact_discovery_places_each_stage_and_counts_its_executions
     assert result.budget["eval_steps"] == 4
     baseline = optimize(problem, SolverConfig(method="adam", iters=4))
     assert not np.array_equal(result.actions, baseline.actions)
-    with pytest.raises(ValueError, match="contact_discovery: DiffEnvs/RollingPin-v0's actions do not translate"):
+    with pytest.raises(ValueError, match="contact_discovery: DiffEnvs/RollingPin-v0.s actions do not translate its tools"):
         rolling = Problem(ProblemConfig(env_id="DiffEnvs/RollingPin-v0", horizon=4, env_kwargs=SMALL["DiffEnvs/RollingPin-v0"]))
         optimize(rolling, config)
     with pytest.raises(ValueError, match="discovery_stages must be >= 1"):

@@ -607,3 +607,17 @@ def test_few_values_are_shown_and_not_bootstrapped_and_training_seeds_nest_in_in
         load_study(_write(tmp_path, {**values, "protocol": "generalize", "test_seeds": [9]}, name="bad.yaml"))
     with pytest.raises(ConfigError, match="env_seeds"):
         load_study(_write(tmp_path, {**TINY, "env_seeds": {"DiffEnvs/Move-v0": [1]}}, name="bad2.yaml"))
+
+
+def test_budget_scale_gives_each_env_its_budget_and_names_only_its_envs():
+    methods = {"adam": MethodSpec(method="adam", budget=1000), "ppo": MethodSpec(method="ppo", budget=5000)}
+    config = StudyConfig(name="s", envs=("DiffEnvs/Assembly-v0", "DiffEnvs/Assembly2-v0"), seeds=(0,), methods=methods,
+                         budget_scale={"DiffEnvs/Assembly2-v0": 2})
+    budgets = {(job.env_id, job.label): job.spec.budget for job in jobs(config)}
+    assert budgets == {("DiffEnvs/Assembly-v0", "adam"): 1000, ("DiffEnvs/Assembly2-v0", "adam"): 2000,
+                       ("DiffEnvs/Assembly-v0", "ppo"): 5000, ("DiffEnvs/Assembly2-v0", "ppo"): 10000}
+    assert {job.request().budget for job in jobs(config) if job.env_id.endswith("2-v0")} == {2000, 10000}
+    with pytest.raises(ValueError, match="budget_scale names envs that are not in envs"):
+        StudyConfig(name="s", envs=("DiffEnvs/Assembly-v0",), seeds=(0,), methods=methods, budget_scale={"DiffEnvs/Move-v0": 2})
+    with pytest.raises(ValueError, match="budget_scale factors must be > 0"):
+        StudyConfig(name="s", envs=("DiffEnvs/Assembly-v0",), seeds=(0,), methods=methods, budget_scale={"DiffEnvs/Assembly-v0": 0})

@@ -164,6 +164,7 @@ class ChopsticksTask(DoughTask):
     tool_shapes = (ToolShape("capsule", (0.015, 0.1, 0.0)), ToolShape("capsule", (0.015, 0.1, 0.0)))
     blob_half = np.array([0.02, 0.02, 0.2])  # a 0.04 x 0.04 x 0.4 rope along z (PlasticineLab: 0.6 long)
     gap_speed = 1.0  # rate of the gap at action 1, as a fraction of tool_speed
+    rigid_pair = True  # contact discovery moves the pair's midpoint (diffenvs.baselines.contact_discovery)
 
     def sample_tools(self, rng, blob_centre):
         r, half = self.tool_shapes[0].size[:2]
