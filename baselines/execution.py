@@ -10,8 +10,10 @@ is :mod:`diffenvs.baselines.scheduler`'s.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterable
@@ -21,6 +23,7 @@ from diffenvs.baselines.method import get_method
 from diffenvs.baselines.scheduler import BACKENDS, scratch
 from diffenvs.baselines.study import RunJob, StudyConfig, comparable, job_dict, select, write_config
 from diffenvs.config import ConfigError
+from diffenvs.registration import task_name
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +32,37 @@ class RunInterrupted(RuntimeError):
     """A run stopped by Ctrl-C: it is not stored, a restart runs it again."""
 
 
-def execute(job: RunJob) -> dict[str, bytes]:
+PROGRESS_EVERY_S = 30.0
+"""A run's progress line comes at most this often (and at its first and last evaluation)."""
+
+
+def execute(job: RunJob, progress: bool = False) -> dict[str, bytes]:
     """Run one job in a scratch directory and return its files (relative path -> bytes): the run
     directory of its method, plus ``job.json``. Returning the files (instead of writing into the
-    study directory) lets a Ray worker on another machine take part.
+    study directory) lets a Ray worker on another machine take part. ``progress``: print a line when
+    the run starts and at its evaluations (method, env, instance, env steps, metric so far; at most
+    one per :data:`PROGRESS_EVERY_S` seconds).
 
     Raises:
         RunInterrupted: the run was interrupted (Ctrl-C reaches the workers too).
     """
-    import warp as wp
+    from diffenvs.baselines import rundir
+    from diffenvs.warp_util import quiet_warp
 
-    wp.config.quiet = True  # no banner and no module-load lines from every worker
-    wp.config.log_level = 30
+    quiet_warp()  # no banner and no module-load lines from every worker
     logging.getLogger("diffenvs").setLevel(logging.WARNING)
+    where = f"{job.label} on {task_name(job.env_id)} instance {job.seed}" + ("" if job.train_seed is None else f" seed {job.train_seed}")
+    last = [-math.inf]
+
+    def report(env_steps: int, wall_time: float, metric: float, best: float) -> None:
+        if wall_time - last[0] >= PROGRESS_EVERY_S or env_steps >= job.spec.budget:
+            last[0] = wall_time
+            print(f"  {where}: {env_steps:,} of {job.spec.budget:,} env steps, metric {metric:.3f} (best {best:.3f}), "
+                  f"{wall_time:.0f} s", flush=True)
+
+    if progress:
+        print(f"  start {where} ({job.spec.budget:,} env steps)", flush=True)
+    rundir.progress_listener = report if progress else None
     with scratch() as path:
         run = get_method(job.spec.method).solve(job.request(), Path(path) / "run")
         if run.status == "interrupted":
@@ -114,7 +135,7 @@ def run_study(config: StudyConfig, *, backend: str = "pool", address: str | None
 
     try:
         if todo:
-            BACKENDS[backend](execute, todo, config.workers, finished, address=address)
+            BACKENDS[backend](functools.partial(execute, progress=progress), todo, config.workers, finished, address=address)
     finally:
         bar.close()
     report_path = write_report(config) if report else None

@@ -32,6 +32,7 @@ import csv
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ class Run:
     @property
     def metric(self) -> float:
         return float(self.summary["metric"])
+
+
+progress_listener: Callable[[int, float, float, float], None] | None = None
+"""Called with every ``curve.csv`` row (env steps, wall time, metric, best metric) of this process's
+runs (a study's worker prints its progress lines with it); ``None``: nothing."""
 
 
 class RunWriter:
@@ -110,6 +116,8 @@ class RunWriter:
         self.rows.append((int(env_steps), float(wall_time), float(metric), float(best_metric)))
         self._curve_writer.writerow([int(env_steps), f"{wall_time:.3f}", repr(float(metric)), repr(float(best_metric))])
         self._curve.flush()
+        if progress_listener is not None:
+            progress_listener(int(env_steps), float(wall_time), float(metric), float(best_metric))
         return best_metric > before
 
     def log(self, record: dict[str, Any]) -> None:

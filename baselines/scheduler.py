@@ -202,13 +202,13 @@ def ray_map(fn: Callable[[Any], Any], todo: list[Any], workers: int, finished: F
     if started:
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1, max_calls=1)(fn)
+        remote = ray.remote(num_cpus=1, max_calls=1)(_apply)  # ray takes functions, not partials
         pending = {}
         queue = list(todo)
         while queue or pending:
             while queue and len(pending) < workers:
                 job = queue.pop(0)
-                pending[remote.remote(job)] = job
+                pending[remote.remote(fn, job)] = job
             ready, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ready[0])
             try:
@@ -218,6 +218,10 @@ def ray_map(fn: Callable[[Any], Any], todo: list[Any], workers: int, finished: F
     finally:
         if started:
             ray.shutdown()
+
+
+def _apply(fn: Callable[[Any], Any], job: Any) -> Any:
+    return fn(job)
 
 
 BACKENDS: dict[str, Callable[..., None]] = {"pool": pool_map, "ray": ray_map}

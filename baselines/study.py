@@ -95,7 +95,9 @@ class StudyConfig:
             that env (e.g. ``{tool_softness: 0.0}``: hard tools); envs not listed use their defaults.
             ``max_episode_steps`` (``gym.make``'s) sets the episode length for every method: the
             learners' episodes and the optimizers' sequence length (``problem.horizon``).
-        out_dir: The study directory.
+        out_dir: The study directory; ``None`` (the shipped configs): ``runs/study/<name of the
+            config file>``, so that running a shipped study never writes into the committed
+            ``results/`` (read those with ``--report-only --out-dir results/<name>``).
         workers: Runs at the same time (processes of the pool; Ray tasks in flight).
         bootstrap_reps: Bootstrap resamples of the confidence intervals.
         protocol: ``instance``: every method on each instance of ``seeds`` (optimizers optimize it,
@@ -113,7 +115,7 @@ class StudyConfig:
     seeds: tuple[int, ...]
     methods: dict[str, MethodSpec]
     env_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    out_dir: str = "runs/study"
+    out_dir: str | None = None
     workers: int = 2
     bootstrap_reps: int = 2000
     protocol: Literal["instance", "generalize"] = "instance"
@@ -123,6 +125,9 @@ class StudyConfig:
     budget_scale: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.out_dir is None:  # load_study names it after the config file; built in Python, after the name
+            slug = "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-") or "study"
+            object.__setattr__(self, "out_dir", f"runs/study/{slug}")
         if not self.envs or not self.seeds or not self.methods:
             raise ValueError("envs, seeds and methods must not be empty")
         for env_id, seeds in self.env_seeds.items():
@@ -195,6 +200,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None, *,
         ConfigError: naming the bad key, or the extra a chosen method needs.
     """
     values = {**read_yaml(path), **(overrides or {})}
+    if values.get("out_dir") is None:
+        values["out_dir"] = str(Path("runs") / "study" / Path(path).stem)
     config = from_dict(StudyConfig, values, where=str(path))
     validate(config, where=str(path), todo=None if methods is None else select(config, methods=methods))
     return config

@@ -18,10 +18,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import warp as wp
-
-    wp.config.log_level = 30  # warnings and errors only (no init banner, no module-load lines)
-
     from diffenvs.baselines.demo import DemoConfig, run_demo
     from diffenvs.config import load_yaml
     from diffenvs.configs import CONFIG_DIR
@@ -97,9 +93,6 @@ def _env_errors(args: argparse.Namespace):
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    import warp as wp
-
-    wp.config.log_level = 30
     from diffenvs.baselines.method import missing_requirements
     from diffenvs.baselines.runner import run_optimize
 
@@ -131,9 +124,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 def _cmd_landscape(args: argparse.Namespace) -> int:
     import numpy as np
-    import warp as wp
 
-    wp.config.log_level = 30
     from diffenvs.baselines.landscape import loss_landscape, plot_landscape
     from diffenvs.baselines.problem import Problem
 
@@ -167,9 +158,6 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    import warp as wp
-
-    wp.config.log_level = 30
     from diffenvs.baselines.gradcheck import DEFAULT_EPS, GradcheckConfig, gradcheck
 
     config = GradcheckConfig(
@@ -184,9 +172,6 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import warp as wp
-
-    wp.config.log_level = 30
     from diffenvs.baselines.learner import TrainConfig, run_train
 
     config = TrainConfig(
@@ -448,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from diffenvs.warp_util import quiet_warp
+
+    quiet_warp()  # Warp's own messages: DIFFENVS_WARP_VERBOSE=1
     try:
         return args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

@@ -38,6 +38,7 @@ import warp as wp
 
 from diffenvs.autodiff import GradientError, Trajectory
 from diffenvs.task import StepBuffers, Task
+from diffenvs.warp_util import quiet_warp
 
 OBJECTIVES = ("return", "loss")
 
@@ -416,6 +417,7 @@ class EnvCore:
             raise ValueError(f"render_width and render_height must be >= 1, got {render_width} and {render_height}")
         if not autoreset and int(num_envs) != 1:
             raise ValueError("an env without autoreset has one world")
+        quiet_warp()  # see diffenvs.warp_util.VERBOSE_ENV for Warp's own messages
         self.task = task_class(int(num_envs), device=device, **task_kwargs)
         self.num_envs = self.task.world_count
         self.autoreset = bool(autoreset)

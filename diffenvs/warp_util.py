@@ -10,12 +10,16 @@ loudly instead of silently dropping gradients):
 * ``warp._src.context.runtime.tape``: the tape that is recording now (:func:`record_adjoint`);
 * ``Tape.record_func``, ``Tape.launches``, ``Tape.gradients`` and ``array.mark_init`` (the
   array-access verifier's read marks, :func:`forget_reads`);
-* ``warp._src.types.type_size_in_bytes`` (:func:`type_size_in_bytes`).
+* ``warp._src.types.type_size_in_bytes`` (:func:`type_size_in_bytes`);
+* ``warp._src.context.runtime`` being ``None`` before ``wp.init()`` (:func:`quiet_warp`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -105,6 +109,50 @@ def type_size_in_bytes(dtype: Any) -> int:
     return int(_wp_types.type_size_in_bytes(dtype))
 
 
+VERBOSE_ENV = "DIFFENVS_WARP_VERBOSE"
+"""Set this environment variable (to anything) to keep Warp's own messages: its start-up banner, its
+module-load lines and, on a machine without an NVIDIA driver, its "Could not find or load the
+NVIDIA CUDA driver" warning."""
+
+_DRIVER_WARNING = "Could not find or load the NVIDIA CUDA driver"
+
+
+def quiet_warp() -> None:
+    """Quiet Warp for diffenvs' users (the CLI and every env call it; idempotent): its log level at
+    warnings and errors (no banner, no module-load lines) unless the user has set another level, and
+    Warp started with its native "no CUDA driver" line kept off stderr (the expected state of a CPU
+    machine; other messages of the start pass through). The way back: :data:`VERBOSE_ENV`, or
+    ``wp.config.log_level = 20`` after the first env."""
+    if os.environ.get(VERBOSE_ENV):
+        return
+    if wp.config.log_level == 20:  # Warp's default: nobody chose it
+        wp.config.log_level = 30
+    if _wp_context.runtime is not None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            wp.init()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode(errors="replace")
+    kept = "".join(line for line in text.splitlines(keepends=True) if _DRIVER_WARNING not in line)
+    if kept:
+        sys.stderr.write(kept)
+
+
 __all__ = [
-    "GRAD_ALIGNMENT", "forget_reads", "pooled_grads", "record_adjoint", "recording_tape", "type_size_in_bytes", "walk_arrays",
+    "GRAD_ALIGNMENT",
+    "VERBOSE_ENV",
+    "forget_reads",
+    "pooled_grads",
+    "quiet_warp",
+    "record_adjoint",
+    "recording_tape",
+    "type_size_in_bytes",
+    "walk_arrays",
 ]

@@ -87,3 +87,19 @@ def test_bench_rejects_bad_options(bad):
     result = subprocess.run([sys.executable, "-m", "diffenvs.cli", "bench", *bad], check=False, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode != 0 and ("--batched" in result.stderr or "--tasks" in result.stderr)
+
+
+def test_warp_is_quiet_by_default_and_verbose_on_request():
+    """An env's first use prints nothing of Warp's (no banner, no module-load lines, no "no CUDA
+    driver" warning on a CPU machine); DIFFENVS_WARP_VERBOSE brings them back."""
+    import os
+    import sys
+
+    code = ("import gymnasium as gym, numpy as np, diffenvs\n"
+            "env = gym.make('DiffEnvs/Pusher-v0')\nenv.reset(seed=0)\nenv.step(np.zeros(2))\nprint('stepped')")
+    env = {key: value for key, value in os.environ.items() if key != "DIFFENVS_WARP_VERBOSE"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, check=True)
+    assert quiet.stdout.strip() == "stepped" and "Warp" not in quiet.stderr, quiet.stderr[-1000:]
+    verbose = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                             env={**env, "DIFFENVS_WARP_VERBOSE": "1"})
+    assert "Warp" in verbose.stdout + verbose.stderr

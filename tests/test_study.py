@@ -621,3 +621,14 @@ def test_budget_scale_gives_each_env_its_budget_and_names_only_its_envs():
         StudyConfig(name="s", envs=("DiffEnvs/Assembly-v0",), seeds=(0,), methods=methods, budget_scale={"DiffEnvs/Move-v0": 2})
     with pytest.raises(ValueError, match="budget_scale factors must be > 0"):
         StudyConfig(name="s", envs=("DiffEnvs/Assembly-v0",), seeds=(0,), methods=methods, budget_scale={"DiffEnvs/Assembly-v0": 0})
+
+
+def test_a_study_prints_a_line_per_run_as_it_starts_and_at_its_evaluations(tmp_path, capfd):
+    values = {**TINY, "seeds": [0], "methods": {"adam": TINY["methods"]["adam"]}, "workers": 1}
+    config = load_study(_write(tmp_path, values), {"out_dir": str(tmp_path / "study")})
+    assert config.out_dir == str(tmp_path / "study")
+    run_study(config, progress=True, report=False)
+    out = capfd.readouterr().out
+    assert "start adam on Pusher instance 0 (400 env steps)" in out
+    assert "adam on Pusher instance 0: 400 of 400 env steps, metric" in out  # the last evaluation, always
+    assert load_study(_write(tmp_path, values, "mine.yaml")).out_dir == "runs/study/mine"  # never into results/
