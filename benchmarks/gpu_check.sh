@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU check of the device tool (see the README's "On a GPU"): run from the repository root on a
+# The GPU check of the device tool (see docs/performance.md, "On a GPU"): run from the repository root on a
 # CUDA machine that has Python and numpy but no Warp or Gymnasium and no network. Expects, copied
 # beforehand: the warp-lang 1.19.0 wheel for Python 3.12 split into /tmp/w/warp.part-* (64 MiB
 # travel per call), its checksum in .gpu/warp.sha256 and the gymnasium and farama-notifications

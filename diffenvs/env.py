@@ -818,8 +818,10 @@ class DiffVectorEnv(_CoreEnv, gym.vector.VectorEnv):
     Args:
         num_envs: Worlds.
         max_episode_steps: Truncation horizon of every world's episodes (``None``: none).
-        render_mode, device, differentiable, checkpoint, render_width, render_height, instance_seed, task_kwargs:
-            as for :class:`DiffEnv`.
+
+    The other arguments (``render_mode``, ``device``, ``differentiable``, ``checkpoint``,
+    ``render_width``, ``render_height``, ``instance_seed`` and the task's options) are those of
+    :class:`DiffEnv`.
     """
 
     metadata: ClassVar[dict[str, Any]] = {
