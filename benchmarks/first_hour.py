@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=[info.id for info in diffenvs.ENVS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--horizon", type=int, default=50, help="env steps of the sequence")
+    parser.add_argument("--horizon", type=int, default=None, help="env steps of the sequence (default: the id's episode)")
     parser.add_argument("--iters", type=int, default=20, help="Adam iterations")
     parser.add_argument("--lr", type=float, default=0.1, help="Adam's step size [action units]")
     parser.add_argument("--samples", type=int, default=100, help="random sequences")
