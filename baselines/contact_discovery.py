@@ -10,6 +10,10 @@ piece and find the next (after CPDeform, Li et al., ICLR 2022). At the start of 
    (k-means), each with the mean direction its particles must move;
 3. each tool is placed behind its cluster along that direction (backing off until clear of all the
    dough, ready to push; for a press, above it), tools matched to clusters by least total travel;
+   when two tools must make the dough rise (a lift: the mean move rises by more than 0.15 of its
+   length; transport reshuffles a lifted piece with what it lands on, so it shows less than the
+   true rise), they are placed on either side of it instead, across the move's horizontal part (a
+   grip: no push lifts dough);
 4. the stage's first actions are a path there (straight, or over the dough when the straight line
    runs through it); gradient descent then optimizes the whole sequence from that start.
 
@@ -97,22 +101,30 @@ def placements(task: Any, state: dict[str, np.ndarray], *, margin: float = 0.005
     chosen = distance >= max(float(np.quantile(distance, 0.8)), 0.5 * float(distance.max()))
     far, far_moves = sample[chosen], moves[chosen]
     tools = task.driven_tools
-    labels = _kmeans(x[far], tools) if len(far) >= tools else np.zeros(len(far), dtype=int)
-    spots = []
-    for j in range(tools):
-        points, shift = x[far][labels == j], far_moves[labels == j]
-        if not len(points):
-            points, shift = x[far], far_moves
-        direction = shift.mean(axis=0)
-        direction = direction / max(np.linalg.norm(direction), 1e-12)
-        centre = points.mean(axis=0)
-        behind = float(np.max((centre - points) @ direction, initial=0.0))  # the cluster's depth against the push
-        spots.append((centre, direction, behind))
-    start = np.asarray(state["tool_pos"], dtype=np.float64)[:tools]
     rots = np.asarray(state["tool_rot"], dtype=np.float64)
+    overall = far_moves.mean(axis=0) / max(float(np.linalg.norm(far_moves.mean(axis=0))), 1e-12)
+    if tools == 2 and overall[1] > 0.15:  # the dough must rise (no push lifts it): a grip, a tool on either side
+        centre = x[far].mean(axis=0)
+        across = np.array([-overall[2], 0.0, overall[0]])
+        across = across / np.linalg.norm(across) if np.linalg.norm(across) > 1e-6 else np.array([1.0, 0.0, 0.0])
+        width = float(np.max(np.abs((x[far] - centre) @ across)))
+        spots = [(centre + side * across * width, -side * across) for side in (1.0, -1.0)]  # (surface point, push)
+    else:
+        labels = _kmeans(x[far], tools) if len(far) >= tools else np.zeros(len(far), dtype=int)
+        spots = []
+        for j in range(tools):
+            points, shift = x[far][labels == j], far_moves[labels == j]
+            if not len(points):
+                points, shift = x[far], far_moves
+            direction = shift.mean(axis=0)
+            direction = direction / max(np.linalg.norm(direction), 1e-12)
+            centre = points.mean(axis=0)
+            behind = float(np.max((centre - points) @ direction, initial=0.0))  # the cluster's depth against the push
+            spots.append((centre - direction * behind, direction))
+    start = np.asarray(state["tool_pos"], dtype=np.float64)[:tools]
     best, best_cost, best_order = None, math.inf, ()
-    for order in itertools.permutations(range(tools)):
-        places = np.array([spots[j][0] - spots[j][1] * (spots[j][2] + _extent(task.tool_shapes[t], rots[t], spots[j][1]) + margin)
+    for order in itertools.permutations(range(len(spots)), tools):
+        places = np.array([spots[j][0] - spots[j][1] * (_extent(task.tool_shapes[t], rots[t], spots[j][1]) + margin)
                            for t, j in enumerate(order)])
         cost = float(np.linalg.norm(places - start, axis=1).sum())
         if cost < best_cost:
@@ -120,7 +132,7 @@ def placements(task: Any, state: dict[str, np.ndarray], *, margin: float = 0.005
     floor = task.model.floor_height
     lowest = np.array([_extent(task.tool_shapes[t], rots[t], np.array([0.0, -1.0, 0.0])) for t in range(tools)])
     best[:, 1] = np.maximum(best[:, 1], floor + lowest)  # never into the floor
-    for t, j in enumerate(best_order):  # back off along the push until clear of all the dough, not just the cluster
+    for t, j in enumerate(best_order):  # back off against the push until clear of all the dough, not just the cluster
         reach = _extent(task.tool_shapes[t], rots[t], -spots[j][1]) + margin
         for _ in range(60):
             if np.min(np.linalg.norm(x[::2] - best[t], axis=1)) >= reach:

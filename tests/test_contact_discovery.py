@@ -53,3 +53,15 @@ def test_adam_with_contact_discovery_places_each_stage_and_counts_its_executions
         optimize(rolling, config)
     with pytest.raises(ValueError, match="discovery_stages must be >= 1"):
         GradientConfig(contact_discovery=True, discovery_stages=0)
+
+
+def test_a_lift_places_two_tools_on_either_side_of_the_piece():
+    env = make_unwrapped("DiffEnvs/Assembly-v0", **SMALL["DiffEnvs/Assembly-v0"])
+    env.reset(seed=0)
+    state = env.get_state()
+    x = state["particle_x"]
+    ball = x[x[:, 0] < (x[:, 0].min() + x[:, 0].max()) / 2]
+    places = placements(env.task, state)
+    sides = np.sign(places[:, 2] - ball[:, 2].mean())
+    assert sorted(sides) == [-1.0, 1.0]  # across the ball's way to its block (along x)
+    assert np.all(np.abs(places[:, 0] - ball[:, 0].mean()) < 0.05)
