@@ -26,8 +26,8 @@ for info in diffenvs.ENVS:
     with mkdocs_gen_files.open(f"envs/{name}.md", "w") as page:
         page.write(f"# {info.id}\n\n{summary}\n\n")
         page.write(f"![{name}: the start (top) and the target (bottom) of seed 0](../assets/envs/{name}.png)\n\n")
-        page.write(f"*Seed 0 at the default options: top, the start; bottom, the target"
-                   f" (top view beside a front view).* Episode: {info.max_episode_steps} steps.")
+        bottom = "the end of an episode of Adam's best sequence" if name == "Pusher" else "the target (top view beside a front view)"
+        page.write(f"*Seed 0 at the default options: top, the start; bottom, {bottom}.* Episode: {info.max_episode_steps} steps.")
         if variants:
             page.write(" Also registered: " + ", ".join(f"`{v}`" for v in variants) + ".")
         page.write("\n\n" + body.strip() + "\n")

@@ -1,4 +1,5 @@
-"""Render the picture of every env's page: its start (top) and its target (bottom), seed 0, default options.
+"""Render the picture of every env's page, seed 0, default options: its start (top) and its target
+(bottom; the Pusher: the end of an episode of Adam's best sequence, the target drawn as an outline).
 
 Run from the repository root after changing a task's scene or targets (about a minute on a CPU):
 
@@ -33,8 +34,16 @@ def main() -> None:
             state = env.get_state()
             env.set_state({**state, "particle_x": state["target_x"]})
             frames = [start, env.render()]
-        else:  # the Pusher: the start and the end of 50 Adam steps on its gradient would need a run; its start
-            frames = [start]
+        else:  # the Pusher: the start, and the end of an episode of 30 Adam iterations' best sequence
+            from diffenvs.baselines.problem import Problem, ProblemConfig
+            from diffenvs.baselines.solver_config import SolverConfig
+            from diffenvs.baselines.trajopt import optimize
+
+            problem = Problem(ProblemConfig(env_id=info.id, seed=0))
+            result = optimize(problem, SolverConfig(method="adam", iters=30))
+            for action in result.actions:
+                env.step(action)
+            frames = [start, env.render()]
         iio.imwrite(OUT / f"{task_name(info.id)}.png", np.concatenate(frames, axis=0))
         print("wrote", OUT / f"{task_name(info.id)}.png")
 
