@@ -17,13 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "build" / "docs-src"
 
 
-def on_config(config, **kwargs):
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-dir"]
-    # mkdocstrings searches sys.path after its own paths, and run from the repository it would meet the
-    # source tree's diffenvs/ (without tasks/ and baselines/) first: keep the checkout itself off it
+def stage() -> None:
+    """Copy the package's folders into :data:`STAGE` as they install, and keep the checkout itself off
+    ``sys.path``: mkdocstrings searches sys.path after its own paths, and run from the repository it
+    would meet the source tree's ``diffenvs/`` (without ``tasks/`` and ``baselines/``) first."""
     sys.path[:] = [path for path in sys.path if path and Path(path).resolve() != ROOT]
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-dir"]
     shutil.rmtree(STAGE, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name, folder in sorted(mapping.items()):  # "diffenvs" first, then its mapped subpackages
         shutil.copytree(ROOT / folder, STAGE.joinpath(*name.split(".")), ignore=ignore, dirs_exist_ok=True)
-    return config
+
+
+stage()  # on loading the hook, before any plugin's on_config: mkdocstrings drops search paths that do not exist yet
+
+
+def on_pre_build(config, **kwargs):
+    stage()  # again for each rebuild of `mkdocs serve` (the sources may have changed)
