@@ -283,10 +283,18 @@ def job_dict(job: RunJob) -> dict[str, Any]:
 def comparable(job: dict[str, Any]) -> dict[str, Any]:
     """A job dict without what its run ignores: a learner trains for the study's budget, not for its
     section's ``n_timesteps`` (a changed default training length keeps finished runs valid), and an
-    option left unset (``None``; ``n_envs`` of older job files) distinguishes nothing."""
+    option that is off (``None`` or ``False``) distinguishes nothing: ``n_envs`` of older job files, and
+    options added to the solver after a run was recorded (``contact_discovery``, ``discovery_stages``),
+    which that run ran without."""
     resolved = {key: value for key, value in job.get("resolved", {}).items() if key != "n_timesteps"}
     spec = {key: value for key, value in job.get("spec", {}).items() if value is not None}
-    return {**job, "spec": spec, "resolved": resolved}
+    return {**job, "spec": spec, "resolved": _without_off(resolved)}
+
+
+def _without_off(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {key: _without_off(value) for key, value in tree.items() if value is not None and value is not False}
+    return tree
 
 
 def write_config(config: StudyConfig) -> None:

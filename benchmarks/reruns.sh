@@ -10,7 +10,7 @@
 set -uo pipefail
 R="${1:?the repository}/results"
 C="python -m diffenvs.cli compare --no-progress --workers ${WORKERS:-2}"
-phase() { echo "=== $(date +%T) $*"; "$@"; echo "=== $(date +%T) exit $?"; }
+phase() { echo "=== $(date +%T) $*"; "$@"; local rc=$?; echo "=== $(date +%T) exit $rc"; }
 phase $C --config full --out-dir "$R/full" --methods adam reinforce cem cmaes random
 phase $C --config full --out-dir "$R/full" --methods ppo apg shac --envs DiffEnvs/Pusher-v0
 phase $C --config generalize_long --out-dir "$R/generalize_long" --methods apg shac shac_decay shac_contact

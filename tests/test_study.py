@@ -409,6 +409,25 @@ def test_a_finished_run_stays_valid_when_only_the_section_s_training_length_chan
         run_study(config, progress=False, report=False)
 
 
+def test_a_finished_run_stays_valid_when_an_option_added_later_is_off(tmp_path):
+    """A run recorded before the solver gained an option (contact discovery) ran without it: the
+    option, off in the new job, does not invalidate it; switched on, it does."""
+    from diffenvs.baselines.study import job_dict as _job_dict
+
+    values = {**TINY, "seeds": [0], "methods": {"adam": TINY["methods"]["adam"]}, "out_dir": str(tmp_path / "out")}
+    config = load_study(_write(tmp_path, values))
+    [job] = jobs(config)
+    recorded = _job_dict(job)
+    gradient = recorded["resolved"]["solver"]["gradient"]
+    assert gradient.pop("contact_discovery") is False and gradient.pop("discovery_stages") is None
+    (tmp_path / "out" / "runs" / job.name).mkdir(parents=True)
+    (tmp_path / "out" / "runs" / job.name / "job.json").write_text(json.dumps(recorded))
+    assert run_study(config, progress=False, report=False).skipped == [job.name]
+    switched = {**values, "methods": {"adam": {**TINY["methods"]["adam"], "set": {"solver.gradient.contact_discovery": True}}}}
+    with pytest.raises(ConfigError, match=job.name):
+        run_study(load_study(_write(tmp_path, switched, name="on.yaml")), progress=False, report=False)
+
+
 def test_the_generalization_protocol_trains_with_the_random_instances_values(tmp_path):
     """A job of the generalize protocol resolves (and records in job.json) the section's
     random_instances values; a job of the instance protocol the section's own."""
