@@ -38,6 +38,13 @@ from diffenvs.baselines.learner import Evaluator, LearnerMethod, TrainConfig
 from diffenvs.baselines.method import ModelPolicy
 from diffenvs.config import ConfigError
 
+SATURATED = 0.99
+"""An action component beyond this magnitude is saturated: ``tanh``'s slope there is under 0.02, so
+almost no gradient reaches the network (``train.csv``'s ``saturated`` counts them)."""
+
+TRAIN_LOG_WINDOWS = 10
+"""Windows averaged into one row of ``train.csv``."""
+
 DIFF_ALGOS: tuple[str, ...] = ("apg", "shac")
 """The algorithms :func:`train` implements (each registered as a learner in :mod:`diffenvs.baselines.method`)."""
 
@@ -115,10 +122,11 @@ def _apg_window(agent: Agent, rollout: Any, obs: Any, config: DiffRLConfig, gene
 
     total = torch.zeros(rollout.num_envs, dtype=torch.float64)
     discount = torch.ones(rollout.num_envs, dtype=torch.float64)
-    seen = []
+    seen, saturated = [], []
     for _ in range(config.window):
         seen.append(obs.detach().numpy())
         action = agent.mean_action(obs)
+        saturated.append(float((action.detach().abs() > SATURATED).double().mean()))
         if config.action_noise > 0:
             action = action + config.action_noise * torch.randn(action.shape, generator=generator)
         obs, reward, terminated, truncated, _ = rollout.step(action)
@@ -132,7 +140,8 @@ def _apg_window(agent: Agent, rollout: Any, obs: Any, config: DiffRLConfig, gene
     actor_opt.step()
     if agent.obs_rms is not None:  # statistics for the next window (constants within one)
         agent.obs_rms.update(np.concatenate(seen))
-    return obs, {"actor_loss": float(loss.detach()), "grad_norm": float(norm)}
+    return obs, {"actor_loss": float(loss.detach()), "grad_norm": float(norm), "saturated": float(np.mean(saturated)),
+                 "reward": float(total.detach().mean()) / config.window}
 
 
 def _shac_window(agent: Agent, rollout: Any, obs: Any, config: DiffRLConfig, generator: Any, actor_opt: Any,
@@ -145,13 +154,14 @@ def _shac_window(agent: Agent, rollout: Any, obs: Any, config: DiffRLConfig, gen
     actor_loss = torch.zeros((), dtype=torch.float64)
     inputs, rewards, next_values, ends = [], [], [], []
     std = torch.exp(agent.log_std)
-    raw = []
+    raw, saturated, values = [], [], []
     for t in range(config.window):
         raw.append(obs.detach().numpy())
         normalized = agent.normalize(obs)
         inputs.append(normalized.detach())
         mean = agent.actor(normalized)  # the Gaussian lives before the tanh: actions stay inside [-1, 1]
         action = torch.tanh(mean + std * torch.randn(mean.shape, generator=generator))
+        saturated.append(float((torch.tanh(mean.detach()).abs() > SATURATED).double().mean()))
         obs, reward, terminated, truncated, info = rollout.step(action)
         terminated_t, truncated_t = torch.as_tensor(terminated), torch.as_tensor(truncated)
         ended = terminated_t | truncated_t
@@ -164,6 +174,7 @@ def _shac_window(agent: Agent, rollout: Any, obs: Any, config: DiffRLConfig, gen
         actor_loss = actor_loss - torch.where(closing, accumulated + gamma * discount * value, torch.zeros_like(value)).sum()
         rewards.append(reward.detach())
         next_values.append(value.detach())
+        values.append(float(value.detach().mean()))
         ends.append(ended)
         discount = torch.where(ended, torch.ones_like(discount), discount * gamma)
         accumulated = torch.where(ended, torch.zeros_like(accumulated), accumulated)
@@ -200,7 +211,46 @@ def _shac_window(agent: Agent, rollout: Any, obs: Any, config: DiffRLConfig, gen
             target.mul_(config.target_alpha).add_((1 - config.target_alpha) * source)
     if agent.obs_rms is not None:  # statistics for the next window (constants within one)
         agent.obs_rms.update(np.concatenate(raw))
-    return obs, {"actor_loss": float(actor_loss.detach()), "critic_loss": critic_loss, "grad_norm": float(norm)}
+    return obs, {"actor_loss": float(actor_loss.detach()), "critic_loss": critic_loss, "grad_norm": float(norm),
+                 "saturated": float(np.mean(saturated)), "reward": float(torch.stack(rewards).mean()),
+                 "value": float(np.mean(values)), "std": float(std.detach().mean())}
+
+
+class _TrainLog:
+    """``train.csv``: the training windows' diagnostics (:func:`_apg_window`'s and
+    :func:`_shac_window`'s stats: actor loss, critic loss, gradient norm before clipping, fraction of
+    saturated actions, mean reward per step, mean target value, policy std), averaged over
+    :data:`TRAIN_LOG_WINDOWS` windows per row, flushed as written."""
+
+    def __init__(self, path: Path):
+        self.path, self.handle, self.writer, self.pending, self.env_steps = path, None, None, [], 0
+
+    def add(self, env_steps: int, stats: dict[str, float]) -> None:
+        if not stats:  # the untrained policy's call
+            return
+        self.pending.append(stats)
+        self.env_steps = env_steps
+        if len(self.pending) == TRAIN_LOG_WINDOWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import csv
+
+        if not self.pending:
+            return
+        row = {"env_steps": self.env_steps, **{key: f"{np.mean([s[key] for s in self.pending]):.6g}" for key in self.pending[0]}}
+        if self.writer is None:
+            self.handle = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            self.writer = csv.DictWriter(self.handle, fieldnames=list(row))
+            self.writer.writeheader()
+        self.writer.writerow(row)
+        self.handle.flush()
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()  # the last windows, fewer than a row's
+        if self.handle is not None:
+            self.handle.close()
 
 
 class DiffRLLearner(LearnerMethod):
@@ -220,12 +270,14 @@ class DiffRLLearner(LearnerMethod):
 
         diff = diffrl_config(section, {}, where=self.name)
         latest: dict[str, Any] = {"agent": None, "env_steps": 0}
+        diagnostics = _TrainLog(run_dir / "train.csv")
 
         def save_best() -> None:
             torch.save(latest["agent"].state_dict(), run_dir / "best_model.pt")
 
         def on_window(agent: Agent, env_steps: int, stats: dict[str, float]) -> None:
             latest["agent"], latest["env_steps"] = agent, env_steps
+            diagnostics.add(env_steps, stats)
             evaluator.maybe(agent, env_steps, save_best)
 
         status = "finished"
@@ -234,6 +286,8 @@ class DiffRLLearner(LearnerMethod):
                   env_kwargs=config.env_kwargs, on_window=on_window)
         except KeyboardInterrupt:
             status = "interrupted"
+        finally:
+            diagnostics.close()
         agent = latest["agent"]
         if agent is not None:
             if status == "finished":

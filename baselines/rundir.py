@@ -9,6 +9,8 @@ study's runs) writes::
                    (an optimizer: loss, gradient norm, step size ...; a learner: return and metric
                    per evaluation instance)
     summary.json   the keys of SUMMARY_KEYS, the same for every method
+    train.csv      APG and SHAC only: training diagnostics (losses, gradient norm, saturated
+                   actions, reward, value, policy std), one row per ten training windows
     <artifact>     what :meth:`Method.load` reads (``summary["artifact"]``): ``best.npz`` (an
                    optimizer's best sequence), ``best_model.zip`` (stable-baselines3, with
                    ``best_vecnormalize.pkl``), ``best_model.pt`` (APG, SHAC)

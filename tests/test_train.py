@@ -164,7 +164,18 @@ def test_policies_through_the_simulator_learn_the_pusher(tmp_path, algo):
     assert best["metric_mean"] > first["metric_mean"] + 0.1, run.evaluations
     for name in ("model.pt", "best_model.pt", "curve.csv", "log.csv", "summary.json", "config.yaml"):
         assert (run.run_dir / name).exists()
-    from diffenvs.baselines.diffrl import Agent
+    import pandas as pd
+
+    from diffenvs.baselines.diffrl import TRAIN_LOG_WINDOWS, Agent, diffrl_config, window_cost
+    from diffenvs.baselines.rl import load_hyperparams
+
+    windows = 98_304 // window_cost(diffrl_config(load_hyperparams(algo, "DiffEnvs/Pusher-v0"), {}, where=algo))
+    diagnostics = pd.read_csv(run.run_dir / "train.csv")  # one row per TRAIN_LOG_WINDOWS windows, the last one's rest
+    assert len(diagnostics) == -(-windows // TRAIN_LOG_WINDOWS) and diagnostics["env_steps"].iloc[-1] == 98_304
+    assert diagnostics["env_steps"].is_monotonic_increasing
+    expected = {"actor_loss", "grad_norm", "saturated", "reward"} | ({"critic_loss", "value", "std"} if algo == "shac" else set())
+    assert set(diagnostics.columns) == {"env_steps", *expected}
+    assert diagnostics["saturated"].between(0, 1).all() and diagnostics.notna().all().all()
 
     replay = evaluate_policy_on_instances(Agent.load(run.run_dir / "best_model.pt"), "DiffEnvs/Pusher-v0", (0, 1, 2))
     assert replay["metric_mean"] == pytest.approx(best["metric_mean"], abs=1e-6)
