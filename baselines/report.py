@@ -1,10 +1,20 @@
 """The report of a study (``diffenvs compare``, ``--report-only``): tables, intervals, curves.
 
 Written from the finished runs alone (read through :mod:`diffenvs.baselines.rundir`), so a restart
-or ``--report-only`` writes the same report: ``report.md`` (a table per task), ``final.csv`` (one
-row per run), ``steps.png`` and ``time.png`` (metric against env steps and wall time: median and
-interquartile range over seeds, one panel per task). Intervals are 95% percentile-bootstrap
-intervals of the interquartile mean over a cell's runs (seeded).
+or ``--report-only`` writes the same report: ``report.md`` (a table per task and, with several
+tasks, the methods across tasks), ``final.csv`` (one row per run), ``steps.png`` and ``time.png``
+(metric against env steps and wall time: median and interquartile range over seeds, one panel per
+task). Intervals are 95% percentile-bootstrap intervals of the interquartile mean over a cell's
+runs (seeded).
+
+Across tasks (rliable's aggregate, Agarwal et al., NeurIPS 2021): every task's metric runs from 0
+(the start state) to 1 (solved), so a method's values on all tasks pool into one interquartile
+mean, and its interval comes from a *stratified* bootstrap (each task's instances resampled within
+the task): with three instances per task and eight tasks, 24 values, where one task's three alone
+would give no honest interval. The probability of improvement ``P(X > Y)`` is rliable's: the mean
+over tasks of the chance that a run of X ends above a run of Y on that task (ties count a half),
+with a stratified bootstrap interval; 0.5 is a draw, and an interval that excludes 0.5 says which
+method is ahead more often, not by how much.
 """
 
 from __future__ import annotations
@@ -187,6 +197,77 @@ def summarize(config: StudyConfig, records: list[RunRecord]) -> dict[str, list[d
     return tables
 
 
+def across_tasks(tables: dict[str, list[dict[str, Any]]], *, reps: int, seed: int = 0) -> dict[str, Any]:
+    """The methods on every task of ``tables`` (:func:`summarize`'s) pooled across tasks.
+
+    Returns:
+        ``methods`` (those with values on every task, best aggregate first), ``aggregate`` (method ->
+        (IQM over all their instance values, low, high, n)), ``improvement`` ((X, Y) -> (P(X > Y),
+        low, high)) and ``missing`` (methods absent from some task). Intervals: 95% percentile
+        intervals of a stratified bootstrap (``reps`` resamples, seeded).
+    """
+    values: dict[str, list[np.ndarray]] = {}
+    labels = list(dict.fromkeys(row["method"] for rows in tables.values() for row in rows))
+    for label in labels:
+        per_task = [np.asarray(row["cell"].values) for rows in tables.values() for row in rows if row["method"] == label]
+        if len(per_task) == len(tables):
+            values[label] = per_task
+    rng = np.random.default_rng(seed)
+
+    def resample(per_task: list[np.ndarray]) -> list[np.ndarray]:  # (reps, n_t) per task
+        return [v[rng.integers(0, len(v), size=(reps, len(v)))] for v in per_task]
+
+    aggregate = {}
+    for label, per_task in values.items():
+        pooled = np.concatenate(resample(per_task), axis=1)
+        low, high = np.percentile(iqm(pooled, axis=1), [2.5, 97.5])
+        aggregate[label] = (float(iqm(np.concatenate(per_task))), float(low), float(high), sum(map(len, per_task)))
+
+    def improvement(xs: list[np.ndarray], ys: list[np.ndarray]) -> np.ndarray:  # values (n,) or resamples (reps, n)
+        chances = [((x[..., :, None] > y[..., None, :]) + 0.5 * (x[..., :, None] == y[..., None, :])).mean(axis=(-2, -1))
+                   for x, y in zip(xs, ys)]
+        return np.mean(chances, axis=0)
+
+    improve = {}
+    methods = sorted(values, key=lambda label: -aggregate[label][0])
+    for x in methods:
+        for y in methods:
+            if x == y:
+                continue
+            point = float(improvement(values[x], values[y]))
+            low, high = np.percentile(improvement(resample(values[x]), resample(values[y])), [2.5, 97.5])
+            improve[(x, y)] = (point, float(low), float(high))
+    return {"methods": methods, "aggregate": aggregate, "improvement": improve,
+            "missing": [label for label in labels if label not in values]}
+
+
+def _across_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig) -> list[str]:
+    pooled = across_tasks(tables, reps=config.bootstrap_reps)
+    methods = pooled["methods"]
+    if not methods:
+        return []
+    lines = ["## Across tasks", "",
+             (f"The methods with runs on all {len(tables)} tasks ({', '.join(task_name(env) for env in tables)}"
+              + (f"; no runs yet on the study's other {len(config.envs) - len(tables)}" if len(tables) < len(config.envs) else "")
+              + "): "
+              "interquartile mean of all their instance values with a 95% stratified-bootstrap interval "
+              "(instances resampled within each task), and the probability that the row's method ends above "
+              "the column's on a task (rliable's probability of improvement: the mean over tasks of the chance "
+              "that a run of one ends above a run of the other; 0.5 a draw) with its stratified-bootstrap "
+              "interval. Every metric runs from 0 (start state) to 1 (solved), so the tasks pool without rescaling."
+              + (f" Not on every task yet: {', '.join(pooled['missing'])}." if pooled["missing"] else "")), "",
+             "| method | n | IQM across tasks [95% CI] |", "|---|---|---|"]
+    for label in methods:
+        middle, low, high, n = pooled["aggregate"][label]
+        lines.append(f"| {label} | {n} | {middle:.3f} [{low:.3f}, {high:.3f}] |")
+    if len(methods) > 1:
+        lines += ["", "| P(row > column) | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for x in methods:
+            entries = ["-" if x == y else "{:.2f} [{:.2f}, {:.2f}]".format(*pooled["improvement"][(x, y)]) for y in methods]
+            lines.append(f"| {x} | " + " | ".join(entries) + " |")
+    return [*lines, ""]
+
+
 def write_report(config: StudyConfig) -> Path:
     """Write ``report.md``, ``final.csv``, ``steps.png`` and ``time.png`` from the finished runs, and
     ``study.yaml`` (the config of this report: a study run with a subset of the config's methods or
@@ -247,6 +328,8 @@ def write_report(config: StudyConfig) -> Path:
                 f"| {row['reached_50']}/{row['runs']} / {row['reached_90']}/{row['runs']} "
                 f"| {row['env_steps']:,.0f} | {row['wall_time']:.1f} |")
         lines.append("")
+    if config.protocol == "instance" and len(tables) > 1:
+        lines += _across_lines(tables, config)
     lines += [f"![metric against env steps]({plots[0].name})" if plots[0] else "",
               f"![metric against wall time]({plots[1].name})" if plots[1] else "", ""]
     path = out / "report.md"
@@ -319,5 +402,5 @@ def _step_values(curve: np.ndarray, column: int, grid: np.ndarray) -> np.ndarray
     return np.where(index >= 0, curve[np.maximum(index, 0), 2], np.nan)
 
 
-__all__ = ["MIN_FOR_INTERVAL", "Cell", "RunRecord", "cell", "first_reaching", "interval", "iqm", "load_runs", "summarize",
+__all__ = ["MIN_FOR_INTERVAL", "Cell", "RunRecord", "across_tasks", "cell", "first_reaching", "interval", "iqm", "load_runs", "summarize",
            "write_report"]

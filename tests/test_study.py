@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -314,6 +315,45 @@ def test_the_report_gives_intervals_and_the_cost_of_reaching_the_best():
     assert interval([1.0, 2.0, 3.0, 4.0], reps=200) == first  # seeded
     spread = list(np.linspace(0.0, 1.0, 9) ** 2)
     assert interval(spread, reps=200, seed=1) != interval(spread, reps=200, seed=2)  # the seed is used
+
+
+def test_across_tasks_pools_instances_with_a_stratified_bootstrap():
+    """rliable's aggregate: one IQM over every task's instances, intervals from resampling within
+    tasks, the probability of improvement averaged over tasks (ties a half); a method missing from a
+    task is left out and named."""
+    from diffenvs.baselines.report import Cell, across_tasks
+
+    def row(method, values):
+        return {"method": method, "cell": Cell(tuple(values), float(np.mean(values)), math.nan, math.nan)}
+
+    tables = {"A": [row("hi", [1.0, 1.0, 1.0]), row("lo", [0.0, 0.0, 0.0]), row("mix", [0.0, 1.0, 0.5])],
+              "B": [row("hi", [0.9, 0.9, 0.9]), row("lo", [0.9, 0.9, 0.9]), row("mix", [0.2, 0.4, 0.6])]}
+    pooled = across_tasks({**tables, "C": [row("hi", [0.5]), row("lo", [0.5]), row("mix", [0.5])]}, reps=400)
+    assert pooled["methods"][0] == "hi" and pooled["missing"] == []
+    assert pooled["aggregate"]["hi"][3] == 7  # n: every instance value of every task
+    pooled = across_tasks(tables, reps=400)
+    assert pooled["aggregate"]["hi"] == (pytest.approx(0.95), pytest.approx(0.95), pytest.approx(0.95), 6)  # no spread within a task
+    middle, low, high, _ = pooled["aggregate"]["mix"]
+    assert low < middle < high
+    # hi beats lo on A always, draws on B: P = (1 + 0.5) / 2; no resample can change either task
+    assert pooled["improvement"][("hi", "lo")] == pytest.approx((0.75, 0.75, 0.75))
+    assert pooled["improvement"][("lo", "hi")] == pytest.approx((0.25, 0.25, 0.25))
+    point, low, high = pooled["improvement"][("mix", "lo")]  # A: 0 ties (a half), 1 and 0.5 win; B: all below 0.9
+    assert point == pytest.approx((2.5 / 3 + 0.0) / 2) and low < point < high
+    assert pooled["improvement"][("mix", "lo")][0] + pooled["improvement"][("lo", "mix")][0] == pytest.approx(1.0)
+    assert across_tasks(tables, reps=400) == pooled  # seeded
+    partial = across_tasks({"A": tables["A"], "B": tables["B"][:2]}, reps=100)
+    assert "mix" not in partial["methods"] and partial["missing"] == ["mix"]
+    # the report's section, from summarize's tables of a study over three tasks, one without runs yet
+    from diffenvs.baselines.report import _across_lines
+
+    config = StudyConfig(name="t", envs=("DiffEnvs/Pusher-v0", "DiffEnvs/Move-v0", "DiffEnvs/Shape-v0"), seeds=(0, 1),
+                         bootstrap_reps=100, methods={"a": MethodSpec("optimize", "adam", 100), "c": MethodSpec("optimize", "cem", 100)})
+    records = [dataclasses.replace(_record(m, seed, v, [[10, 1, v]]), env_id=env)
+               for env in config.envs[:2] for seed in (0, 1) for m, v in (("a", 0.8 + 0.1 * seed), ("c", 0.5))]
+    text = "\n".join(_across_lines(summarize(config, records[:-1]), config))  # c lacks Move's instance 1: still on both
+    assert "## Across tasks" in text and "(Pusher, Move; no runs yet on the study's other 1)" in text
+    assert "| a | 4 | 0.850 [" in text and "| a | - | 1.00 [1.00, 1.00] |" in text
 
 
 def test_compare_cli_reports_and_rejects(tmp_path, capsys):
