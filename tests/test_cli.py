@@ -80,6 +80,24 @@ def test_bench_batched_rows_and_task_selection(tmp_path):
     assert row["worlds"] == 2 and row["world_steps_per_s"] > 0 and row["reset_s"] > 0 and row["gib_per_world"] > 0
 
 
+def test_task_rates_interleaves_tasks_and_writes_ratios(tmp_path):
+    """benchmarks/task_rates.py: every task's rate in each preset and mode, printed as a ratio to the first."""
+    import json
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "task_rates.py"
+    out = tmp_path / "rates.json"
+    command = [sys.executable, str(script), "--tasks", "RollingPin,Move", "--presets", "default", "--rounds", "1",
+               "--steps", "2", "--json", str(out)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert sorted(figures["rates"]) == ["default/forward", "default/grad"]
+    assert all(set(rates) == {"RollingPin", "Move"} and min(rates.values()) > 0 for rates in figures["rates"].values())
+    assert "| RollingPin |" in result.stdout and "| 1.00 |" in result.stdout and "--rounds 1" in figures["command"]
+
+
 @pytest.mark.parametrize("bad", [["--batched", "huge:4"], ["--batched", "paper:0"], ["--batched", "paper"], ["--tasks", "Knead"]])
 def test_bench_rejects_bad_options(bad):
     import sys
