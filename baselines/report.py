@@ -254,7 +254,9 @@ def _across_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig) 
               "(instances resampled within each task), and the probability that the row's method ends above "
               "the column's on a task (rliable's probability of improvement: the mean over tasks of the chance "
               "that a run of one ends above a run of the other; 0.5 a draw) with its stratified-bootstrap "
-              "interval. Every metric runs from 0 (start state) to 1 (solved), so the tasks pool without rescaling."
+              "interval (of zero width when, on every task, all of one method's runs end above or all below the "
+              "other's: resampling within tasks cannot change that). Every metric runs from 0 (start state) to 1 "
+              "(solved), so the tasks pool without rescaling."
               + (f" Not on every task yet: {', '.join(pooled['missing'])}." if pooled["missing"] else "")), "",
              "| method | n | IQM across tasks [95% CI] |", "|---|---|---|"]
     for label in methods:
