@@ -75,6 +75,9 @@ ENVS: tuple[EnvInfo, ...] = (
     _dough("Pinch", "Pinch a cube of MPM dough into a pattern of two dents with one sphere (3-D action, two stages)."),
     _dough("Writer", "Carve a stroke into a slab of MPM dough with a vertical capsule stylus (3-D action)."),
     _dough("TripleMove", "Carry three pieces of MPM dough to their own targets with three pairs of spheres (18-D action)."),
+    *(_dough("TripleMove", f"TripleMove's {what} carried in turn by one pair of spheres (6-D action, {k} stage{'s' * (k > 1)}).",
+             80 * k, name=f"TripleMove{k}", kwargs={"stages": k})
+      for k, what in ((1, "first piece"), (2, "first two pieces"), (3, "three pieces"))),
     _dough("Torus", "Stamp a ring into a slab of MPM dough with a torus (3-D action)."),
     _dough("Rope", "Wind an MPM dough rope around a fixed pillar with two spheres (6-D action).", 60),
     _dough("Table", "Push one leg of an MPM dough table to a new place with a sphere (3-D action)."),

@@ -95,6 +95,35 @@ def test_stages_are_checked_and_registered_as_variants():
     assert env.task.stages == 2 and env.task.particle_count == 200  # an explicit particle_count is the total
 
 
+@pytest.mark.parametrize("stages", [1, 3])
+def test_triplemove_in_turn_has_one_pair_for_its_pieces(stages):
+    """TripleMove{k}-v0: k of the row's pieces (the preset's particles each), one pair of spheres (6-D
+    action) starting either side of the first piece, each piece's target its own rigid shift across
+    the row; TripleMove-v0 keeps its three pairs."""
+    env = gym.make(f"DiffEnvs/TripleMove{stages}-v0", **SMALL["DiffEnvs/TripleMove-v0"])
+    assert env.spec.max_episode_steps == 80 * stages and gym.spec(f"DiffEnvs/TripleMove{stages}-v0").kwargs == {"stages": stages}
+    task = env.unwrapped.task
+    assert env.action_space.shape == (6,) and task.tool_count == 2 and len(task.blob_offsets) == stages
+    env.reset(seed=3)
+    state = env.unwrapped.get_state()
+    x, target, tools = state["particle_x"], state["target_x"], state["tool_pos"]
+    first = x[:, 0] < x[:, 0].min() + 0.11
+    assert tools[:, 0] == pytest.approx([x[first, 0].mean()] * 2, abs=0.01)  # beside the first piece, across the row
+    assert tools[0, 2] < x[first, 2].min() and tools[1, 2] > x[first, 2].max()
+    for i in range(stages):
+        piece = np.abs(x[:, 0] - (x[:, 0].min() + 0.05 + 0.2 * i)) < 0.06
+        shift = target[piece] - x[piece]
+        np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-6)  # rigid
+        assert 0.04 <= abs(shift[0, 2]) <= 0.1 and abs(shift[0, 0]) <= 0.02
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.array([0.0, 0.0, 1.0, 0.0, 0.0, -1.0]))  # squeeze the first piece
+    grads = env.unwrapped.grad().actions
+    assert grads.shape == (3, 6) and np.all(np.isfinite(grads)) and np.abs(grads).max() > 0
+    full = make_unwrapped("DiffEnvs/TripleMove-v0", **SMALL["DiffEnvs/TripleMove-v0"])
+    assert full.action_space.shape == (18,) and full.task.tool_count == 6
+
+
 def test_chopsticks_move_as_one_rigid_pair():
     env = make_unwrapped("DiffEnvs/Chopsticks-v0", **SMALL["DiffEnvs/Chopsticks-v0"])
     env.reset(seed=0)

@@ -234,6 +234,12 @@ class TripleMoveEnv(DiffEnv):
         """    Target: each piece moved rigidly across the row by its own 0.04-0.1 (either way) and along
     it by up to 0.02; spheres 0 and 1 start on either side of the first piece, 2 and 3 of the
     second, 4 and 5 of the third.
+
+    With ``stages`` k (1-3; registered as ``DiffEnvs/TripleMove1-v0``, ``TripleMove2-v0`` and
+    ``TripleMove3-v0``, 80 steps per stage) one pair of spheres carries k of the row's pieces in
+    turn: a 6-D action (the table's first two rows), the pair starting either side (across the
+    row) of the first piece, the preset's particles per piece. Each piece must be let go of before
+    the pair finds the next, 0.2 along the row: the axis of the stages study.
 """,
     )
     task_class = TripleMoveTask

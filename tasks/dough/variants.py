@@ -191,19 +191,34 @@ class WriterTask(_TranslateTask):
 
 class TripleMoveTask(_TranslateTask):
     """Carry three pieces of dough, each to its own target place, with three pairs of spheres
-    (PlasticineLab's TripleMove)."""
+    (PlasticineLab's TripleMove); with ``stages`` k, k pieces carried in turn by one pair."""
 
     action_dim = 18
     tool_shapes = tuple(ToolShape("sphere", (0.03, 0.0, 0.0)) for _ in range(6))
     blob_half = np.array([0.05, 0.05, 0.05])  # PlasticineLab's 0.1^3 cubes, 0.2 apart
     blob_offsets = np.array([[-0.2, 0.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.0]])
+    max_stages = 3
+    stage_steps = 80  # env steps per stage of the ids with stages (a carry, then 0.2 along the row to the next piece)
+
+    def layout_pieces(self):
+        if self.config.stages is None:  # PlasticineLab's: every piece has its own pair, all act at once
+            return
+        # In turn: k of the row's pieces (the preset's particles each), one pair of spheres for all of them
+        self.blob_offsets = np.array([[0.2 * (i - (self.stages - 1) / 2), 0.0, 0.0] for i in range(self.stages)])
+        self.tool_shapes = type(self).tool_shapes[:2]
+        self.action_dim = 6
 
     def sample_tools(self, rng, blob_centre):
         r = self.tool_shapes[0].size[0]
-        pos = []
-        for offset in self.blob_offsets:
-            gap = self.blob_half[0] + r + rng.uniform(0.005, 0.015)
-            pos += [blob_centre + offset - [gap, 0.0, 0.0], blob_centre + offset + [gap, 0.0, 0.0]]
+        if self.config.stages is not None:  # the one pair, on either side (across the row) of the first piece
+            gap = self.blob_half[2] + r + rng.uniform(0.005, 0.015)
+            first = blob_centre + self.blob_offsets[0]
+            pos = [first - [0.0, 0.0, gap], first + [0.0, 0.0, gap]]
+        else:
+            pos = []
+            for offset in self.blob_offsets:
+                gap = self.blob_half[0] + r + rng.uniform(0.005, 0.015)
+                pos += [blob_centre + offset - [gap, 0.0, 0.0], blob_centre + offset + [gap, 0.0, 0.0]]
         return np.array(pos), np.tile(yaw_quat(0.0), (len(pos), 1))
 
     def sample_target(self, rng, blob_centre, particles, tool_pos, tool_rot):
