@@ -230,13 +230,12 @@ def across_tasks(tables: dict[str, list[dict[str, Any]]], *, reps: int, seed: in
 
     improve = {}
     methods = sorted(values, key=lambda label: -aggregate[label][0])
-    for x in methods:
-        for y in methods:
-            if x == y:
-                continue
+    for i, x in enumerate(methods):
+        for y in methods[i + 1:]:  # ties count one half, so P(Y > X) = 1 - P(X > Y) on the same resamples
             point = float(improvement(values[x], values[y]))
             low, high = np.percentile(improvement(resample(values[x]), resample(values[y])), [2.5, 97.5])
             improve[(x, y)] = (point, float(low), float(high))
+            improve[(y, x)] = (1.0 - point, 1.0 - float(high), 1.0 - float(low))
     return {"methods": methods, "aggregate": aggregate, "improvement": improve,
             "missing": [label for label in labels if label not in values]}
 

@@ -340,8 +340,12 @@ def test_across_tasks_pools_instances_with_a_stratified_bootstrap():
     assert pooled["improvement"][("lo", "hi")] == pytest.approx((0.25, 0.25, 0.25))
     point, low, high = pooled["improvement"][("mix", "lo")]  # A: 0 ties (a half), 1 and 0.5 win; B: all below 0.9
     assert point == pytest.approx((2.5 / 3 + 0.0) / 2) and low < point < high
-    assert pooled["improvement"][("mix", "lo")][0] + pooled["improvement"][("lo", "mix")][0] == pytest.approx(1.0)
+    # the reverse pair from the same resamples: its interval mirrors the pair's
+    assert pooled["improvement"][("lo", "mix")] == pytest.approx((1 - point, 1 - high, 1 - low))
     assert across_tasks(tables, reps=400) == pooled  # seeded
+    spread = np.random.default_rng(0).uniform(size=(4, 6))  # many distinct chances: separate resamples would not mirror
+    mirrored = across_tasks({t: [row("x", spread[t]), row("y", spread[2 + t])] for t in (0, 1)}, reps=200)["improvement"]
+    assert mirrored[("y", "x")] == pytest.approx((1 - mirrored[("x", "y")][0], 1 - mirrored[("x", "y")][2], 1 - mirrored[("x", "y")][1]))
     partial = across_tasks({"A": tables["A"], "B": tables["B"][:2]}, reps=100)
     assert "mix" not in partial["methods"] and partial["missing"] == ["mix"]
     # the report's section, from summarize's tables of a study over three tasks, one without runs yet
