@@ -256,7 +256,7 @@ def _across_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig) 
               "interval (of zero width when, on every task, all of one method's runs end above or all below the "
               "other's: resampling within tasks cannot change that). Every metric runs from 0 (start state) to 1 "
               "(solved), so the tasks pool without rescaling."
-              + (f" Not on every task yet: {', '.join(pooled['missing'])}." if pooled["missing"] else "")), "",
+              + _missing_text(pooled["missing"], tables, config)), "",
              "| method | n | IQM across tasks [95% CI] |", "|---|---|---|"]
     for label in methods:
         middle, low, high, n = pooled["aggregate"][label]
@@ -267,6 +267,14 @@ def _across_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig) 
             entries = ["-" if x == y else "{:.2f} [{:.2f}, {:.2f}]".format(*pooled["improvement"][(x, y)]) for y in methods]
             lines.append(f"| {x} | " + " | ".join(entries) + " |")
     return [*lines, ""]
+
+
+def _missing_text(missing: list[str], tables: dict[str, Any], config: StudyConfig) -> str:
+    """The methods left out of the pooled rows: not run on some task by the config, or not yet."""
+    chosen = [label for label in missing if not all(config.runs_on(label, env_id) for env_id in tables)]
+    pending = [label for label in missing if label not in chosen]
+    return ((f" Not run on every task (the config's `envs` of each): {', '.join(chosen)}." if chosen else "")
+            + (f" Not on every task yet: {', '.join(pending)}." if pending else ""))
 
 
 def write_report(config: StudyConfig) -> Path:
@@ -328,6 +336,9 @@ def write_report(config: StudyConfig) -> Path:
                 f"| {_cost(row, 'seconds', 50, row['runs'])} / {_cost(row, 'seconds', 90, row['runs'])} "
                 f"| {row['reached_50']}/{row['runs']} / {row['reached_90']}/{row['runs']} "
                 f"| {row['env_steps']:,.0f} | {row['wall_time']:.1f} |")
+        skipped = [label for label in config.methods if not config.runs_on(label, env_id)]
+        if skipped:
+            lines += ["", f"Not run on this task (chosen up front: the config's `envs` of each): {', '.join(skipped)}."]
         lines.append("")
     if config.protocol == "instance" and len(tables) > 1:
         lines += _across_lines(tables, config)

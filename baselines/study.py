@@ -58,6 +58,8 @@ class MethodSpec:
             (``solver.cem.population``); for a learner, hyperparameters (``learning_rate``, ``n_envs``).
         eval_every: Learners: env steps between evaluations of the policy; ``None``: a twentieth
             of the budget.
+        envs: The study's env ids this method runs on; empty: all of them. For a method too costly to
+            run everywhere, chosen up front: the report names the tasks it was not run on.
     """
 
     kind: Literal["optimize", "train"] | None = None
@@ -65,6 +67,7 @@ class MethodSpec:
     budget: int = 0
     set: dict[str, Any] = dataclasses.field(default_factory=dict)
     eval_every: int | None = None
+    envs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         kind = STUDY_KINDS[method_kind(self.method)]  # ConfigError for an unknown method
@@ -149,11 +152,18 @@ class StudyConfig:
                 raise ValueError(f"{key} names envs that are not in envs: {unknown}")
         if any(not scale > 0 for scale in self.budget_scale.values()):
             raise ValueError("budget_scale factors must be > 0")
-        for label in self.methods:
+        for label, spec in self.methods.items():
+            unknown = sorted(set(spec.envs) - set(self.envs))
+            if unknown:
+                raise ValueError(f"methods.{label}.envs names envs that are not in envs: {unknown}")
             if not label.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"method label {label!r}: letters, digits, '-' and '_' only (it names directories)")
         if self.workers < 1 or self.bootstrap_reps < 100:
             raise ValueError("workers must be >= 1 and bootstrap_reps >= 100")
+
+    def runs_on(self, label: str, env_id: str) -> bool:
+        """Whether method ``label`` runs on ``env_id`` (its ``envs``, if given)."""
+        return not self.methods[label].envs or env_id in self.methods[label].envs
 
     def instances(self, env_id: str) -> tuple[int, ...]:
         """The instances (reset seeds) of ``env_id``: its ``env_seeds`` or the study's ``seeds``."""
@@ -245,8 +255,8 @@ def jobs(config: StudyConfig) -> list[RunJob]:
     return [RunJob(name=f"{task_name(env_id)}-{label}-s{seed}" + ("" if train is None else f"-t{train}"), env_id=env_id,
                    label=label, seed=seed, spec=scaled(spec, env_id), env_kwargs=dict(config.env_kwargs.get(env_id, {})),
                    test_seeds=tuple(config.test_seeds), train_seed=train)
-            for label, spec in config.methods.items() for env_id in config.envs for seed in config.instances(env_id)
-            for train in train_seeds]
+            for label, spec in config.methods.items() for env_id in config.envs if config.runs_on(label, env_id)
+            for seed in config.instances(env_id) for train in train_seeds]
 
 
 def select(config: StudyConfig, *, methods: Iterable[str] | None = None, envs: Iterable[str] | None = None,
@@ -272,6 +282,7 @@ def job_dict(job: RunJob) -> dict[str, Any]:
     """The job and the configuration it resolves to (``job.json``): a finished run counts for a
     restarted study only if both are unchanged (e.g. after a re-tuning)."""
     values = dataclasses.asdict(job)
+    values["spec"].pop("envs")  # where the method runs, not how: as before the key existed
     if not job.test_seeds:
         values.pop("test_seeds")  # protocol instance: as before the generalize protocol existed
     if job.train_seed is None:
@@ -287,7 +298,7 @@ def comparable(job: dict[str, Any]) -> dict[str, Any]:
     options added to the solver after a run was recorded (``contact_discovery``, ``discovery_stages``),
     which that run ran without."""
     resolved = {key: value for key, value in job.get("resolved", {}).items() if key != "n_timesteps"}
-    spec = {key: value for key, value in job.get("spec", {}).items() if value is not None}
+    spec = {key: value for key, value in job.get("spec", {}).items() if value is not None and key != "envs"}
     return {**job, "spec": spec, "resolved": _without_off(resolved)}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from diffenvs.baselines.execution import run_study
 from diffenvs.baselines.report import RunRecord, first_reaching, interval, summarize, write_report
-from diffenvs.baselines.study import MethodSpec, StudyConfig, jobs, load_study
+from diffenvs.baselines.study import MethodSpec, StudyConfig, job_dict, jobs, load_study
 from diffenvs.config import ConfigError, write_yaml
 
 TINY = {
@@ -695,3 +695,27 @@ def test_a_study_prints_a_line_per_run_as_it_starts_and_at_its_evaluations(tmp_p
     assert "start adam on Pusher instance 0 (400 env steps)" in out
     assert "adam on Pusher instance 0: 400 of 400 env steps, metric" in out  # the last evaluation, always
     assert load_study(_write(tmp_path, values, "mine.yaml")).out_dir == "runs/study/mine"  # never into results/
+
+
+def test_a_method_restricted_to_some_envs_runs_only_there_and_the_report_says_so(tmp_path, monkeypatch):
+    from diffenvs.baselines import report
+
+    envs = ("DiffEnvs/Pusher-v0", "DiffEnvs/Move-v0")
+    methods = {"adam": MethodSpec(method="adam", budget=1000), "ppo": MethodSpec(method="ppo", budget=5000, envs=("DiffEnvs/Pusher-v0",))}
+    config = StudyConfig(name="s", envs=envs, seeds=(0, 1), methods=methods, out_dir=str(tmp_path / "s"), bootstrap_reps=100)
+    assert [job.name for job in jobs(config)] == ["Pusher-adam-s0", "Pusher-adam-s1", "Move-adam-s0", "Move-adam-s1",
+                                                  "Pusher-ppo-s0", "Pusher-ppo-s1"]
+    assert "envs" not in job_dict(jobs(config)[-1])["spec"]  # job.json as before the key: finished runs stay valid
+    with pytest.raises(ValueError, match=r"methods.ppo.envs names envs that are not in envs: \['DiffEnvs/Shape-v0'\]"):
+        StudyConfig(name="s", envs=envs, seeds=(0,), methods={"ppo": MethodSpec(method="ppo", budget=5, envs=("DiffEnvs/Shape-v0",))})
+    records = [dataclasses.replace(_record(job.label, job.seed, 0.5, [[10, 1, 0.5]]), env_id=job.env_id) for job in jobs(config)]
+    monkeypatch.setattr(report, "load_runs", lambda config: records)
+    text = write_report(config).read_text()
+    assert "6 of 6 runs finished" in text
+    move = text.split("## DiffEnvs/Move-v0")[1].split("##")[0]
+    assert "Not run on this task (chosen up front: the config's `envs` of each): ppo." in move
+    assert "Not run on every task (the config's `envs` of each): ppo." in text and "yet" not in text.split("## Across tasks")[1]
+    # read back from YAML as a list
+    values = {**TINY, "envs": list(envs), "out_dir": str(tmp_path / "y"),
+              "methods": {"ppo": {**TINY["methods"]["ppo"], "envs": ["DiffEnvs/Move-v0"]}}}
+    assert [job.env_id for job in jobs(load_study(_write(tmp_path, values)))] == ["DiffEnvs/Move-v0"] * 2
