@@ -1,4 +1,4 @@
-"""The documentation site builds strictly (any warning fails) and has a page for every env id."""
+"""The documentation site builds strictly (any warning fails), has a page for every env id, and the README's task table matches the registry."""
 
 from __future__ import annotations
 
@@ -34,3 +34,27 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for page in ("index.html", "envs/Assembly/index.html", "results/full/index.html", "api/index.html", "changelog/index.html"):
         assert (tmp_path / "site" / page).stat().st_size > 0, page
+
+
+def test_the_readme_task_table_matches_the_registry():
+    """Every id is in the README's table with its action and observation sizes and its episode length
+    (an id of a task with stages: steps per stage)."""
+    import re
+
+    import gymnasium as gym
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 6:
+            for name in re.findall(r"`(\w+-v\d+)`", cells[0]):
+                rows[f"DiffEnvs/{name}"] = cells
+    assert set(rows) == {info.id for info in diffenvs.ENVS}
+    for info in diffenvs.ENVS:
+        env = gym.make(info.id, **{k: v for k, v in info.small_kwargs.items() if k != "obs_particle_count"})
+        action, observation, steps = rows[info.id][1:4]
+        stages = int(info.kwargs.get("stages", 1))
+        per_stage = int(steps.split()[0]) * (stages if "per stage" in steps else 1)
+        assert (int(action), int(observation), per_stage) == (env.action_space.shape[0], env.observation_space.shape[0],
+                                                            info.max_episode_steps), info.id
+        env.close()
