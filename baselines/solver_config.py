@@ -21,6 +21,11 @@ class GradientConfig:
         lr: Step size in action units (Adam's step; for ``gd`` the factor of the gradient).
         lr_schedule: ``constant``, or ``cosine`` / ``linear`` decay from ``lr`` to ``lr_final``.
         lr_final: Step size at the last iteration of a decaying schedule.
+        lr_steps: The sequence length [env steps] at which ``lr`` (and ``lr_final``) apply: a
+            sequence of H steps takes ``lr * lr_steps / H``. Adam moves every action by about its step
+            at once, so a fixed step displaces the tools further the longer the sequence (on the
+            Pusher at 400 steps, 0.1 set on 100 ends at 0.12-0.72 where 0.025 reaches 0.91-0.97:
+            ``results/long_horizon_lr/``); ``None``: ``lr`` at every length.
         beta1: Adam's first-moment decay.
         beta2: Adam's second-moment decay.
         eps: Adam's denominator regulariser.
@@ -50,6 +55,7 @@ class GradientConfig:
     lr: float = 0.1
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     lr_final: float = 0.0
+    lr_steps: int | None = None
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -70,6 +76,8 @@ class GradientConfig:
     def __post_init__(self) -> None:
         if not self.lr > 0.0 or self.lr_final < 0.0:
             raise ValueError(f"lr must be > 0 and lr_final >= 0, got {self.lr} and {self.lr_final}")
+        if self.lr_steps is not None and self.lr_steps < 1:
+            raise ValueError(f"lr_steps must be >= 1 env step or None, got {self.lr_steps}")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
             raise ValueError("beta1 and beta2 must lie in [0, 1)")
         if self.grad_clip is not None and not self.grad_clip > 0.0:
@@ -85,13 +93,15 @@ class GradientConfig:
             if value is not None and not value >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
 
-    def learning_rate(self, iteration: int, iters: int) -> float:
-        """Step size of ``iteration`` (0-based) of ``iters``."""
+    def learning_rate(self, iteration: int, iters: int, steps: int | None = None) -> float:
+        """Step size of ``iteration`` (0-based) of ``iters`` for a sequence of ``steps`` env steps
+        (scaled by ``lr_steps / steps`` when both are given)."""
+        scale = self.lr_steps / steps if self.lr_steps is not None and steps else 1.0
         if self.lr_schedule == "constant" or iters <= 1:
-            return self.lr
+            return self.lr * scale
         progress = iteration / (iters - 1)
         weight = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.lr_schedule == "cosine" else 1.0 - progress
-        return self.lr_final + (self.lr - self.lr_final) * weight
+        return (self.lr_final + (self.lr - self.lr_final) * weight) * scale
 
     def remedies(self, iteration: int, iters: int) -> dict[str, float]:
         """The remedies set for ``iteration``: linear from their start to their final values."""

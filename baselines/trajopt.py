@@ -211,13 +211,13 @@ def _gradient(problem: Problem, cfg: GradientConfig, iters: int, tracker: Tracke
         tracker.record(
             optimizer, first_iteration + iteration, loss, metric, **{"return": float(np.max(rollout.returns))},
             grad_norm=float(np.max(np.linalg.norm(grads.reshape(len(grads), -1), axis=1))),
-            lr=cfg.learning_rate(iteration, iters), contact_weight=remedies.get("contact_weight", math.nan),
+            lr=cfg.learning_rate(iteration, iters, problem.horizon), contact_weight=remedies.get("contact_weight", math.nan),
             softness=remedies.get("softness", math.nan),
         )
         if not active.any():
             reason = "the rollout diverged" if rollout.evaluation.diverged.any() else "non-finite gradient"
             return f"{reason} at iteration {first_iteration + iteration} (every start stopped)"
-        ascent.step(grads, cfg.learning_rate(iteration, iters), active)
+        ascent.step(grads, cfg.learning_rate(iteration, iters, problem.horizon), active)
     return None
 
 
@@ -279,8 +279,8 @@ def _reinforce(problem: Problem, cfg: ReinforceConfig, gradient: GradientConfig,
         tracker.offer(mean[None], evaluation)
         tracker.record("reinforce", iteration, float(evaluation.loss[0]), float(evaluation.metric[0]),
                        **{"return": float(np.mean(returns[np.isfinite(returns)])) if np.isfinite(returns).any() else math.nan},
-                       grad_norm=float(np.linalg.norm(grads)), lr=gradient.learning_rate(iteration, iters))
-        ascent.step(grads[None], gradient.learning_rate(iteration, iters), np.ones(1, dtype=bool))
+                       grad_norm=float(np.linalg.norm(grads)), lr=gradient.learning_rate(iteration, iters, problem.horizon))
+        ascent.step(grads[None], gradient.learning_rate(iteration, iters, problem.horizon), np.ones(1, dtype=bool))
 
 
 def _cem(problem: Problem, cfg: CEMConfig, iters: int, tracker: Tracker, rng: np.random.Generator, *,
@@ -348,7 +348,7 @@ def _mpc(problem: Problem, cfg: MPCConfig, gradient: GradientConfig, tracker: Tr
                 break
             if rollout.evaluation.loss[0] < best_loss:
                 best_plan, best_loss = ascent.params[0].copy(), float(rollout.evaluation.loss[0])
-            ascent.step(rollout.grads, gradient.learning_rate(iteration, cfg.iters_per_step), np.ones(1, dtype=bool))
+            ascent.step(rollout.grads, gradient.learning_rate(iteration, cfg.iters_per_step, length), np.ones(1, dtype=bool))
         plan[t:t + length] = best_plan
         steps = min(cfg.execute, horizon - t)
         executed[t:t + steps] = plan[t:t + steps]
