@@ -128,9 +128,12 @@ def test_ctrl_c_stops_the_study_its_runs_and_its_queue_within_seconds(tmp_path, 
     scratch.mkdir()
     values = {**TINY, "seeds": [0, 1, 2], "workers": 2, "out_dir": str(tmp_path / "s"),
               "methods": {"random": {"method": "random", "budget": 10_000_000}}}  # hours each
+    # SIGINT at its default in the study process, as in a terminal: a suite started in the background of a
+    # shell without job control (`pytest &` in a script) inherits SIGINT ignored, and Python keeps it so
     study = subprocess.Popen([sys.executable, "-m", "diffenvs.cli", "compare", "--config", str(_write(tmp_path, values)),
                               "--no-progress"], env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while len(list(scratch.glob("diffenvs-run-*/run/curve.csv"))) < 2 and time.monotonic() < deadline:
