@@ -455,28 +455,57 @@ def test_grid_update_gradcheck_walls_and_floor():
     )
 
 
-def test_cheap_yield_test_agrees_with_the_svd():
-    """The SVD-free bound never declares 'no yield' for a state that yields."""
-    from diffenvs.sim.mpm.kernels import yield_excess
+def test_cheap_yield_bound_never_passes_a_yielding_state_as_elastic():
+    """The SVD-free bound settles most small strains as elastic and never one that yields."""
+    from diffenvs.sim.mpm.kernels import elastic_by_bound
 
     @wp.kernel
-    def excess(F: wp.array(dtype=wp.mat33), mu: float, ys: float, out: wp.array(dtype=float)):
+    def settled(F: wp.array(dtype=wp.mat33), mu: float, ys: float, out: wp.array(dtype=float)):
         i = wp.tid()
-        out[i] = yield_excess(F[i], mu, ys)
+        out[i] = elastic_by_bound(F[i], mu, ys)
 
     rng = np.random.default_rng(0)
     scales = np.repeat([1e-4, 3e-3, 1e-2, 3e-2, 0.1], 200)
     F = np.eye(3) + scales[:, None, None] * rng.standard_normal((scales.size, 3, 3))
     out = wp.zeros(scales.size, dtype=float)
     mu, ys = 2000.0, 50.0
-    wp.launch(excess, dim=scales.size, inputs=[wp.array(F.astype(np.float32), dtype=wp.mat33), mu, ys], outputs=[out])
+    wp.launch(settled, dim=scales.size, inputs=[wp.array(F.astype(np.float32), dtype=wp.mat33), mu, ys], outputs=[out])
     sig = np.linalg.svd(F, compute_uv=False)
     e = np.log(sig)
-    reference = np.linalg.norm(e - e.mean(axis=1, keepdims=True), axis=1) - ys / (2 * mu)
-    got = out.numpy()
-    clear = np.abs(reference) > 1e-4  # float32 against float64: skip states on the surface itself
-    np.testing.assert_array_equal(got[clear] > 0, reference[clear] > 0)
-    assert np.sum(got == -1.0) > 100 and np.sum(reference > 0) > 100  # both paths are exercised
+    excess = np.linalg.norm(e - e.mean(axis=1, keepdims=True), axis=1) - ys / (2 * mu)
+    elastic = out.numpy() == 1.0
+    clear = np.abs(excess) > 1e-4  # float32 against float64: skip states on the surface itself
+    assert not np.any(elastic & clear & (excess > 0))
+    assert elastic.sum() > 100 and np.sum(excess > 0) > 100 and np.sum(~elastic & (excess < 0)) > 0  # every path
+
+
+def test_plastic_projection_matches_the_svd_return_mapping():
+    """One SVD decides and projects: yielding states land on the yield surface, the others are returned as they are."""
+    from diffenvs.sim.mpm.kernels import von_mises_project
+
+    @wp.kernel
+    def project(F: wp.array(dtype=wp.mat33), mu: float, ys: float, out: wp.array(dtype=wp.mat33)):
+        i = wp.tid()
+        out[i] = von_mises_project(F[i], mu, ys)
+
+    rng = np.random.default_rng(1)
+    scales = np.repeat([1e-3, 1e-2, 3e-2, 0.1], 100)
+    F = (np.eye(3) + scales[:, None, None] * rng.standard_normal((scales.size, 3, 3))).astype(np.float32)
+    mu, ys = 2000.0, 50.0
+    out = wp.zeros(scales.size, dtype=wp.mat33)
+    wp.launch(project, dim=scales.size, inputs=[wp.array(F, dtype=wp.mat33), mu, ys], outputs=[out])
+    got = out.numpy().astype(np.float64)
+    U, sig, Vt = np.linalg.svd(F.astype(np.float64))
+    e = np.log(sig)
+    e_hat = e - e.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(e_hat, axis=1)
+    excess = norm - ys / (2 * mu)
+    e_new = e - e_hat * (np.maximum(excess, 0) / norm)[:, None]
+    expected = U @ (np.exp(e_new)[:, :, None] * Vt)
+    clear = np.abs(excess) > 1e-4
+    np.testing.assert_allclose(got[clear], expected[clear], atol=2e-5)
+    assert np.sum(clear & (excess > 0)) > 50 and np.sum(clear & (excess < 0)) > 50
+    np.testing.assert_array_equal(got[excess < -1e-4], F[excess < -1e-4])  # exactly unchanged
 
 
 def test_grid_update_adjoint_stays_finite_for_nearly_empty_nodes():

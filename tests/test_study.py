@@ -133,7 +133,7 @@ def test_ctrl_c_stops_the_study_its_runs_and_its_queue_within_seconds(tmp_path, 
     study = subprocess.Popen([sys.executable, "-m", "diffenvs.cli", "compare", "--config", str(_write(tmp_path, values)),
                               "--no-progress"], env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509  (one call, no lock)
     try:
         deadline = time.monotonic() + 180
         while len(list(scratch.glob("diffenvs-run-*/run/curve.csv"))) < 2 and time.monotonic() < deadline:

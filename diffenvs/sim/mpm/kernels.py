@@ -120,33 +120,27 @@ def deviator(e: wp.vec3) -> wp.vec3:
 
 
 @wp.func
-def yield_excess(F: wp.mat33, mu: float, yield_stress: float) -> float:
-    """How far the Hencky strain's deviator lies beyond the von Mises yield surface (> 0: yields).
+def elastic_by_bound(F: wp.mat33, mu: float, yield_stress: float) -> float:
+    """1.0 where an SVD-free bound proves that F does not yield (von Mises on the Hencky strain), else 0.0.
 
-    A cheap test first: with b = F F^T / det(F)^(2/3) and d = |b - I|_F < 1, the deviatoric
-    Hencky strain is at most d / (2 (1 - d)) (|log x| <= |x - 1| / min(x, 1) on b's
-    eigenvalues). Below the yield strain that bound settles it without an SVD, as for all
-    dough at rest.
+    With b = F F^T / det(F)^(2/3) and d = |b - I|_F < 1, the deviatoric Hencky strain is at most
+    d / (2 (1 - d)) (|log x| <= |x - 1| / min(x, 1) on b's eigenvalues). Below the yield strain
+    that bound settles it without an SVD, as for all dough at rest. 0.0 means "not settled":
+    the SVD decides.
     """
-    limit = yield_stress / (2.0 * mu)
     J = wp.determinant(F)
     if J > 0.0:
         b = F * wp.transpose(F) * wp.pow(J, -2.0 / 3.0) - wp.identity(n=3, dtype=float)
         d = wp.sqrt(wp.ddot(b, b))
-        if d < 0.5 and 0.5 * d / (1.0 - d) < limit:
-            return -1.0
-    U = wp.mat33()
-    sig = wp.vec3()
-    V = wp.mat33()
-    wp.svd3(F, U, sig, V)
-    e_hat = deviator(hencky_strain(sig))
-    return wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20) - limit
+        if d < 0.5 and 0.5 * d / (1.0 - d) < yield_stress / (2.0 * mu):
+            return 1.0
+    return 0.0
 
 
-@wp.func_grad(yield_excess)
-def adj_yield_excess(F: wp.mat33, mu: float, yield_stress: float, adj_ret: float):
-    # Only the sign of the excess is used (to choose a branch): it passes no gradient, and the
-    # SVD of a particle that does not yield is never differentiated.
+@wp.func_grad(elastic_by_bound)
+def adj_elastic_by_bound(F: wp.mat33, mu: float, yield_stress: float, adj_ret: float):
+    # The result only chooses a branch: it passes no gradient (and |b - I|'s square root has
+    # none at rest, where b = I).
     pass
 
 
@@ -155,17 +149,23 @@ def von_mises_project(F: wp.mat33, mu: float, yield_stress: float) -> wp.mat33:
     """Return mapping of von Mises plasticity on the Hencky strain.
 
     Where the material does not yield the trial F is returned unchanged and the adjoint is the
-    identity: exact at rest, where the SVD's adjoint is inaccurate, and free of its cost.
+    identity: exact at rest, where the SVD's adjoint is inaccurate, and free of its cost. One SVD
+    per particle that the cheap bound (:func:`elastic_by_bound`) does not settle both decides
+    and projects; its adjoint runs (on zero incoming gradients) only for such a particle that
+    then does not yield, and the solver's backward pass runs this function's adjoint for the
+    yielding particles alone (:func:`plastic_projection`).
     """
-    if yield_excess(F, mu, yield_stress) > 0.0:
-        U = wp.mat33()
-        sig = wp.vec3()
-        V = wp.mat33()
-        wp.svd3(F, U, sig, V)
-        e = hencky_strain(sig)
-        e_hat = deviator(e)
-        norm = wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20)
-        excess = norm - yield_stress / (2.0 * mu)
+    if elastic_by_bound(F, mu, yield_stress) > 0.0:
+        return F
+    U = wp.mat33()
+    sig = wp.vec3()
+    V = wp.mat33()
+    wp.svd3(F, U, sig, V)
+    e = hencky_strain(sig)
+    e_hat = deviator(e)
+    norm = wp.sqrt(wp.dot(e_hat, e_hat) + 1.0e-20)
+    excess = norm - yield_stress / (2.0 * mu)
+    if excess > 0.0:
         e_new = e - e_hat * (excess / norm)
         return U * wp.diag(wp.vec3(wp.exp(e_new[0]), wp.exp(e_new[1]), wp.exp(e_new[2]))) * wp.transpose(V)
     return F
