@@ -2,7 +2,8 @@
 
 Written from the finished runs alone (read through :mod:`diffenvs.baselines.rundir`), so a restart
 or ``--report-only`` writes the same report: ``report.md`` (a table per task and, with several
-tasks, the methods across tasks), ``final.csv`` (one row per run), ``steps.png`` and ``time.png``
+tasks, the methods across tasks; with ids of one family at several numbers of stages, the metric
+against the number of stages and ``stages.png``), ``final.csv`` (one row per run), ``steps.png`` and ``time.png``
 (metric against env steps and wall time: median and interquartile range over seeds, one panel per
 task). Intervals are 95% percentile-bootstrap intervals of the interquartile mean over a cell's
 runs (seeded).
@@ -32,7 +33,7 @@ import numpy as np
 
 from diffenvs.baselines.rundir import read_run
 from diffenvs.baselines.study import StudyConfig, jobs, write_config
-from diffenvs.registration import task_name
+from diffenvs.registration import stages_axis, task_name
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +278,86 @@ def _missing_text(missing: list[str], tables: dict[str, Any], config: StudyConfi
             + (f" Not on every task yet: {', '.join(pending)}." if pending else ""))
 
 
+def stage_families(config: StudyConfig) -> dict[str, dict[int, str]]:
+    """The study's families on the stages axis: family -> number of stages -> env id, for every
+    family with at least two numbers of stages among the study's envs (see :func:`stages_axis`)."""
+    families: dict[str, dict[int, str]] = {}
+    for env_id in config.envs:
+        place = stages_axis(env_id, config.env_kwargs.get(env_id))
+        if place is not None:
+            families.setdefault(place[0], {})[place[1]] = env_id
+    return {family: dict(sorted(ids.items())) for family, ids in families.items() if len(ids) > 1}
+
+
+def _stage_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig,
+                 families: dict[str, dict[int, str]], plot: Path | None) -> list[str]:
+    """The metric against the number of stages: a table per family (the cells of the per-task tables)."""
+    lines = ["## By number of stages", "",
+             "The same cells as above, by the number of pieces the tools handle in turn; each method's budget "
+             "on an id is its budget per stage times the id's `budget_scale` (given per cell). An empty cell: "
+             "no finished run.", ""]
+    for family, ids in families.items():
+        header = [f"{k} stage{'s' * (k > 1)}" for k in ids]
+        lines += [f"**{family}**", "", "| method | " + " | ".join(header) + " |", "|---" * (len(ids) + 1) + "|"]
+        for label, spec in config.methods.items():
+            entries = []
+            for env_id in ids.values():
+                row = next((row for row in tables.get(env_id, []) if row["method"] == label), None)
+                if not config.runs_on(label, env_id):
+                    entries.append("not run")
+                elif row is None:
+                    entries.append("")
+                else:
+                    budget = round(spec.budget * config.budget_scale.get(env_id, 1))
+                    entries.append(f"{row['cell'].text()}, budget {budget:,}")
+            lines.append(f"| {label} | " + " | ".join(entries) + " |")
+        lines.append("")
+    if plot:
+        lines += [f"![metric against the number of stages]({plot.name})", ""]
+    return lines
+
+
+def _plot_stages(config: StudyConfig, records: list[RunRecord], families: dict[str, dict[int, str]], path: Path) -> Path | None:
+    """One panel per family: each method's IQM against the number of stages, its runs as points."""
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(4.2 * len(families) + 0.9, 3.4))
+    axes = fig.subplots(1, len(families), squeeze=False)
+    colors = matplotlib.colormaps["tab10"]
+    for ax, (family, ids) in zip(axes[0], families.items()):
+        for index, label in enumerate(config.methods):
+            xs, middles = [], []
+            for k, env_id in ids.items():
+                values = [r.metric for r in records if r.env_id == env_id and r.method == label]
+                if not values:
+                    continue
+                offset = (index - (len(config.methods) - 1) / 2) * 0.04  # methods side by side
+                ax.plot([k + offset] * len(values), values, ".", color=colors(index % 10), alpha=0.6)
+                xs.append(k + offset)
+                middles.append(float(iqm(np.asarray(values))))
+            if xs:
+                style = "-" if config.methods[label].kind == "optimize" else "--"
+                ax.plot(xs, middles, style, marker="o", color=colors(index % 10), label=label)
+        ax.set_title(family)
+        ax.set_xticks(list(ids))
+        ax.set_xlabel("stages (pieces in turn)")
+        ax.set_ylabel("final metric (runs; line: IQM)")
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if not handles:
+        return None
+    ordered = [label for label in config.methods if label in handles]
+    fig.legend([handles[label] for label in ordered], ordered, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 0.9 / (4.2 * len(families) + 0.9), 1))
+    fig.savefig(path, dpi=90)
+    return path
+
+
 def write_report(config: StudyConfig) -> Path:
     """Write ``report.md``, ``final.csv``, ``steps.png`` and ``time.png`` from the finished runs, and
     ``study.yaml`` (the config of this report: a study run with a subset of the config's methods or
@@ -342,6 +423,9 @@ def write_report(config: StudyConfig) -> Path:
         lines.append("")
     if config.protocol == "instance" and len(tables) > 1:
         lines += _across_lines(tables, config)
+    families = stage_families(config)
+    if families and config.protocol == "instance":
+        lines += _stage_lines(tables, config, families, _plot_stages(config, records, families, out / "stages.png"))
     lines += [f"![metric against env steps]({plots[0].name})" if plots[0] else "",
               f"![metric against wall time]({plots[1].name})" if plots[1] else "", ""]
     path = out / "report.md"
@@ -414,5 +498,5 @@ def _step_values(curve: np.ndarray, column: int, grid: np.ndarray) -> np.ndarray
     return np.where(index >= 0, curve[np.maximum(index, 0), 2], np.nan)
 
 
-__all__ = ["MIN_FOR_INTERVAL", "Cell", "RunRecord", "across_tasks", "cell", "first_reaching", "interval", "iqm", "load_runs", "summarize",
-           "write_report"]
+__all__ = ["MIN_FOR_INTERVAL", "Cell", "RunRecord", "across_tasks", "cell", "first_reaching", "interval", "iqm", "load_runs",
+           "stage_families", "summarize", "write_report"]

@@ -127,6 +127,23 @@ def metric_name(env_id: str) -> str:
     return load_env_creator(env_info(env_id).entry_point).task_class.metric
 
 
+def stages_axis(env_id: str, env_kwargs: dict | None = None) -> tuple[str, int] | None:
+    """An id's place on the stages axis: its family and how many pieces its tools handle in turn.
+
+    ``env_kwargs`` (a study's options for the id) override the registry's. ``None`` for an id whose
+    task has no ``stages`` option, and for TripleMove without one (three pairs acting at once is
+    not one stage). ``DiffEnvs/Assembly-v0`` -> ``("Assembly", 1)``, ``Assembly3-v0`` -> ``("Assembly", 3)``.
+    """
+    from gymnasium.envs.registration import load_env_creator
+
+    task_class = load_env_creator(env_info(env_id).entry_point).task_class
+    stages_of = getattr(task_class, "stages_of", None)
+    if stages_of is None:
+        return None
+    stages = stages_of({**env_info(env_id).kwargs, **(env_kwargs or {})}.get("stages"))
+    return None if stages is None else (task_class.__name__.removesuffix("Task"), stages)
+
+
 def register_envs() -> None:
     """Register every env of :data:`ENVS` (idempotent)."""
     for info in ENVS:

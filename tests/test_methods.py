@@ -216,7 +216,7 @@ def test_the_committed_study_reports_regenerate(tmp_path):
     """``--report-only`` over the committed results writes the committed report, figure for figure."""
     from diffenvs.cli import main
 
-    for name in ("full", "generalize", "breadth"):
+    for name in ("full", "generalize", "breadth", "stages"):
         committed = ROOT / "results" / name
         copy = tmp_path / name
         shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png"))

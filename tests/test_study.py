@@ -722,3 +722,33 @@ def test_a_method_restricted_to_some_envs_runs_only_there_and_the_report_says_so
     values = {**TINY, "envs": list(envs), "out_dir": str(tmp_path / "y"),
               "methods": {"ppo": {**TINY["methods"]["ppo"], "envs": ["DiffEnvs/Move-v0"]}}}
     assert [job.env_id for job in jobs(load_study(_write(tmp_path, values)))] == ["DiffEnvs/Move-v0"] * 2
+
+
+def test_the_report_gives_the_metric_against_the_number_of_stages(tmp_path, monkeypatch):
+    from diffenvs.baselines import report
+    from diffenvs.baselines.report import stage_families
+    from diffenvs.registration import stages_axis
+
+    assert stages_axis("DiffEnvs/Assembly-v0") == ("Assembly", 1) and stages_axis("DiffEnvs/TripleMove3-v0") == ("TripleMove", 3)
+    assert stages_axis("DiffEnvs/TripleMove-v0") is None and stages_axis("DiffEnvs/Pusher-v0") is None  # three pairs at once
+    assert stages_axis("DiffEnvs/Assembly-v0", {"stages": 2}) == ("Assembly", 2)  # a study's options count
+    envs = ("DiffEnvs/TripleMove1-v0", "DiffEnvs/TripleMove2-v0", "DiffEnvs/Assembly-v0", "DiffEnvs/Pusher-v0")
+    methods = {"adam": MethodSpec(method="adam", budget=1000),
+               "ppo": MethodSpec(kind="train", method="ppo", budget=5000, envs=("DiffEnvs/TripleMove1-v0",))}
+    config = StudyConfig(name="s", envs=envs, seeds=(0, 1), methods=methods, out_dir=str(tmp_path / "s"), bootstrap_reps=100,
+                         budget_scale={"DiffEnvs/TripleMove2-v0": 2})
+    assert stage_families(config) == {"TripleMove": {1: "DiffEnvs/TripleMove1-v0", 2: "DiffEnvs/TripleMove2-v0"}}  # one Assembly
+    values = {("DiffEnvs/TripleMove1-v0", "adam"): (0.8, 0.9), ("DiffEnvs/TripleMove2-v0", "adam"): (0.4, 0.5),
+              ("DiffEnvs/TripleMove1-v0", "ppo"): (0.2, 0.3)}
+    records = [dataclasses.replace(_record(job.label, job.seed, values.get((job.env_id, job.label), (0.1, 0.1))[job.seed],
+                                           [[10, 1, 0.5]]), env_id=job.env_id) for job in jobs(config)]
+    monkeypatch.setattr(report, "load_runs", lambda config: records)
+    text = write_report(config).read_text()
+    section = text.split("## By number of stages")[1]
+    assert "Assembly" not in section and "| method | 1 stage | 2 stages |" in section
+    assert "| adam | 0.850 (runs: 0.800, 0.900), budget 1,000 | 0.450 (runs: 0.400, 0.500), budget 2,000 |" in section
+    assert "| ppo | 0.250 (runs: 0.200, 0.300), budget 5,000 | not run |" in section
+    assert (tmp_path / "s" / "stages.png").stat().st_size > 1000 and "](stages.png)" in section
+    # a family at one number of stages only: no section
+    config = dataclasses.replace(config, envs=envs[2:], methods={"adam": methods["adam"]}, budget_scale={})
+    assert "By number of stages" not in write_report(config).read_text()

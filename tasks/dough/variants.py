@@ -200,6 +200,10 @@ class TripleMoveTask(_TranslateTask):
     max_stages = 3
     stage_steps = 80  # env steps per stage of the ids with stages (a carry, then 0.2 along the row to the next piece)
 
+    @classmethod
+    def stages_of(cls, stages: int | None) -> int | None:
+        return stages  # without the option every piece has its own pair: not a number of stages
+
     def layout_pieces(self):
         if self.config.stages is None:  # PlasticineLab's: every piece has its own pair, all act at once
             return
