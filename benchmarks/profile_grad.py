@@ -48,6 +48,7 @@ def main() -> None:
     # Timing each launch needs one thread: a checkpointed grad() refills steps on a second one.
     env.unwrapped.batch.parallel_refill = False
     stats: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    yielding: list[int] = []  # launch sizes of the plastic projection's adjoint: the particles that yield
     launch = wp.launch
 
     def timed(kernel, *launch_args, **kwargs):
@@ -56,6 +57,8 @@ def main() -> None:
         entry = stats[kernel.key + (" [adjoint]" if kwargs.get("adjoint") else "")]
         entry[0] += 1
         entry[1] += time.perf_counter() - start
+        if kernel.key == "plastic_projection" and kwargs.get("adjoint"):
+            yielding.append(int(np.prod(kwargs["dim"])))
         return result
 
     wp.launch = timed  # every module calls wp.launch through the warp namespace
@@ -74,6 +77,10 @@ def main() -> None:
     print(f"{args.env}, preset {args.preset}, {args.steps} steps, checkpoint={env.checkpoint}: forward "
           f"{forward_wall * 1e3:.0f} ms (launches {forward * 1e3:.0f} ms), grad() {backward * 1e3:.0f} ms on one thread "
           f"({backward / forward_wall:.1f}x the forward), {parallel_wall * 1e3:.0f} ms as run (refills on a second thread)")
+    substeps = stats.get("p2g_adjoint", [0])[0]
+    if substeps:
+        print(f"particles that yield: {sum(yielding) / substeps:.1f} per substep on average (of {env.task.particle_count} "
+              "per world; the plastic projection's adjoint runs over them alone)")
     for title, table in (("forward", forward_stats), ("grad()", stats)):
         print(f"{title}, by kernel:")
         for key, (count, total) in sorted(table.items(), key=lambda item: -item[1][1])[: args.top]:
