@@ -293,9 +293,9 @@ def _stage_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig,
                  families: dict[str, dict[int, str]], plot: Path | None) -> list[str]:
     """The metric against the number of stages: a table per family (the cells of the per-task tables)."""
     lines = ["## By number of stages", "",
-             "The same cells as above, by the number of pieces the tools handle in turn; each method's budget "
-             "on an id is its budget per stage times the id's `budget_scale` (given per cell). An empty cell: "
-             "no finished run.", ""]
+             ("The same cells as above, by the number of pieces the tools handle in turn; each method's budget "
+              "on an id is its budget per stage times the id's `budget_scale` (given per cell). An empty cell: "
+              "no finished run."), ""]
     for family, ids in families.items():
         header = [f"{k} stage{'s' * (k > 1)}" for k in ids]
         lines += [f"**{family}**", "", "| method | " + " | ".join(header) + " |", "|---" * (len(ids) + 1) + "|"]

@@ -137,10 +137,10 @@ def stages_axis(env_id: str, env_kwargs: dict | None = None) -> tuple[str, int] 
     from gymnasium.envs.registration import load_env_creator
 
     task_class = load_env_creator(env_info(env_id).entry_point).task_class
-    stages_of = getattr(task_class, "stages_of", None)
-    if stages_of is None:
+    if getattr(task_class, "max_stages", 1) == 1:  # the task has no ``stages`` option
         return None
-    stages = stages_of({**env_info(env_id).kwargs, **(env_kwargs or {})}.get("stages"))
+    option = {**env_info(env_id).kwargs, **(env_kwargs or {})}.get("stages")
+    stages = getattr(task_class, "stages_default", 1) if option is None else option  # a task's ``stages_default``: without the option
     return None if stages is None else (task_class.__name__.removesuffix("Task"), stages)
 
 

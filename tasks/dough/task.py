@@ -108,14 +108,6 @@ class DoughTask(Task):
         self._eval = self._alloc_loss_scratch(requires_grad=False)
         self._demonstrators = Demonstrators()
 
-    @classmethod
-    def stages_of(cls, stages: int | None) -> int | None:
-        """Pieces handled in turn under the ``stages`` option ``stages`` (None: the task's default), or
-        None for a task without the option (the report's stages axis, :func:`diffenvs.registration.stages_axis`)."""
-        if cls.max_stages == 1:
-            return None
-        return 1 if stages is None else stages
-
     def layout_pieces(self) -> None:
         """Set ``blob_half``, ``blob_offsets`` and ``blob_balls`` for ``self.stages`` (tasks with stages)."""
 

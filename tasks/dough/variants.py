@@ -198,11 +198,8 @@ class TripleMoveTask(_TranslateTask):
     blob_half = np.array([0.05, 0.05, 0.05])  # PlasticineLab's 0.1^3 cubes, 0.2 apart
     blob_offsets = np.array([[-0.2, 0.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.0]])
     max_stages = 3
+    stages_default = None  # without the option every piece has its own pair, all at once: not a number of stages
     stage_steps = 80  # env steps per stage of the ids with stages (a carry, then 0.2 along the row to the next piece)
-
-    @classmethod
-    def stages_of(cls, stages: int | None) -> int | None:
-        return stages  # without the option every piece has its own pair: not a number of stages
 
     def layout_pieces(self):
         if self.config.stages is None:  # PlasticineLab's: every piece has its own pair, all act at once
