@@ -26,4 +26,5 @@ phase $C --config generalize_long --out-dir "$R/generalize_long" --methods ppo
 phase $C --config full --out-dir "$R/full" --methods ppo shac apg --envs DiffEnvs/Shape-v0 DiffEnvs/Move-v0 DiffEnvs/RollingPin-v0
 phase $C --config generalize --out-dir "$R/generalize" --methods sac
 phase $C --config full --out-dir "$R/full" --methods sac td3 --envs DiffEnvs/Pusher-v0
+phase $C --config full --out-dir "$R/full" --methods sac td3  # the dough tasks' instances 3-4: about ten CPU-hours
 echo "=== all done $(date +%T)"
