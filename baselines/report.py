@@ -319,14 +319,10 @@ def _stage_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig,
 
 def _plot_stages(config: StudyConfig, records: list[RunRecord], families: dict[str, dict[int, str]], path: Path) -> Path | None:
     """One panel per family: each method's IQM against the number of stages, its runs as points."""
-    try:
-        import matplotlib
-        from matplotlib.figure import Figure
-    except ImportError:
+    panels = _panels(len(families))
+    if panels is None:
         return None
-    fig = Figure(figsize=(4.2 * len(families) + 0.9, 3.4))
-    axes = fig.subplots(1, len(families), squeeze=False)
-    colors = matplotlib.colormaps["tab10"]
+    fig, axes, colors = panels
     for ax, (family, ids) in zip(axes[0], families.items()):
         for index, label in enumerate(config.methods):
             xs, middles = [], []
@@ -345,17 +341,8 @@ def _plot_stages(config: StudyConfig, records: list[RunRecord], families: dict[s
         ax.set_xticks(list(ids))
         ax.set_xlabel("stages (pieces in turn)")
         ax.set_ylabel("final metric (runs; line: IQM)")
-    handles = {}
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    if not handles:
-        return None
-    ordered = [label for label in config.methods if label in handles]
-    fig.legend([handles[label] for label in ordered], ordered, fontsize=8, loc="center right")
-    fig.tight_layout(rect=(0, 0, 1 - 0.9 / (4.2 * len(families) + 0.9), 1))
-    fig.savefig(path, dpi=90)
-    return path
+        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))  # from 0: a method's height reads as its share of the task
+    return _finish(fig, axes, config, path)
 
 
 def write_report(config: StudyConfig) -> Path:
@@ -449,18 +436,11 @@ def _cost(row: dict[str, Any], kind: str, percent: int, runs: int) -> str:
 
 def _plot_curves(config: StudyConfig, records: list[RunRecord], column: int, path: Path) -> Path | None:
     """Median and interquartile range over seeds of the best metric so far, one panel per env."""
-    try:
-        import matplotlib
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.info("matplotlib is not installed: no plots (pip install diffenvs[rl])")
-        return None
     envs = [env_id for env_id in config.envs if any(r.env_id == env_id for r in records)]
-    if not envs:
+    panels = _panels(len(envs)) if envs else None
+    if panels is None:
         return None
-    fig = Figure(figsize=(4.2 * len(envs) + 0.9, 3.4))
-    axes = fig.subplots(1, len(envs), squeeze=False)
-    colors = matplotlib.colormaps["tab10"]
+    fig, axes, colors = panels
     for ax, env_id in zip(axes[0], envs):
         for index, label in enumerate(config.methods):
             runs = [r for r in records if r.env_id == env_id and r.method == label and len(r.curve)]
@@ -481,13 +461,35 @@ def _plot_curves(config: StudyConfig, records: list[RunRecord], column: int, pat
         if column == 0:
             ax.set_xscale("symlog", linthresh=100)
         ax.set_ylabel("metric (best so far)")
+    return _finish(fig, axes, config, path)
+
+
+def _panels(count: int):
+    """A figure of ``count`` panels side by side with room for one legend on the right, its axes and the
+    method colours; None without matplotlib."""
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info("matplotlib is not installed: no plots (pip install diffenvs[rl])")
+        return None
+    fig = Figure(figsize=(4.2 * count + 0.9, 3.4))
+    return fig, fig.subplots(1, count, squeeze=False), matplotlib.colormaps["tab10"]
+
+
+def _finish(fig, axes, config: StudyConfig, path: Path) -> Path | None:
+    """One legend for all panels (every method once, in the config's order), then save; None if nothing
+    was drawn."""
     handles = {}
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    ordered = [label for label in config.methods if label in handles]  # every method once, in the config's order
+    if not handles:
+        return None
+    ordered = [label for label in config.methods if label in handles]
     fig.legend([handles[label] for label in ordered], ordered, fontsize=8, loc="center right")
-    fig.tight_layout(rect=(0, 0, 1 - 0.9 / (4.2 * len(envs) + 0.9), 1))
+    width = fig.get_figwidth()
+    fig.tight_layout(rect=(0, 0, 1 - 0.9 / width, 1))
     fig.savefig(path, dpi=90)
     return path
 
