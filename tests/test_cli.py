@@ -95,13 +95,19 @@ def test_task_rates_interleaves_tasks_and_writes_ratios(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "task_rates.py"
     out = tmp_path / "rates.json"
     command = [sys.executable, str(script), "--tasks", "RollingPin,Move", "--presets", "default", "--rounds", "1",
-               "--steps", "2", "--json", str(out)]
+               "--steps", "2", "--by-kernel", "--json", str(out)]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert sorted(figures["rates"]) == ["default/forward", "default/grad"]
-    assert all(set(rates) == {"RollingPin", "Move"} and min(rates.values()) > 0 for rates in figures["rates"].values())
-    assert "| RollingPin |" in result.stdout and "| 1.00 |" in result.stdout and "--rounds 1" in figures["command"]
+    assert all(set(rates) == {"RollingPin", "Move"} for rates in figures["rates"].values())
+    for rates in figures["rates"].values():
+        assert min(row["steps_per_s"] for row in rates.values()) > 0 and rates["RollingPin"]["ratio"] == 1.0
+        low, high = rates["Move"]["ratio_range"]
+        assert rates["Move"]["particles"] > 0 and low <= rates["Move"]["ratio"] <= high
+        assert rates["Move"]["ms_per_step"]["p2g_scatter"] > 0 and "python" in rates["Move"]["ms_per_step"]
+    assert "| p2g_scatter |" in result.stdout
+    assert "| RollingPin |" in result.stdout and "| 1.00 (1.00-1.00) |" in result.stdout and "--rounds 1" in figures["command"]
 
 
 @pytest.mark.parametrize("bad", [["--batched", "huge:4"], ["--batched", "paper:0"], ["--batched", "paper"], ["--tasks", "Knead"]])
