@@ -75,7 +75,7 @@ def rates(tasks: list[str], preset: str, mode: str, steps: int, rounds: int, clo
                 wp.launch = launch
             if round_:
                 times[task].append(elapsed)
-                for key in set(spent) | set(kernels[task]):
+                for key in (set(spent) | set(kernels[task])) - {"python"}:
                     kernels[task][key].append(spent[key] / steps)
                 kernels[task]["python"].append((elapsed - sum(spent.values())) / steps)
     particles = {task: env.task.particle_count for task, env in envs.items()}
