@@ -241,6 +241,30 @@ def across_tasks(tables: dict[str, list[dict[str, Any]]], *, reps: int, seed: in
             "missing": [label for label in labels if label not in values]}
 
 
+def _overview_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig) -> list[str]:
+    """Every cell at a glance: a method per row (the config's order), a task per column, its IQM with
+    the interval (or its runs below :data:`MIN_FOR_INTERVAL`) and n, flagged where instances are missing."""
+    lines = ["## Overview", "",
+             ("Final metric per cell, IQM [95% CI] over instances and n (below "
+              f"{MIN_FOR_INTERVAL} instances the runs themselves; `n of m`: m chosen up front, the rest not yet run or "
+              "not run). The sections below give each task's costs."), "",
+             "| method | " + " | ".join(task_name(env_id) for env_id in tables) + " |", "|---" * (len(tables) + 1) + "|"]
+    for label in config.methods:
+        entries = []
+        for env_id, rows in tables.items():
+            row = next((row for row in rows if row["method"] == label), None)
+            if row is None:
+                entries.append("" if not config.runs_on(label, env_id) else "not yet")
+                continue
+            result: Cell = row["cell"]
+            expected = len(config.instances(env_id))
+            count = f"n = {result.n}" if result.n >= expected else f"n = {result.n} of {expected}"
+            entries.append(f"{result.text(2)}, {count}")
+        if any(entries):
+            lines.append(f"| {label} | " + " | ".join(entries) + " |")
+    return [*lines, ""]
+
+
 def _across_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig) -> list[str]:
     pooled = across_tasks(tables, reps=config.bootstrap_reps)
     methods = pooled["methods"]
@@ -386,6 +410,8 @@ def write_report(config: StudyConfig) -> Path:
               f"method's IQM: median over runs of the env steps (forward, backward and replays; RL: training "
               "steps) and seconds of the first evaluation at or above it (`-`: fewer than half reached it; "
               "reached: how many did)."), ""]
+    if config.protocol == "instance" and len(tables) > 1:
+        lines += _overview_lines(tables, config)
     spread = bool(config.train_seeds)
     for env_id, rows in tables.items():
         spec = {label: config.methods[label] for label in (row["method"] for row in rows)}

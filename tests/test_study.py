@@ -361,6 +361,15 @@ def test_across_tasks_pools_instances_with_a_stratified_bootstrap():
     text = "\n".join(_across_lines(summarize(config, records[:-1]), config))  # c lacks Move's instance 1: still on both
     assert "## Across tasks" in text and "(Pusher, Move; no runs yet on the study's other 1)" in text
     assert "| a | 4 | 0.850 [" in text and "| a | - | 1.00 [1.00, 1.00] |" in text
+    # the overview: every cell with its n, a missing instance flagged
+    from diffenvs.baselines.report import _overview_lines
+
+    overview = "\n".join(_overview_lines(summarize(config, records[:-1]), config))
+    assert "| method | Pusher | Move |" in overview
+    assert "| a | 0.85 (runs: 0.80, 0.90), n = 2 | 0.85 (runs: 0.80, 0.90), n = 2 |" in overview
+    assert "| c | 0.50 (runs: 0.50, 0.50), n = 2 | 0.50 (runs: 0.50), n = 1 of 2 |" in overview
+    no_c_on_move = [r for r in records if not (r.method == "c" and r.env_id == "DiffEnvs/Move-v0")]
+    assert "| c | 0.50 (runs: 0.50, 0.50), n = 2 | not yet |" in "\n".join(_overview_lines(summarize(config, no_c_on_move), config))
 
 
 def test_compare_cli_reports_and_rejects(tmp_path, capsys):
