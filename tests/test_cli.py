@@ -110,6 +110,39 @@ def test_task_rates_interleaves_tasks_and_writes_ratios(tmp_path):
     assert "| RollingPin |" in result.stdout and "| 1.00 (1.00-1.00) |" in result.stdout and "--rounds 1" in figures["command"]
 
 
+def test_releases_compares_a_first_release_with_the_instances_added_since(tmp_path):
+    """benchmarks/releases.py: per cell the first release's interval, the new values inside it, and
+    whether their IQM is: a cell whose new instances all land far off does not hold."""
+    import sys
+    from pathlib import Path
+
+    def study(name, rows):
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = ["env_id,method,seed,metric,env_steps,wall_time"]
+        lines += [f"DiffEnvs/Pusher-v0,{method},{seed},{value},100,1.0" for method, seed, value in rows]
+        (folder / "final.csv").write_text("\n".join(lines) + "\n")
+        return folder
+
+    first = [(m, s, v) for m, values in (("held", (0.80, 0.85, 0.90)), ("broke", (0.90, 0.91, 0.92)))
+             for s, v in enumerate(values)]
+    now = first + [("held", 3, 0.86), ("held", 4, 0.84), ("broke", 3, 0.40), ("broke", 4, 0.50)]
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "releases.py"
+    out = tmp_path / "releases.md"
+    result = subprocess.run([sys.executable, str(script), str(study("v1", first)), str(study("v2", now)), "--out", str(out)],
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_text() == result.stdout
+    assert "**1 of 2 cells' new IQM inside the first interval; 2 of 4 new values inside.**" in result.stdout
+    held = next(line for line in result.stdout.splitlines() if "| held |" in line)
+    broke = next(line for line in result.stdout.splitlines() if "| broke |" in line)
+    assert "| 0.860, 0.840 | yes (0.850) | 2 of 2 | 0.850 [" in held and "(5) |" in held
+    assert "| 0.400, 0.500 | **no** (0.450) | 0 of 2 |" in broke
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "none"), str(tmp_path / "v2")], check=False,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "final.csv not found" in missing.stderr
+
+
 @pytest.mark.parametrize("bad", [["--batched", "huge:4"], ["--batched", "paper:0"], ["--batched", "paper"], ["--tasks", "Knead"]])
 def test_bench_rejects_bad_options(bad):
     import sys
