@@ -110,6 +110,25 @@ def test_task_rates_interleaves_tasks_and_writes_ratios(tmp_path):
     assert "| RollingPin |" in result.stdout and "| 1.00 (1.00-1.00) |" in result.stdout and "--rounds 1" in figures["command"]
 
 
+
+def test_plastic_cost_splits_each_substep_particles_by_their_return_mapping(tmp_path):
+    """benchmarks/plastic_cost.py: per task, the trial-only and projected timings and how the particles of a
+    substep split (settled by the bound, yielding, SVD without yield): the three add up to the particles."""
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plastic_cost.py"
+    command = [sys.executable, str(script), "--tasks", "RollingPin,Move", "--steps", "2", "--rounds", "1"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
+            if line.startswith(("| RollingPin", "| Move"))}
+    assert sorted(rows) == ["Move", "RollingPin"]
+    for cells in rows.values():
+        particles, trial, projected, path, settled, yielding, svd_elastic = (float(c.replace(",", "")) for c in cells)
+        assert trial > 0 and projected > 0 and abs(projected - trial - path) < 2e-3
+        assert settled + yielding + svd_elastic == pytest.approx(particles, abs=1.5) and settled > 0.5 * particles
+
 def test_releases_compares_a_first_release_with_the_instances_added_since(tmp_path):
     """benchmarks/releases.py: per cell the first release's interval, the new values inside it, and
     whether their IQM is: a cell whose new instances all land far off does not hold."""
