@@ -319,10 +319,17 @@ def _stage_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig,
     lines = ["## By number of stages", "",
              ("The same cells as above, by the number of pieces the tools handle in turn; each method's budget "
               "on an id is its budget per stage times the id's `budget_scale` (given per cell). An empty cell: "
-              "no finished run."), ""]
+              "no finished run. Where a family has two or more ids of several stages, the last column pools "
+              "them: the IQM of all their instance values with a 95% stratified-bootstrap interval (instances "
+              "resampled within each id, as across tasks), for the methods with runs on every one of them."), ""]
     for family, ids in families.items():
+        several = {env_id: tables[env_id] for k, env_id in ids.items() if k > 1 and env_id in tables}
+        pooled = (across_tasks(several, reps=config.bootstrap_reps)["aggregate"]
+                  if len(several) > 1 and len(several) == sum(k > 1 for k in ids) else {})
         header = [f"{k} stage{'s' * (k > 1)}" for k in ids]
-        lines += [f"**{family}**", "", "| method | " + " | ".join(header) + " |", "|---" * (len(ids) + 1) + "|"]
+        if pooled:
+            header.append(f"{min(k for k in ids if k > 1)}-{max(ids)} stages pooled")
+        lines += [f"**{family}**", "", "| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for label, spec in config.methods.items():
             entries = []
             for env_id in ids.values():
@@ -334,6 +341,9 @@ def _stage_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig,
                 else:
                     budget = round(spec.budget * config.budget_scale.get(env_id, 1))
                     entries.append(f"{row['cell'].text()}, budget {budget:,}")
+            if pooled:
+                middle, low, high, n = pooled.get(label, (None, 0, 0, 0))
+                entries.append("" if middle is None else f"{middle:.3f} [{low:.3f}, {high:.3f}], n = {n}")
             lines.append(f"| {label} | " + " | ".join(entries) + " |")
         lines.append("")
     if plot:

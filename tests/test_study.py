@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -761,3 +762,27 @@ def test_the_report_gives_the_metric_against_the_number_of_stages(tmp_path, monk
     # a family at one number of stages only: no section
     config = dataclasses.replace(config, envs=envs[2:], methods={"adam": methods["adam"]}, budget_scale={})
     assert "By number of stages" not in write_report(config).read_text()
+
+
+def test_the_stages_section_pools_the_ids_of_several_stages_with_an_interval(tmp_path, monkeypatch):
+    """Per family, the ids of two and more stages pooled (stratified bootstrap) for the methods on all of them."""
+    from diffenvs.baselines import report
+
+    envs = ("DiffEnvs/TripleMove1-v0", "DiffEnvs/TripleMove2-v0", "DiffEnvs/TripleMove3-v0")
+    methods = {"adam": MethodSpec(method="adam", budget=1000),
+               "ppo": MethodSpec(kind="train", method="ppo", budget=5000, envs=envs[:2])}
+    config = StudyConfig(name="s", envs=envs, seeds=(0, 1, 2), methods=methods, out_dir=str(tmp_path / "s"), bootstrap_reps=200)
+    values = {("DiffEnvs/TripleMove1-v0", "adam"): (0.9, 0.9, 0.9), ("DiffEnvs/TripleMove2-v0", "adam"): (0.4, 0.5, 0.6),
+              ("DiffEnvs/TripleMove3-v0", "adam"): (0.1, 0.2, 0.3)}
+    records = [dataclasses.replace(_record(job.label, job.seed, values.get((job.env_id, job.label), (0.7, 0.7, 0.7))[job.seed],
+                                           [[10, 1, 0.5]]), env_id=job.env_id) for job in jobs(config)]
+    monkeypatch.setattr(report, "load_runs", lambda config: records)
+    section = write_report(config).read_text().split("## By number of stages")[1].split("\n\n![")[0]
+    assert "| method | 1 stage | 2 stages | 3 stages | 2-3 stages pooled |" in section
+    adam = next(line for line in section.splitlines() if line.startswith("| adam |"))
+    middle, low, high = (float(x) for x in re.search(r"\| (\S+) \[(\S+), (\S+)\], n = 6 \|$", adam).groups())
+    assert middle == pytest.approx(0.35) and 0.1 < low < middle < high < 0.6  # IQM of 0.1 ... 0.6; never the 0.9 of one stage
+    assert next(line for line in section.splitlines() if line.startswith("| ppo |")).endswith("| not run |  |")
+    # one id of several stages: nothing to pool
+    config = dataclasses.replace(config, envs=envs[:2], methods={"adam": methods["adam"]})
+    assert "stages pooled" not in write_report(config).read_text()
