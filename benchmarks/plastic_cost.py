@@ -1,17 +1,18 @@
 """What the plastic return mapping costs per substep on each dough task, apart from the rest of the scatter.
 
 Records the particle-to-grid inputs (C and F of every particle, every substep) of ``--steps`` env
-steps under the benchmark's uniform random actions (seed 0, as ``task_rates.py``), then times, on
+steps under uniform(-1, 1) random actions (seed 0, as ``profile_grad.py``), then times, on
 those same inputs, two one-line kernels: the elastic trial F = (I + dt C) F alone
 (:func:`trial_deformation`) and the trial followed by the plastic projection the solver runs
-(:func:`updated_deformation`: the SVD-free elastic bound, and one SVD for each particle the bound
-does not settle). Their difference is the plastic path's cost; the counts say how many particles per
+(:func:`updated_deformation`: the SVD-free elastic bound, and for each particle the bound does not
+settle one SVD or, with ``--return-mapping series``, the log and exp series). Their difference is the plastic path's cost; the counts say how many particles per
 substep the bound settles, how many yield and how many took an SVD and did not yield. Medians over
 ``--rounds`` rounds on the process's CPU clock (the work, not the latency: it moves little with
 other jobs' load)::
 
     python benchmarks/plastic_cost.py                                  # RollingPin and TripleMove, default preset
     python benchmarks/plastic_cost.py --tasks RollingPin,TripleMove,Pinch --preset paper --steps 10
+    python benchmarks/plastic_cost.py --return-mapping series
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default", choices=["default", "paper"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--return-mapping", choices=["svd", "series"], default="svd", help="the env option return_mapping")
     args = parser.parse_args()
 
     import gymnasium as gym
@@ -82,12 +84,12 @@ def main() -> None:
         else:
             wp.atomic_add(counts, 2, 1)
 
-    print(f"preset {args.preset}, {args.steps} steps of uniform(-1, 1) actions (seed 0), {args.rounds} rounds, CPU clock; "
-          "ms per substep, medians")
+    print(f"preset {args.preset}, return mapping {args.return_mapping}, {args.steps} steps of uniform(-1, 1) actions (seed 0), "
+          f"{args.rounds} rounds, CPU clock; ms per substep, medians")
     print("| task | particles | trial only | trial + projection | plastic path | settled by the bound | yield | SVD, no yield |")
     print("|---|---|---|---|---|---|---|---|")
     for task in args.tasks.split(","):
-        env = gym.make(f"DiffEnvs/{task}-v0", preset=args.preset).unwrapped
+        env = gym.make(f"DiffEnvs/{task}-v0", preset=args.preset, return_mapping=args.return_mapping).unwrapped
         actions = np.random.default_rng(0).uniform(-1, 1, size=(args.steps, *env.action_space.shape))
         recorded = scatter_inputs(env, actions)
         shape = recorded[0][0].shape

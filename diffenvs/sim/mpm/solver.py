@@ -31,6 +31,8 @@ from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
 from diffenvs.warp_util import record_adjoint
 
 _REGION_SERIALS = itertools.count()
+RETURN_MAPPINGS = {"svd": 0, "series": 1}
+"""The return mappings of :class:`SolverMPM.Config` and their codes in ``MPMParams.return_mapping``."""
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 """A box of grid nodes: (origin, shape)."""
 
@@ -75,13 +77,21 @@ class SolverMPM:
             empty_node_fraction: A grid node whose mass is below this fraction of one particle's
                 mass counts as empty. Nodes at the edge of a stencil can get weights of 1e-20;
                 v = p / m is harmless there, but its adjoint, -p / m^2, overflows to inf.
+            return_mapping: How the von Mises return mapping finds the Hencky strain of a particle
+                that the cheap elastic bound does not settle: ``"svd"`` (Warp's ``svd3``; every study
+                in ``results/`` ran with it) or ``"series"`` (matrix logarithm and exponential series
+                near the identity, the SVD beyond: about three times cheaper per yielding particle
+                and more accurate; see :func:`~diffenvs.sim.mpm.kernels.von_mises_project_series`).
         """
 
         empty_node_fraction: float = 1.0e-4
+        return_mapping: str = "svd"
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.empty_node_fraction < 1.0:
                 raise ValueError(f"empty_node_fraction must lie in [0, 1), got {self.empty_node_fraction}")
+            if self.return_mapping not in RETURN_MAPPINGS:
+                raise ValueError(f"return_mapping must be one of {sorted(RETURN_MAPPINGS)}, got {self.return_mapping!r}")
 
     def __init__(self, model: MPMModel, config: Config | None = None, *, device=None):
         self.model = model
@@ -101,6 +111,7 @@ class SolverMPM:
         params.gravity = wp.vec3(*model.gravity)
         params.ground_friction = model.ground_friction
         params.min_node_mass = self.config.empty_node_fraction * model.particle_mass
+        params.return_mapping = RETURN_MAPPINGS[self.config.return_mapping]
         self.params = params
         tools = model.tools
         self.tool_count = len(tools)
