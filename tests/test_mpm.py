@@ -567,6 +567,19 @@ def test_series_return_mapping_is_the_svd_mapping_closer_to_float64():
     np.testing.assert_array_equal(out[1][len(F):], out[0][len(F):])  # beyond the radius: the SVD's mapping itself
 
 
+
+def test_the_solver_compiles_the_chosen_return_mapping_only():
+    """Each return mapping has its own scatter and projection kernels (no run-time branch); a bad name raises."""
+    from diffenvs.sim.mpm.kernels import p2g_scatter_series, plastic_projection, plastic_projection_series
+
+    solver, _, _ = make_scene()
+    assert solver._p2g_scatter is p2g_scatter and solver._plastic_projection is plastic_projection
+    model = solver.model
+    series = SolverMPM(model, SolverMPM.Config(return_mapping="series"))
+    assert series._p2g_scatter is p2g_scatter_series and series._plastic_projection is plastic_projection_series
+    with pytest.raises(ValueError, match=r"return_mapping must be one of \['svd', 'series'\], got 'eig'"):
+        SolverMPM.Config(return_mapping="eig")
+
 def test_series_return_mapping_gradient_is_exact_where_two_stretches_meet():
     """The series mapping's adjoint (Warp's, generated) against float64 central differences of the
     reference mapping, at uniaxial yielding states where the SVD's adjoint loses accuracy."""
