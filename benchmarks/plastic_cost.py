@@ -1,7 +1,7 @@
 """What the plastic return mapping costs per substep on each dough task, apart from the rest of the scatter.
 
 Records the particle-to-grid inputs (C and F of every particle, every substep) of ``--steps`` env
-steps under the benchmark's uniform random actions (seed 0, as ``task_rates.py``), then times, on
+steps under uniform(-1, 1) random actions (seed 0, as ``profile_grad.py``), then times, on
 those same inputs, two one-line kernels: the elastic trial F = (I + dt C) F alone
 (:func:`trial_deformation`) and the trial followed by the plastic projection the solver runs
 (:func:`updated_deformation`: the SVD-free elastic bound, and one SVD for each particle the bound
