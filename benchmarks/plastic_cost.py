@@ -4,14 +4,15 @@ Records the particle-to-grid inputs (C and F of every particle, every substep) o
 steps under uniform(-1, 1) random actions (seed 0, as ``profile_grad.py``), then times, on
 those same inputs, two one-line kernels: the elastic trial F = (I + dt C) F alone
 (:func:`trial_deformation`) and the trial followed by the plastic projection the solver runs
-(:func:`updated_deformation`: the SVD-free elastic bound, and one SVD for each particle the bound
-does not settle). Their difference is the plastic path's cost; the counts say how many particles per
-substep the bound settles, how many yield and how many took an SVD and did not yield. Medians over
+(:func:`updated_deformation`: the SVD-free elastic bound, and for each particle the bound does not
+settle one SVD or, with ``--return-mapping series``, the log and exp series). Their difference is the plastic path's cost; the counts say how many particles per
+substep the bound settles, how many yield and how many the bound did not settle but did not yield. Medians over
 ``--rounds`` rounds on the process's CPU clock (the work, not the latency: it moves little with
 other jobs' load)::
 
     python benchmarks/plastic_cost.py                                  # RollingPin and TripleMove, default preset
     python benchmarks/plastic_cost.py --tasks RollingPin,TripleMove,Pinch --preset paper --steps 10
+    python benchmarks/plastic_cost.py --return-mapping series
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def scatter_inputs(env, actions) -> list[tuple]:
     launch = wp.launch
 
     def record(kernel, *launch_args, **kwargs):
-        if kernel.key == "p2g_scatter":
+        if kernel.key in ("p2g_scatter", "p2g_scatter_series"):
             _, _, C, F, params, dt, _ = kwargs["inputs"]
             recorded.append((wp.clone(C), wp.clone(F), params, dt))
         return launch(kernel, *launch_args, **kwargs)
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default", choices=["default", "paper"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--return-mapping", choices=["svd", "series"], default="svd", help="the env option return_mapping")
     args = parser.parse_args()
 
     import gymnasium as gym
@@ -64,11 +66,13 @@ def main() -> None:
         w, p = wp.tid()
         F_out[w, p] = K.trial_deformation(C[w, p], F[w, p], dt)
 
+    series = args.return_mapping == "series"
+
     @wp.kernel
     def trial_and_projection(C: wp.array2d(dtype=wp.mat33), F: wp.array2d(dtype=wp.mat33), params: K.MPMParams,
                              dt: float, F_out: wp.array2d(dtype=wp.mat33)):
         w, p = wp.tid()
-        F_out[w, p] = K.updated_deformation(C[w, p], F[w, p], params, dt)
+        F_out[w, p] = wp.static(K.updated_deformation_series if series else K.updated_deformation)(C[w, p], F[w, p], params, dt)
 
     @wp.kernel
     def classify(C: wp.array2d(dtype=wp.mat33), F: wp.array2d(dtype=wp.mat33), params: K.MPMParams, dt: float,
@@ -82,12 +86,12 @@ def main() -> None:
         else:
             wp.atomic_add(counts, 2, 1)
 
-    print(f"preset {args.preset}, {args.steps} steps of uniform(-1, 1) actions (seed 0), {args.rounds} rounds, CPU clock; "
-          "ms per substep, medians")
-    print("| task | particles | trial only | trial + projection | plastic path | settled by the bound | yield | SVD, no yield |")
+    print(f"preset {args.preset}, return mapping {args.return_mapping}, {args.steps} steps of uniform(-1, 1) actions (seed 0), "
+          f"{args.rounds} rounds, CPU clock; ms per substep, medians")
+    print("| task | particles | trial only | trial + projection | plastic path | settled by the bound | yield | not settled, no yield |")
     print("|---|---|---|---|---|---|---|---|")
     for task in args.tasks.split(","):
-        env = gym.make(f"DiffEnvs/{task}-v0", preset=args.preset).unwrapped
+        env = gym.make(f"DiffEnvs/{task}-v0", preset=args.preset, return_mapping=args.return_mapping).unwrapped
         actions = np.random.default_rng(0).uniform(-1, 1, size=(args.steps, *env.action_space.shape))
         recorded = scatter_inputs(env, actions)
         shape = recorded[0][0].shape

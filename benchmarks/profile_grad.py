@@ -57,7 +57,7 @@ def main() -> None:
         entry = stats[kernel.key + (" [adjoint]" if kwargs.get("adjoint") else "")]
         entry[0] += 1
         entry[1] += time.perf_counter() - start
-        if kernel.key == "plastic_projection" and kwargs.get("adjoint"):
+        if kernel.key.startswith("plastic_projection") and kwargs.get("adjoint"):
             yielding.append(int(np.prod(kwargs["dim"])))
         return result
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def rates(tasks: list[str], preset: str, mode: str, steps: int, rounds: int, clock: str = "wall",
-          by_kernel: bool = False) -> dict[str, dict]:
+          by_kernel: bool = False, return_mapping: str = "svd") -> dict[str, dict]:
     """Per task: median steps/s, particles, and the per-round ratios of its per-particle rate to the first task's;
     with ``by_kernel`` also each kernel's median time per step (``wp.launch`` timed on the same clock: on the CPU
     backend a launch is synchronous, so that is the kernel's cost plus its launch overhead; the rest is "python")."""
@@ -42,6 +42,7 @@ def rates(tasks: list[str], preset: str, mode: str, steps: int, rounds: int, clo
     import diffenvs  # noqa: F401  (registers the ids)
 
     kwargs = {"differentiable": False} if mode == "forward" else {"checkpoint": True}
+    kwargs["return_mapping"] = return_mapping
     envs = {task: gym.make(f"DiffEnvs/{task}-v0", preset=preset, **kwargs).unwrapped for task in tasks}
     actions = {task: np.random.default_rng(0).uniform(-0.5, 0.5, size=(steps, *env.action_space.shape))
                for task, env in envs.items()}
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="kernels listed with --by-kernel")
     parser.add_argument("--by-kernel", action="store_true",
                         help="also time every launch: each kernel's ms per step, per task (adds a little overhead)")
+    parser.add_argument("--return-mapping", choices=["svd", "series"], default="svd",
+                        help="the plasticity's return mapping of every task (the env option return_mapping)")
     parser.add_argument("--json", default="task_rates.json")
     args = parser.parse_args()
     quiet_warp()
@@ -115,10 +118,10 @@ def main() -> None:
                "settings": vars(args), "rates": {}}
     for preset in args.presets:
         for mode in args.modes:
-            measured = rates(tasks, preset, mode, args.steps, args.rounds, args.clock, args.by_kernel)
+            measured = rates(tasks, preset, mode, args.steps, args.rounds, args.clock, args.by_kernel, args.return_mapping)
             figures["rates"][f"{preset}/{mode}"] = measured
             print(f"\n{preset} preset, {mode} ({args.steps} steps{' and grad()' if mode == 'grad' else ''}), "
-                  f"median of {args.rounds} interleaved rounds, {args.clock} clock:")
+                  f"median of {args.rounds} interleaved rounds, {args.clock} clock, return mapping {args.return_mapping}:")
             print(f"| task | steps/s | particles | particle-steps/s | per-particle ratio to {tasks[0]} (range over rounds) |")
             print("|---|---|---|---|---|")
             for task, row in measured.items():

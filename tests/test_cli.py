@@ -113,7 +113,7 @@ def test_task_rates_interleaves_tasks_and_writes_ratios(tmp_path):
 
 def test_plastic_cost_splits_each_substep_particles_by_their_return_mapping(tmp_path):
     """benchmarks/plastic_cost.py: per task, the trial-only and projected timings and how the particles of a
-    substep split (settled by the bound, yielding, SVD without yield): the three add up to the particles."""
+    substep split (settled by the bound, yielding, not settled but elastic): the three add up to the particles."""
     import sys
     from pathlib import Path
 

@@ -174,6 +174,26 @@ def test_presets_and_bad_options():
         make_unwrapped("DiffEnvs/Move-v0", grid_res=8)
     with pytest.raises(ConfigError, match="obs_particle_count"):
         make_unwrapped("DiffEnvs/Shape-v0", particle_count=10, obs_particle_count=20)
+    with pytest.raises(ConfigError, match=r"return_mapping: 'eig' is not one of \['svd', 'series'\]"):
+        make_unwrapped("DiffEnvs/Move-v0", return_mapping="eig")
+
+
+def test_series_return_mapping_follows_the_svd_trajectory_and_gradient():
+    """The two return mappings are one map: squeezing the dough until it yields, the states, losses and
+    gradients agree to float32 rounding (the series is the more accurate of the two)."""
+    results = {}
+    for mapping in ("svd", "series"):
+        env = make_unwrapped("DiffEnvs/Move-v0", **SMALL["DiffEnvs/Move-v0"], return_mapping=mapping)
+        env.reset(seed=1)
+        for a in pressing_actions(env, 6):
+            env.step(a)
+        F = env.get_state()["particle_F"]
+        results[mapping] = (F, env.loss, env.grad().actions)
+    (F_svd, loss_svd, grad_svd), (F_series, loss_series, grad_series) = results["svd"], results["series"]
+    assert np.abs(F_svd - np.eye(3)).max() > 0.02  # it did squeeze
+    assert not np.array_equal(F_svd, F_series) and np.abs(F_svd - F_series).max() < 1e-4
+    assert loss_series == pytest.approx(loss_svd, rel=1e-4)
+    assert np.sum(grad_svd * grad_series) / (np.linalg.norm(grad_svd) * np.linalg.norm(grad_series)) > 0.999
 
 
 @pytest.mark.parametrize("env_id", DOUGH_IDS)

@@ -8,7 +8,7 @@ import warp as wp
 from warp.autograd import gradcheck
 
 from diffenvs.sim.mpm import MPMControl, MPMModel, MPMState, SolverMPM, ToolShape
-from diffenvs.sim.mpm.kernels import g2p_gather, make_grid_update, p2g_scatter
+from diffenvs.sim.mpm.kernels import g2p_gather, make_grid_update, p2g_scatter, von_mises_project, von_mises_project_series
 
 
 @wp.kernel
@@ -507,6 +507,107 @@ def test_plastic_projection_matches_the_svd_return_mapping():
     assert np.sum(clear & (excess > 0)) > 50 and np.sum(clear & (excess < 0)) > 50
     np.testing.assert_array_equal(got[excess < -1e-4], F[excess < -1e-4])  # exactly unchanged
 
+
+
+def _reference_projection(F: np.ndarray, mu: float, ys: float) -> np.ndarray:
+    """The von Mises return mapping on the Hencky strain in float64, through numpy's SVD."""
+    U, sig, Vt = np.linalg.svd(F.astype(np.float64))
+    e = np.log(np.maximum(sig, 0.05))
+    e_hat = e - e.mean()
+    norm = np.sqrt(e_hat @ e_hat + 1e-20)
+    excess = norm - ys / (2 * mu)
+    return U @ np.diag(np.exp(e - e_hat * max(excess, 0.0) / norm)) @ Vt
+
+
+@wp.kernel
+def _project_with(F: wp.array(dtype=wp.mat33), mu: float, ys: float, series: int, out: wp.array(dtype=wp.mat33)):
+    i = wp.tid()
+    if series == 1:
+        out[i] = von_mises_project_series(F[i], mu, ys)
+    else:
+        out[i] = von_mises_project(F[i], mu, ys)
+
+
+def _uniaxial(rng, count, strain):
+    """Deformations with two equal principal stretches (uniaxial squeezing), randomly rotated."""
+    states = []
+    for _ in range(count):
+        q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+        r, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+        states.append(q @ np.diag([1.0 - strain, 1.0 + strain / 2, 1.0 + strain / 2]) @ r)
+    return np.array(states)
+
+
+def test_series_return_mapping_is_the_svd_mapping_closer_to_float64():
+    """The series mapping lands where float64's SVD mapping does (closer than float32's svd3, at
+    repeated stretches too), leaves elastic states untouched and falls back to the SVD beyond its radius."""
+    rng = np.random.default_rng(3)
+    mu, ys = 2000.0, 50.0  # yield strain 0.0125
+    scales = np.repeat([1e-3, 1e-2, 2e-2, 3e-2], 100)
+    F = np.concatenate([np.eye(3) + scales[:, None, None] * rng.standard_normal((scales.size, 3, 3)),
+                        _uniaxial(rng, 100, 0.03)]).astype(np.float32)
+    big = (np.eye(3) + 0.3 * rng.standard_normal((100, 3, 3))).astype(np.float32)
+    big = big[np.linalg.det(big) > 0.2]
+    out = {}
+    for series in (0, 1):
+        result = wp.zeros(len(F) + len(big), dtype=wp.mat33)
+        wp.launch(_project_with, dim=result.shape[0], inputs=[wp.array(np.concatenate([F, big]), dtype=wp.mat33), mu, ys,
+                                                              series], outputs=[result])
+        out[series] = result.numpy().astype(np.float64)
+    expected = np.array([_reference_projection(f, mu, ys) for f in F])
+    moved = np.abs(expected - F).max(axis=(1, 2)) > 1e-5
+    assert moved.sum() > 150 and (~moved).sum() > 100  # both paths, and the uniaxial states yield
+    series_error = np.abs(out[1][:len(F)] - expected).max(axis=(1, 2))
+    svd_error = np.abs(out[0][:len(F)] - expected).max(axis=(1, 2))
+    b = F @ F.transpose(0, 2, 1) / np.linalg.det(F)[:, None, None] ** (2 / 3)
+    inside = np.linalg.norm(b - np.eye(3), axis=(1, 2)) < 0.095  # the series' radius (0.1), off float32's edge
+    assert (inside & moved).sum() > 150 and series_error[inside].max() < 5e-7 and svd_error[inside].max() > 1e-6
+    assert series_error.max() <= svd_error.max()  # outside: the SVD's own
+    np.testing.assert_array_equal(out[1][:len(F)][~moved], F[~moved])  # elastic: exactly unchanged
+    np.testing.assert_array_equal(out[1][len(F):], out[0][len(F):])  # beyond the radius: the SVD's mapping itself
+
+
+
+def test_the_solver_compiles_the_chosen_return_mapping_only():
+    """Each return mapping has its own scatter and projection kernels (no run-time branch); a bad name raises."""
+    from diffenvs.sim.mpm.kernels import p2g_scatter_series, plastic_projection, plastic_projection_series
+
+    solver, _, _ = make_scene()
+    assert solver._p2g_scatter is p2g_scatter and solver._plastic_projection is plastic_projection
+    model = solver.model
+    series = SolverMPM(model, SolverMPM.Config(return_mapping="series"))
+    assert series._p2g_scatter is p2g_scatter_series and series._plastic_projection is plastic_projection_series
+    with pytest.raises(ValueError, match=r"return_mapping must be one of \['svd', 'series'\], got 'eig'"):
+        SolverMPM.Config(return_mapping="eig")
+
+def test_series_return_mapping_gradient_is_exact_where_two_stretches_meet():
+    """The series mapping's adjoint (Warp's, generated) against float64 central differences of the
+    reference mapping, at uniaxial yielding states where the SVD's adjoint loses accuracy."""
+    @wp.kernel
+    def weighted(F: wp.array(dtype=wp.mat33), W: wp.array(dtype=wp.mat33), mu: float, ys: float, out: wp.array(dtype=float)):
+        i = wp.tid()
+        wp.atomic_add(out, 0, wp.ddot(W[i], von_mises_project_series(F[i], mu, ys)))
+
+    rng = np.random.default_rng(4)
+    mu, ys = 2000.0, 50.0
+    F = _uniaxial(rng, 8, 0.03)
+    W = rng.standard_normal(F.shape)
+    for f, w in zip(F, W):
+        Fw = wp.array(f[None].astype(np.float32), dtype=wp.mat33, requires_grad=True)
+        out = wp.zeros(1, dtype=float, requires_grad=True)
+        tape = wp.Tape()
+        with tape:
+            wp.launch(weighted, dim=1, inputs=[Fw, wp.array(w[None].astype(np.float32), dtype=wp.mat33), mu, ys], outputs=[out])
+        tape.backward(loss=out)
+        adjoint = Fw.grad.numpy()[0]
+        numeric = np.zeros((3, 3))
+        for i in range(3):
+            for j in range(3):
+                step = np.zeros((3, 3))
+                step[i, j] = 1e-6
+                numeric[i, j] = (np.sum(w * _reference_projection(f + step, mu, ys))
+                                 - np.sum(w * _reference_projection(f - step, mu, ys))) / 2e-6
+        assert np.abs(adjoint - numeric).max() < 1e-3 * np.abs(numeric).max()
 
 def test_grid_update_adjoint_stays_finite_for_nearly_empty_nodes():
     """A node touched only by a stencil's edge (weight ~1e-20) must not give an infinite adjoint."""

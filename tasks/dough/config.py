@@ -60,6 +60,11 @@ class DoughConfig:
         poisson_ratio: Poisson ratio of the dough.
         yield_stress: von Mises yield stress of the dough [Pa].
         ground_friction: Coulomb friction of the floor.
+        return_mapping: How the plasticity's return mapping finds a yielding particle's Hencky
+            strain: ``"svd"`` (Warp's ``svd3``; every study in ``results/`` ran with it) or
+            ``"series"`` (matrix log and exp series near the identity, the SVD beyond: the same
+            mapping, about three times cheaper per yielding particle and closer to float64; see
+            ``SolverMPM.Config``).
         obs_particle_count: Particles whose positions and velocities are observed.
         settle_steps: Env steps the fresh blob rests under gravity before an episode starts
             (its elastic bounce then no longer moves the loss); ``None``: the task's default
@@ -89,6 +94,7 @@ class DoughConfig:
     poisson_ratio: float = MPMMaterial.poisson_ratio
     yield_stress: float = MPMMaterial.yield_stress
     ground_friction: float = MPMModel.ground_friction
+    return_mapping: Literal["svd", "series"] = "svd"
     obs_particle_count: int = 64
     settle_steps: int | None = None
     stages: int | None = None

@@ -92,7 +92,7 @@ class DoughTask(Task):
             ground_friction=cfg.ground_friction,
             particle_volume=blob_volume / self.particle_count,
         )
-        self.solver = SolverMPM(self.model, device=self.device)
+        self.solver = SolverMPM(self.model, SolverMPM.Config(return_mapping=cfg.return_mapping), device=self.device)
         self.tool_count = len(tools)
         self.driven_tools = self.tool_count - self.fixed_tools
         self._contact_weight = cfg.contact_weight

@@ -23,14 +23,18 @@ from diffenvs.sim.mpm.kernels import (
     p2g_mass,
     p2g_mass_adjoint,
     p2g_scatter,
+    p2g_scatter_series,
     particle_extent,
     plastic_projection,
+    plastic_projection_series,
 )
 from diffenvs.sim.mpm.model import TOOL_TYPES, MPMModel
 from diffenvs.sim.mpm.state import MPMControl, MPMGrid, MPMState
 from diffenvs.warp_util import record_adjoint
 
 _REGION_SERIALS = itertools.count()
+RETURN_MAPPINGS = ("svd", "series")
+"""The return mappings of :class:`SolverMPM.Config`."""
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 """A box of grid nodes: (origin, shape)."""
 
@@ -75,13 +79,21 @@ class SolverMPM:
             empty_node_fraction: A grid node whose mass is below this fraction of one particle's
                 mass counts as empty. Nodes at the edge of a stencil can get weights of 1e-20;
                 v = p / m is harmless there, but its adjoint, -p / m^2, overflows to inf.
+            return_mapping: How the von Mises return mapping finds the Hencky strain of a particle
+                that the cheap elastic bound does not settle: ``"svd"`` (Warp's ``svd3``; every study
+                in ``results/`` ran with it) or ``"series"`` (matrix logarithm and exponential series
+                near the identity, the SVD beyond: about three times cheaper per yielding particle
+                and more accurate; see :func:`~diffenvs.sim.mpm.kernels.von_mises_project_series`).
         """
 
         empty_node_fraction: float = 1.0e-4
+        return_mapping: str = "svd"
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.empty_node_fraction < 1.0:
                 raise ValueError(f"empty_node_fraction must lie in [0, 1), got {self.empty_node_fraction}")
+            if self.return_mapping not in RETURN_MAPPINGS:
+                raise ValueError(f"return_mapping must be one of {list(RETURN_MAPPINGS)}, got {self.return_mapping!r}")
 
     def __init__(self, model: MPMModel, config: Config | None = None, *, device=None):
         self.model = model
@@ -101,6 +113,9 @@ class SolverMPM:
         params.gravity = wp.vec3(*model.gravity)
         params.ground_friction = model.ground_friction
         params.min_node_mass = self.config.empty_node_fraction * model.particle_mass
+        series = self.config.return_mapping == "series"
+        self._p2g_scatter = p2g_scatter_series if series else p2g_scatter
+        self._plastic_projection = plastic_projection_series if series else plastic_projection
         self.params = params
         tools = model.tools
         self.tool_count = len(tools)
@@ -223,7 +238,7 @@ class SolverMPM:
         worlds, particles = state_in.particle_x.shape
         inputs = [state_in.particle_x, state_in.particle_v, state_in.particle_C, state_in.particle_F]
         wp.launch(
-            p2g_scatter, dim=(worlds, particles), inputs=[*inputs, self.params, dt, bounds],
+            self._p2g_scatter, dim=(worlds, particles), inputs=[*inputs, self.params, dt, bounds],
             outputs=[state_out.particle_F, grid.mv, grid.m], device=self.device, record_tape=False,
         )
         if not (state_in.particle_x.requires_grad and grid.mv.requires_grad):
@@ -244,7 +259,7 @@ class SolverMPM:
             threads = int(count.numpy()[0]) if self.device.is_cpu else worlds * particles
             if threads:
                 wp.launch(
-                    plastic_projection, dim=threads,
+                    self._plastic_projection, dim=threads,
                     inputs=[count, index, state_in.particle_C, state_in.particle_F, self.params, dt],
                     outputs=[scratch["projected"]],
                     adj_inputs=[None, None, state_in.particle_C.grad, state_in.particle_F.grad, MPMParams(), 0.0],
