@@ -321,7 +321,8 @@ def _stage_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig,
               "on an id is its budget per stage times the id's `budget_scale` (given per cell). An empty cell: "
               "no finished run. Where a family has two or more ids of several stages, the last column pools "
               "them: the IQM of all their instance values with a 95% stratified-bootstrap interval (instances "
-              "resampled within each id, as across tasks), for the methods with runs on every one of them."), ""]
+              "resampled within each id, as across tasks), for the methods with runs on every one of them "
+              "(`n of m`: m instances chosen up front, the rest not yet run)."), ""]
     for family, ids in families.items():
         several = {env_id: tables[env_id] for k, env_id in ids.items() if k > 1 and env_id in tables}
         pooled = (across_tasks(several, reps=config.bootstrap_reps)["aggregate"]
@@ -343,7 +344,9 @@ def _stage_lines(tables: dict[str, list[dict[str, Any]]], config: StudyConfig,
                     entries.append(f"{row['cell'].text()}, budget {budget:,}")
             if pooled:
                 middle, low, high, n = pooled.get(label, (None, 0, 0, 0))
-                entries.append("" if middle is None else f"{middle:.3f} [{low:.3f}, {high:.3f}], n = {n}")
+                expected = sum(len(config.instances(env_id)) for env_id in several)
+                count = f"n = {n}" if n >= expected else f"n = {n} of {expected}"
+                entries.append("" if middle is None else f"{middle:.3f} [{low:.3f}, {high:.3f}], {count}")
             lines.append(f"| {label} | " + " | ".join(entries) + " |")
         lines.append("")
     if plot:

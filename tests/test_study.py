@@ -783,6 +783,10 @@ def test_the_stages_section_pools_the_ids_of_several_stages_with_an_interval(tmp
     middle, low, high = (float(x) for x in re.search(r"\| (\S+) \[(\S+), (\S+)\], n = 6 \|$", adam).groups())
     assert middle == pytest.approx(0.35) and 0.1 < low < middle < high < 0.6  # IQM of 0.1 ... 0.6; never the 0.9 of one stage
     assert next(line for line in section.splitlines() if line.startswith("| ppo |")).endswith("| not run |  |")
+    # a missing instance is flagged, as in the overview
+    monkeypatch.setattr(report, "load_runs", lambda config: [r for r in records if not (r.env_id.endswith("3-v0") and r.seed == 2)])
+    section = write_report(config).read_text().split("## By number of stages")[1]
+    assert re.search(r"\| adam \|.*\], n = 5 of 6 \|$", section, re.MULTILINE)
     # one id of several stages: nothing to pool
     config = dataclasses.replace(config, envs=envs[:2], methods={"adam": methods["adam"]})
     assert "stages pooled" not in write_report(config).read_text()
