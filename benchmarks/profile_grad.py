@@ -7,6 +7,7 @@ the backward pass by total time, and the forward's launch time for comparison::
     python benchmarks/profile_grad.py                          # Move, paper preset, 3 steps
     python benchmarks/profile_grad.py --env DiffEnvs/RollingPin-v0 --preset default --steps 10
     python benchmarks/profile_grad.py --no-checkpoint                  # the forward records every substep
+    python benchmarks/profile_grad.py --env DiffEnvs/TripleMove-v0 --set return_mapping=series
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--no-checkpoint", action="store_true", help="record every substep instead of recomputing them")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an env option (repeatable)")
     args = parser.parse_args()
 
     import gymnasium as gym
@@ -31,8 +33,10 @@ def main() -> None:
 
     wp.config.log_level = 30
     import diffenvs  # noqa: F401
+    from diffenvs.cli import _parse_sets
 
-    env = gym.make(args.env, preset=args.preset, checkpoint=not args.no_checkpoint).unwrapped
+    options = _parse_sets(args.set)
+    env = gym.make(args.env, preset=args.preset, checkpoint=not args.no_checkpoint, **options).unwrapped
     actions = np.random.default_rng(0).uniform(-1, 1, size=(args.steps, *env.action_space.shape))
 
     def rollout() -> None:

@@ -129,6 +129,23 @@ def test_plastic_cost_splits_each_substep_particles_by_their_return_mapping(tmp_
         assert trial > 0 and projected > 0 and abs(projected - trial - path) < 2e-3
         assert settled + yielding + svd_elastic == pytest.approx(particles, abs=1.5) and settled > 0.5 * particles
 
+def test_profile_grad_times_the_kernels_of_the_env_options_it_is_given(tmp_path):
+    """benchmarks/profile_grad.py --set: the env options reach the env (the series return mapping's
+    kernels are the ones timed), and a wrong option stops it with the env's error."""
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_grad.py"
+    command = [sys.executable, str(script), "--env", "DiffEnvs/RollingPin-v0", "--preset", "default", "--steps", "2",
+               "--top", "40", "--set", "return_mapping=series"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "p2g_scatter_series" in result.stdout and "p2g_scatter " not in result.stdout
+    bad = subprocess.run([*command[:-1], "return_mapping=qr"], check=False, capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert bad.returncode != 0 and "return_mapping" in bad.stderr
+
+
 def test_releases_compares_a_first_release_with_the_instances_added_since(tmp_path):
     """benchmarks/releases.py: per cell the first release's interval, the new values inside it, and
     whether their IQM is: a cell whose new instances all land far off does not hold."""

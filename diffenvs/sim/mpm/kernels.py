@@ -214,14 +214,20 @@ def von_mises_project_series(F: wp.mat33, mu: float, yield_stress: float) -> wp.
     about three times cheaper than Warp's ``svd3`` and closer to a float64 reference (7e-5 against
     1.5e-7 at worst over a TripleMove episode: ``svd3`` loses digits where two stretches meet, and
     so does its adjoint; the series' adjoint is exact there). Beyond the radius: the SVD's mapping.
-    Elastic states (the same cheap bound) are returned unchanged.
+    Elastic states (the same cheap bound as :func:`elastic_by_bound`, judged on |b - I|^2 from the
+    same X = b - I that the series uses, so b is built once) are returned unchanged.
     """
-    if elastic_by_bound(F, mu, yield_stress) > 0.0:
-        return F
     J = wp.determinant(F)
     if J > 0.0:
         X = F * wp.transpose(F) * wp.pow(J, -2.0 / 3.0) - wp.identity(n=3, dtype=float)
-        if wp.ddot(X, X) < SERIES_RADIUS * SERIES_RADIUS:
+        d2 = wp.ddot(X, X)
+        # elastic_by_bound's test d < 0.5 and d / (2 (1 - d)) < k, solved for d: d < min(0.5, 2k / (1 + 2k)),
+        # squared (no square root, whose adjoint is undefined at rest).
+        k2 = yield_stress / mu
+        settled = wp.min(0.5, k2 / (1.0 + k2))
+        if d2 < settled * settled:
+            return F
+        if d2 < SERIES_RADIUS * SERIES_RADIUS:
             E = 0.5 * log_near_identity(X)
             E = E - (wp.trace(E) / 3.0) * wp.identity(n=3, dtype=float)
             norm = wp.sqrt(wp.ddot(E, E) + 1.0e-20)
