@@ -109,9 +109,9 @@ def main() -> None:
                     wp.launch(kernel, dim=shape, inputs=[*inputs, out])
                 times[name].append((time.process_time() - start) / len(recorded) * 1e3)
         trial, projected = float(np.median(times["trial"])), float(np.median(times["projected"]))
-        settled, yielding, svd_elastic = counts.numpy() / len(recorded)
+        settled, yielding, unsettled_elastic = counts.numpy() / len(recorded)
         print(f"| {task} | {int(np.prod(shape)):,} | {trial:.3f} | {projected:.3f} | {projected - trial:.3f} | "
-              f"{settled:.0f} | {yielding:.0f} | {svd_elastic:.0f} |")
+              f"{settled:.0f} | {yielding:.0f} | {unsettled_elastic:.0f} |")
         env.close()
 
 

@@ -125,9 +125,9 @@ def test_plastic_cost_splits_each_substep_particles_by_their_return_mapping(tmp_
             if line.startswith(("| RollingPin", "| Move"))}
     assert sorted(rows) == ["Move", "RollingPin"]
     for cells in rows.values():
-        particles, trial, projected, path, settled, yielding, svd_elastic = (float(c.replace(",", "")) for c in cells)
+        particles, trial, projected, path, settled, yielding, unsettled_elastic = (float(c.replace(",", "")) for c in cells)
         assert trial > 0 and projected > 0 and abs(projected - trial - path) < 2e-3
-        assert settled + yielding + svd_elastic == pytest.approx(particles, abs=1.5) and settled > 0.5 * particles
+        assert settled + yielding + unsettled_elastic == pytest.approx(particles, abs=1.5) and settled > 0.5 * particles
 
 def test_profile_grad_times_the_kernels_of_the_env_options_it_is_given(tmp_path):
     """benchmarks/profile_grad.py --set: the env options reach the env (the series return mapping's

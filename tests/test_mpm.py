@@ -579,6 +579,17 @@ def test_the_solver_compiles_the_chosen_return_mapping_only():
     assert series._p2g_scatter is p2g_scatter_series and series._plastic_projection is plastic_projection_series
     with pytest.raises(ValueError, match=r"return_mapping must be one of \['svd', 'series'\], got 'eig'"):
         SolverMPM.Config(return_mapping="eig")
+    # The dough config's Literal names the solver's mappings, the same default first.
+    import dataclasses
+    import typing
+
+    from diffenvs.sim.mpm.solver import RETURN_MAPPINGS
+    from diffenvs.tasks.dough.config import DoughConfig
+
+    assert typing.get_args(typing.get_type_hints(DoughConfig)["return_mapping"]) == RETURN_MAPPINGS
+    default = {f.name: f.default for f in dataclasses.fields(DoughConfig)}["return_mapping"]
+    assert default == SolverMPM.Config().return_mapping
+
 
 def test_series_return_mapping_gradient_is_exact_where_two_stretches_meet():
     """The series mapping's adjoint (Warp's, generated) against float64 central differences of the
