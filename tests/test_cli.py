@@ -112,8 +112,9 @@ def test_task_rates_interleaves_tasks_and_writes_ratios(tmp_path):
 
 
 def test_plastic_cost_splits_each_substep_particles_by_their_return_mapping(tmp_path):
-    """benchmarks/plastic_cost.py: per task, the trial-only and projected timings and how the particles of a
-    substep split (settled by the bound, yielding, not settled but elastic): the three add up to the particles."""
+    """benchmarks/plastic_cost.py: per task, the trial-only and projected timings, how the particles of a
+    substep split (settled by the bound, yielding, not settled but elastic: the three add up to the particles)
+    and the projection's adjoint per yielding particle."""
     import sys
     from pathlib import Path
 
@@ -125,9 +126,12 @@ def test_plastic_cost_splits_each_substep_particles_by_their_return_mapping(tmp_
             if line.startswith(("| RollingPin", "| Move"))}
     assert sorted(rows) == ["Move", "RollingPin"]
     for cells in rows.values():
-        particles, trial, projected, path, settled, yielding, unsettled_elastic = (float(c.replace(",", "")) for c in cells)
+        *numbers, adjoint = (c.strip() for c in cells)
+        particles, trial, projected, path, settled, yielding, unsettled_elastic = (float(c.replace(",", "")) for c in numbers)
         assert trial > 0 and projected > 0 and abs(projected - trial - path) < 2e-3
         assert settled + yielding + unsettled_elastic == pytest.approx(particles, abs=1.5) and settled > 0.5 * particles
+        # The projection's adjoint is timed over the yielding particles: "-" only where none yielded.
+        assert float(adjoint) > 0 if yielding > 0 else adjoint == "-" or float(adjoint) > 0
 
 def test_profile_grad_times_the_kernels_of_the_env_options_it_is_given(tmp_path):
     """benchmarks/profile_grad.py --set: the env options reach the env (the series return mapping's
