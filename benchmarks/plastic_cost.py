@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default", choices=["default", "paper"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--return-mapping", choices=["svd", "series"], default="svd", help="the env option return_mapping")
+    parser.add_argument("--return-mapping", choices=["svd", "series"], default="series", help="the env option return_mapping")
     args = parser.parse_args()
 
     import gymnasium as gym

@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def rates(tasks: list[str], preset: str, mode: str, steps: int, rounds: int, clock: str = "wall",
-          by_kernel: bool = False, return_mapping: str = "svd") -> dict[str, dict]:
+          by_kernel: bool = False, return_mapping: str = "series") -> dict[str, dict]:
     """Per task: median steps/s, particles, and the per-round ratios of its per-particle rate to the first task's;
     with ``by_kernel`` also each kernel's median time per step (``wp.launch`` timed on the same clock: on the CPU
     backend a launch is synchronous, so that is the kernel's cost plus its launch overhead; the rest is "python")."""
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="kernels listed with --by-kernel")
     parser.add_argument("--by-kernel", action="store_true",
                         help="also time every launch: each kernel's ms per step, per task (adds a little overhead)")
-    parser.add_argument("--return-mapping", choices=["svd", "series"], default="svd",
+    parser.add_argument("--return-mapping", choices=["svd", "series"], default="series",
                         help="the plasticity's return mapping of every task (the env option return_mapping)")
     parser.add_argument("--json", default="task_rates.json")
     args = parser.parse_args()

@@ -105,8 +105,8 @@ def test_task_rates_interleaves_tasks_and_writes_ratios(tmp_path):
         assert min(row["steps_per_s"] for row in rates.values()) > 0 and rates["RollingPin"]["ratio"] == 1.0
         low, high = rates["Move"]["ratio_range"]
         assert rates["Move"]["particles"] > 0 and low <= rates["Move"]["ratio"] <= high
-        assert rates["Move"]["ms_per_step"]["p2g_scatter"] > 0 and "python" in rates["Move"]["ms_per_step"]
-    assert "| p2g_scatter |" in result.stdout
+        assert rates["Move"]["ms_per_step"]["p2g_scatter_series"] > 0 and "python" in rates["Move"]["ms_per_step"]  # the default mapping's
+    assert "| p2g_scatter_series |" in result.stdout
     assert "| RollingPin |" in result.stdout and "| 1.00 (1.00-1.00) |" in result.stdout and "--rounds 1" in figures["command"]
 
 

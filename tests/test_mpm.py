@@ -572,11 +572,10 @@ def test_the_solver_compiles_the_chosen_return_mapping_only():
     """Each return mapping has its own scatter and projection kernels (no run-time branch); a bad name raises."""
     from diffenvs.sim.mpm.kernels import p2g_scatter_series, plastic_projection, plastic_projection_series
 
-    solver, _, _ = make_scene()
-    assert solver._p2g_scatter is p2g_scatter and solver._plastic_projection is plastic_projection
-    model = solver.model
-    series = SolverMPM(model, SolverMPM.Config(return_mapping="series"))
+    series, _, _ = make_scene()  # the default
     assert series._p2g_scatter is p2g_scatter_series and series._plastic_projection is plastic_projection_series
+    svd = SolverMPM(series.model, SolverMPM.Config(return_mapping="svd"))
+    assert svd._p2g_scatter is p2g_scatter and svd._plastic_projection is plastic_projection
     with pytest.raises(ValueError, match=r"return_mapping must be one of \['svd', 'series'\], got 'eig'"):
         SolverMPM.Config(return_mapping="eig")
     # The dough config's Literal names the solver's mappings, the same default first.

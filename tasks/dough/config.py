@@ -61,10 +61,10 @@ class DoughConfig:
         yield_stress: von Mises yield stress of the dough [Pa].
         ground_friction: Coulomb friction of the floor.
         return_mapping: How the plasticity's return mapping finds a yielding particle's Hencky
-            strain: ``"svd"`` (Warp's ``svd3``; every study in ``results/`` ran with it) or
-            ``"series"`` (matrix log and exp series near the identity, the SVD beyond: the same
-            mapping, about three times cheaper per yielding particle and closer to float64; see
-            ``SolverMPM.Config``).
+            strain: ``"series"`` (the default: matrix log and exp series near the identity, the SVD
+            beyond) or ``"svd"`` (Warp's ``svd3``: the same mapping, about three times dearer per
+            yielding particle and further from float64; the studies in ``results/`` ran with it
+            and their configs pin it). See ``SolverMPM.Config``.
         obs_particle_count: Particles whose positions and velocities are observed.
         settle_steps: Env steps the fresh blob rests under gravity before an episode starts
             (its elastic bounce then no longer moves the loss); ``None``: the task's default
@@ -94,7 +94,7 @@ class DoughConfig:
     poisson_ratio: float = MPMMaterial.poisson_ratio
     yield_stress: float = MPMMaterial.yield_stress
     ground_friction: float = MPMModel.ground_friction
-    return_mapping: Literal["svd", "series"] = "svd"
+    return_mapping: Literal["svd", "series"] = "series"
     obs_particle_count: int = 64
     settle_steps: int | None = None
     stages: int | None = None

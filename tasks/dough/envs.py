@@ -124,7 +124,7 @@ def _dough_doc(summary: str, task: type[DoughTask], action_table: str, task_note
     | ``progress_weight``, ``sdf_weight``, ``density_weight``, ``density_block`` | {d.progress_weight:g}, {d.sdf_weight:g}, {d.density_weight:g}, {d.density_block} | reward and loss weights |
     | ``youngs_modulus``, ``poisson_ratio``, ``yield_stress`` | {d.youngs_modulus:g} Pa, {d.poisson_ratio:g}, {d.yield_stress:g} Pa | material |
     | ``tool_friction``, ``ground_friction`` | {d.tool_friction:g}, {d.ground_friction:g} | Coulomb friction |
-    | ``return_mapping`` | ``"{d.return_mapping}"`` | the plasticity's return mapping: ``"svd"`` or ``"series"`` (the same map, cheaper; see the performance page) |
+    | ``return_mapping`` | ``"{d.return_mapping}"`` | the plasticity's return mapping: ``"series"`` or ``"svd"`` (the same map, dearer; the committed studies ran with it) |
     | ``obs_particle_count`` | {d.obs_particle_count} | observed particles K |
     | ``settle_steps`` | None ({settle} for this task) | steps the blob rests before the episode |
 

@@ -80,14 +80,16 @@ class SolverMPM:
                 mass counts as empty. Nodes at the edge of a stencil can get weights of 1e-20;
                 v = p / m is harmless there, but its adjoint, -p / m^2, overflows to inf.
             return_mapping: How the von Mises return mapping finds the Hencky strain of a particle
-                that the cheap elastic bound does not settle: ``"svd"`` (Warp's ``svd3``; every study
-                in ``results/`` ran with it) or ``"series"`` (matrix logarithm and exponential series
-                near the identity, the SVD beyond: about three times cheaper per yielding particle
-                and more accurate; see :func:`~diffenvs.sim.mpm.kernels.von_mises_project_series`).
+                that the cheap elastic bound does not settle: ``"series"`` (the default: matrix logarithm
+                and exponential series near the identity, the SVD beyond; see
+                :func:`~diffenvs.sim.mpm.kernels.von_mises_project_series`) or ``"svd"`` (Warp's
+                ``svd3`` for every such particle: the same map, about three times dearer per
+                yielding particle and less accurate where two stretches meet; the studies in
+                ``results/`` ran with it and their configs pin it).
         """
 
         empty_node_fraction: float = 1.0e-4
-        return_mapping: str = "svd"
+        return_mapping: str = "series"
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.empty_node_fraction < 1.0:
