@@ -34,19 +34,9 @@ def run(env_id: str, seed: int, args: argparse.Namespace) -> dict:
                                   ("seconds", result.budget["wall_time"]))}}
 
 
-def _option(text: str) -> tuple[str, object]:
-    """``key=value`` with a JSON value (numbers, true/false) or a plain string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def main() -> None:
     import diffenvs
+    from diffenvs.cli import parse_sets
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=[info.id for info in diffenvs.ENVS])
@@ -55,10 +45,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="Adam iterations")
     parser.add_argument("--lr", type=float, default=0.1, help="Adam's step size [action units]")
     parser.add_argument("--samples", type=int, default=100, help="random sequences")
-    parser.add_argument("--set", action="append", default=[], type=_option, metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an env option instead of its default (repeatable), e.g. to try new defaults")
     parser.add_argument("--out", default="runs/first_hour")
     args = parser.parse_args()
+    try:
+        args.set = parse_sets(args.set)
+    except ValueError as error:
+        parser.error(str(error))
 
     import warp as wp
 

@@ -33,9 +33,9 @@ def main() -> None:
 
     wp.config.log_level = 30
     import diffenvs  # noqa: F401
-    from diffenvs.cli import _parse_sets
+    from diffenvs.cli import parse_sets
 
-    options = _parse_sets(args.set)
+    options = parse_sets(args.set)
     env = gym.make(args.env, preset=args.preset, checkpoint=not args.no_checkpoint, **options).unwrapped
     actions = np.random.default_rng(0).uniform(-1, 1, size=(args.steps, *env.action_space.shape))
 

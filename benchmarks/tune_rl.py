@@ -222,10 +222,10 @@ def main() -> None:
     wp.config.log_level = 30
     from diffenvs.baselines.learner import TrainConfig, run_train
     from diffenvs.baselines.rl import load_hyperparams
-    from diffenvs.cli import _parse_sets
+    from diffenvs.cli import parse_sets
     from diffenvs.registration import task_name
 
-    env_kwargs = _parse_sets(args.set)
+    env_kwargs = parse_sets(args.set)
 
     task = task_name(args.env)
     out = Path(args.out or f"runs/tune/{task}-{args.algo}")

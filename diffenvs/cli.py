@@ -34,7 +34,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_sets(pairs: list[str], *, flag: str = "--set") -> dict:
+def parse_sets(pairs: list[str], *, flag: str = "--set") -> dict:
     """``KEY=VALUE`` pairs (values read as YAML) of a repeatable flag."""
     from diffenvs.config import parse_yaml
 
@@ -59,14 +59,14 @@ def _run_config(args: argparse.Namespace, extra: dict | None = None):
     for key in ("method", "iters"):
         flags[f"solver.{key}"] = getattr(args, key, None)
     flags = {k: v for k, v in flags.items() if v is not None}
-    hp = _parse_sets(args.hp, flag="--hp")
+    hp = parse_sets(args.hp, flag="--hp")
     for key, value in hp.items():
         try:
             resolve_config(args.config, {**flags, key: value})
         except ConfigError as error:
             raise ConfigError(f"--hp {key}={value}: {error}") from None
     config = resolve_config(args.config, {**flags, **hp, **(extra or {})})
-    env_options = _parse_sets(args.set, flag="--set")
+    env_options = parse_sets(args.set, flag="--set")
     if env_options:
         config = resolve_config(args.config, {**flags, **hp, **(extra or {}),
                                               "problem.env_kwargs": {**config.problem.env_kwargs, **env_options}})
@@ -161,7 +161,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from diffenvs.baselines.gradcheck import DEFAULT_EPS, GradcheckConfig, gradcheck
 
     config = GradcheckConfig(
-        env_id=args.env, env_kwargs=_parse_sets(args.set), seed=args.seed, steps=args.steps,
+        env_id=args.env, env_kwargs=parse_sets(args.set), seed=args.seed, steps=args.steps,
         directions=args.directions, eps=tuple(args.eps or DEFAULT_EPS), objective=args.objective, rtol=args.rtol,
     )
     report = gradcheck(config, device=args.device)
@@ -176,8 +176,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         env_id=args.env, algo=args.algo, steps=args.steps, seed=args.seed, n_envs=args.n_envs, eval_every=args.eval_every,
-        eval_seeds=tuple(args.eval_seeds), instance=args.instance, env_kwargs=_parse_sets(args.set, flag="--set"),
-        hyperparams=_parse_sets(args.hp, flag="--hp"), out_dir=args.out_dir, run_name=args.run_name,
+        eval_seeds=tuple(args.eval_seeds), instance=args.instance, env_kwargs=parse_sets(args.set, flag="--set"),
+        hyperparams=parse_sets(args.hp, flag="--hp"), out_dir=args.out_dir, run_name=args.run_name,
         tensorboard=args.tensorboard,
     )
     with _env_errors(args):

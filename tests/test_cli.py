@@ -133,21 +133,45 @@ def test_plastic_cost_splits_each_substep_particles_by_their_return_mapping(tmp_
         # The projection's adjoint is timed over the yielding particles: "-" only where none yielded.
         assert float(adjoint) > 0 if yielding > 0 else adjoint == "-" or float(adjoint) > 0
 
+
 def test_profile_grad_times_the_kernels_of_the_env_options_it_is_given(tmp_path):
-    """benchmarks/profile_grad.py --set: the env options reach the env (the series return mapping's
-    kernels are the ones timed), and a wrong option stops it with the env's error."""
+    """benchmarks/profile_grad.py --set: the env options reach the env (the svd return mapping's
+    kernels are the ones timed, not the default series'), and a wrong option stops it with the env's error."""
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_grad.py"
     command = [sys.executable, str(script), "--env", "DiffEnvs/RollingPin-v0", "--preset", "default", "--steps", "2",
-               "--top", "40", "--set", "return_mapping=series"]
+               "--top", "40", "--set", "return_mapping=svd"]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "p2g_scatter_series" in result.stdout and "p2g_scatter " not in result.stdout
+    assert "p2g_scatter " in result.stdout and "p2g_scatter_series" not in result.stdout
     bad = subprocess.run([*command[:-1], "return_mapping=qr"], check=False, capture_output=True, text=True,
                          timeout=600, cwd=tmp_path)
     assert bad.returncode != 0 and "return_mapping" in bad.stderr
+
+
+def test_first_hour_passes_its_env_options_and_rejects_malformed_ones(tmp_path):
+    """benchmarks/first_hour.py --set: without the Pusher's proximity term the gradient is exactly zero,
+    so Adam ends where it began; with the default it lowers the loss. A pair without '=' stops it."""
+    import json
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "first_hour.py"
+    command = [sys.executable, str(script), "--envs", "DiffEnvs/Pusher-v0", "--seeds", "0", "--iters", "3",
+               "--samples", "2", "--horizon", "20"]
+    rows = {}
+    for name, extra in (("default", []), ("no_proximity", ["--set", "proximity_weight=0.0"])):
+        result = subprocess.run([*command, "--out", str(tmp_path / name), *extra], check=False, capture_output=True,
+                                text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        (rows[name],) = json.loads((tmp_path / name / "first_hour.json").read_text())
+    assert rows["default"]["adam_loss"] < rows["default"]["initial_loss"]
+    assert rows["no_proximity"]["adam_loss"] == rows["no_proximity"]["initial_loss"]
+    bad = subprocess.run([*command, "--set", "proximity_weight"], check=False, capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert bad.returncode == 2 and "--set expects KEY=VALUE" in bad.stderr
 
 
 def test_releases_compares_a_first_release_with_the_instances_added_since(tmp_path):

@@ -42,14 +42,14 @@ def test_per_env_defaults_and_overrides():
 
 def test_yaml_reads_exponent_floats(tmp_path):
     """``1e-3`` is a number in config files and on the command line (PyYAML's YAML 1.1 reads a string)."""
-    from diffenvs.cli import _parse_sets
+    from diffenvs.cli import parse_sets
 
     path = tmp_path / "values.yaml"
     path.write_text("lr: 5e-4\nsteps: 1e5\nname: e5\nlist: [1E-2, 3]\n", encoding="utf-8")
     assert read_yaml(path) == {"lr": 5e-4, "steps": 1e5, "name": "e5", "list": [1e-2, 3]}
-    assert _parse_sets(["solver.gradient.lr=3e-1", "problem.env_id=DiffEnvs/Shape-v0"]) == {
+    assert parse_sets(["solver.gradient.lr=3e-1", "problem.env_id=DiffEnvs/Shape-v0"]) == {
         "solver.gradient.lr": 0.3, "problem.env_id": "DiffEnvs/Shape-v0"}
-    assert resolve_config(DEFAULTS, _parse_sets(["solver.gradient.lr=3e-1"])).solver.gradient.lr == 0.3
+    assert resolve_config(DEFAULTS, parse_sets(["solver.gradient.lr=3e-1"])).solver.gradient.lr == 0.3
 
 
 def test_a_run_writes_every_file(tmp_path):
