@@ -225,6 +225,23 @@ def test_the_committed_study_reports_regenerate(tmp_path):
         assert (copy / "final.csv").read_text() == (committed / "final.csv").read_text(), name
 
 
+def test_the_committed_runs_are_the_runs_their_study_configs_ask_for():
+    """A restarted study skips a finished run only if its ``job.json`` matches the config's job: every
+    committed run is one of its config's jobs and matches it (a changed default is pinned in the
+    config, as ``return_mapping: svd``)."""
+    from diffenvs.baselines.study import comparable, job_dict, jobs, load_study
+
+    for name in ("full", "generalize", "generalize_long", "breadth", "stages"):
+        config = load_study(CONFIG_DIR / "study" / f"{name}.yaml", {"out_dir": str(ROOT / "results" / name)})
+        checked = 0
+        for job in jobs(config):
+            recorded = ROOT / "results" / name / "runs" / job.name / "job.json"
+            if recorded.exists():
+                assert comparable(json.loads(recorded.read_text())) == comparable(job_dict(job)), recorded
+                checked += 1
+        assert checked == len(list((ROOT / "results" / name / "runs").glob("*/job.json"))) > 0, name
+
+
 def test_requests_are_checked():
     with pytest.raises(ConfigError, match="eval_seeds"):
         Request(env_id="DiffEnvs/Pusher-v0", instance=None)
