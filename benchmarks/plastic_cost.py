@@ -48,12 +48,16 @@ def scatter_inputs(env, actions) -> list[tuple]:
 
 
 def main() -> None:
+    from diffenvs.sim.mpm.solver import RETURN_MAPPINGS
+    from diffenvs.tasks.dough.config import DoughConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="RollingPin,TripleMove", help="comma-separated dough ids without DiffEnvs/ and -v0")
     parser.add_argument("--preset", default="default", choices=["default", "paper"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--return-mapping", choices=["svd", "series"], default="series", help="the env option return_mapping")
+    parser.add_argument("--return-mapping", choices=RETURN_MAPPINGS, default=DoughConfig.return_mapping,
+                        help="the env option return_mapping (default: the envs' default)")
     args = parser.parse_args()
 
     import gymnasium as gym

@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def rates(tasks: list[str], preset: str, mode: str, steps: int, rounds: int, clock: str = "wall",
-          by_kernel: bool = False, return_mapping: str = "series") -> dict[str, dict]:
+          by_kernel: bool = False, return_mapping: str | None = None) -> dict[str, dict]:
     """Per task: median steps/s, particles, and the per-round ratios of its per-particle rate to the first task's;
     with ``by_kernel`` also each kernel's median time per step (``wp.launch`` timed on the same clock: on the CPU
     backend a launch is synchronous, so that is the kernel's cost plus its launch overhead; the rest is "python")."""
@@ -42,7 +42,8 @@ def rates(tasks: list[str], preset: str, mode: str, steps: int, rounds: int, clo
     import diffenvs  # noqa: F401  (registers the ids)
 
     kwargs = {"differentiable": False} if mode == "forward" else {"checkpoint": True}
-    kwargs["return_mapping"] = return_mapping
+    if return_mapping is not None:  # None: the envs' default
+        kwargs["return_mapping"] = return_mapping
     envs = {task: gym.make(f"DiffEnvs/{task}-v0", preset=preset, **kwargs).unwrapped for task in tasks}
     actions = {task: np.random.default_rng(0).uniform(-0.5, 0.5, size=(steps, *env.action_space.shape))
                for task, env in envs.items()}
@@ -95,6 +96,8 @@ def rates(tasks: list[str], preset: str, mode: str, steps: int, rounds: int, clo
 
 def main() -> None:
     from diffenvs.bench import DOUGH_TASKS, machine
+    from diffenvs.sim.mpm.solver import RETURN_MAPPINGS
+    from diffenvs.tasks.dough.config import DoughConfig
     from diffenvs.warp_util import quiet_warp
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,8 +111,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="kernels listed with --by-kernel")
     parser.add_argument("--by-kernel", action="store_true",
                         help="also time every launch: each kernel's ms per step, per task (adds a little overhead)")
-    parser.add_argument("--return-mapping", choices=["svd", "series"], default="series",
-                        help="the plasticity's return mapping of every task (the env option return_mapping)")
+    parser.add_argument("--return-mapping", choices=RETURN_MAPPINGS, default=DoughConfig.return_mapping,
+                        help="the plasticity's return mapping of every task (the env option return_mapping; "
+                             "default: the envs' default)")
     parser.add_argument("--json", default="task_rates.json")
     args = parser.parse_args()
     quiet_warp()
